@@ -1,0 +1,96 @@
+"""HTTP client for one InfluxDB server, speaking the 1.x API (``/ping``, ``/write``,
+``/query``), which InfluxDB 1.x serves natively and 2.x/3.x serve for compatibility.
+
+Errors are typed: :class:`RetriableStorageError` (server down, timeout, 5xx: try again) and
+:class:`FatalStorageError` (4xx: the data or query is wrong; retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+
+class StorageError(Exception):
+    retriable = False
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"{node}: {message}")
+        self.node = node
+
+
+class RetriableStorageError(StorageError):
+    retriable = True
+
+
+class FatalStorageError(StorageError):
+    retriable = False
+
+
+class InfluxNode:
+    """One InfluxDB server: ``name`` on the ring, ``url`` of its HTTP API."""
+
+    def __init__(self, name: str, url: str, timeout_s: float = 10.0) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"InfluxNode({self.name!r}, {self.url!r})"
+
+    def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        try:
+            resp = self._http.request(method, self.url + path, timeout=self.timeout_s, **kw)
+        except requests.RequestException as exc:
+            raise RetriableStorageError(self.name, f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 500:
+            raise RetriableStorageError(self.name, f"HTTP {resp.status_code}: {resp.text[:300]}")
+        if resp.status_code >= 400:
+            raise FatalStorageError(self.name, f"HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp
+
+    def ping(self) -> bool:
+        try:
+            return self._request("GET", "/ping").status_code == 204
+        except StorageError:
+            return False
+
+    def create_database(self, database: str) -> None:
+        self.query(f"CREATE DATABASE {database}", database=None, method="POST")
+
+    def write(self, database: str, lines: list[str]) -> None:
+        """Write line-protocol lines with nanosecond timestamps in one request."""
+        if lines:
+            self._request("POST", "/write", params={"db": database, "precision": "ns"},
+                          data="\n".join(lines).encode("utf-8"))
+
+    def query(
+        self,
+        q: str,
+        database: str | None,
+        params: dict[str, Any] | None = None,
+        method: str = "GET",
+    ) -> list[dict[str, Any]]:
+        """Run InfluxQL; ``params`` are bound as ``$name`` (never pasted into the text).
+
+        Returns the series of the first statement, each ``{"name", "tags", "columns",
+        "values"}``, with times in epoch milliseconds.
+        """
+        args: dict[str, str] = {"q": q, "epoch": "ms"}
+        if database:
+            args["db"] = database
+        if params:
+            args["params"] = json.dumps(params)
+        if method == "GET":
+            resp = self._request("GET", "/query", params=args)
+        else:
+            resp = self._request("POST", "/query", data=args)
+        body = resp.json()
+        results = body.get("results") or [{}]
+        first = results[0]
+        if "error" in first:
+            raise FatalStorageError(self.name, f"query error: {first['error']}")
+        return list(first.get("series", []))

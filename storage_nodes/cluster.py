@@ -1,0 +1,172 @@
+"""The storage cluster: InfluxDB servers on a consistent-hash ring with replicas.
+
+A series is one device's metric. Its readings are written to every replica the ring names
+(consistency ALL in this version: ``write`` returns only when all replicas stored them) and
+read from the first replica that answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from storage_nodes.client import (
+    FatalStorageError,
+    InfluxNode,
+    RetriableStorageError,
+    StorageError,
+)
+from storage_nodes.lineproto import quote_ident, reading_to_line
+from storage_nodes.ring import HashRing
+from vigil.messages import Reading
+from vigil.settings import StorageSettings
+from vigil.topics import NAME_RE
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_ROWS = 10_000
+
+
+def series_key(device: str, metric: str) -> str:
+    return f"{device}/{metric}"
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    ts: int  # epoch ms
+    value: float
+    id: int | None
+
+
+class StorageCluster:
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self.database = settings.database
+        self.nodes = {n.name: InfluxNode(n.name, n.url, settings.timeout_s)
+                      for n in settings.nodes}
+        self.ring = HashRing(list(self.nodes), settings.vnodes, settings.replication_factor)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.nodes),
+                                        thread_name_prefix="influx-write")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    # -- placement --------------------------------------------------------------------
+    def replicas(self, device: str, metric: str) -> list[InfluxNode]:
+        return [self.nodes[n] for n in self.ring.replicas(series_key(device, metric))]
+
+    def plan(self, readings: Iterable[Reading]) -> dict[str, list[str]]:
+        """Line-protocol lines per server name, each reading on each of its replicas."""
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for r in readings:
+            line = reading_to_line(r)
+            for name in self.ring.replicas(r.series_key):
+                by_node[name].append(line)
+        return dict(by_node)
+
+    # -- writes -----------------------------------------------------------------------
+    def ensure_database(self, timeout_s: float = 30.0) -> None:
+        """Create the database on every server, waiting for servers still starting."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes.values():
+            while True:
+                try:
+                    node.create_database(self.database)
+                    break
+                except RetriableStorageError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+    def write(self, readings: Sequence[Reading]) -> None:
+        """Store ``readings`` on all their replicas. Raises RetriableStorageError if a server
+        could not be reached (nothing is lost by trying again: writes are idempotent), or
+        FatalStorageError if a server rejected the data."""
+        self.write_plan(self.plan(readings))
+
+    def write_plan(self, plan: dict[str, list[str]]) -> None:
+        futures = {name: self._pool.submit(self.nodes[name].write, self.database, lines)
+                   for name, lines in plan.items()}
+        errors: list[StorageError] = []
+        for fut in futures.values():
+            exc = fut.exception()
+            if isinstance(exc, StorageError):
+                errors.append(exc)
+            elif exc is not None:
+                raise exc
+        if errors:
+            fatal = [e for e in errors if isinstance(e, FatalStorageError)]
+            raise (fatal or errors)[0]
+
+    # -- reads ------------------------------------------------------------------------
+    def _query_series(self, device: str, metric: str, q: str,
+                      params: dict[str, Any]) -> list[dict[str, Any]]:
+        last: StorageError | None = None
+        for node in self.replicas(device, metric):
+            try:
+                return node.query(q, self.database, params)
+            except RetriableStorageError as exc:
+                log.warning("query on %s failed, trying the next replica: %s", node.name, exc)
+                last = exc
+        assert last is not None
+        raise last
+
+    def points(self, device: str, metric: str, *, since_ms: int | None = None,
+               until_ms: int | None = None, limit: int = 100,
+               newest_first: bool = True) -> list[Point]:
+        """Stored readings of one series. ``device`` and ``metric`` must be valid names
+        (checked here: they are identifiers in the query); the values are bound."""
+        if not NAME_RE.match(device) or not NAME_RE.match(metric):
+            raise ValueError("device and metric must be valid names")
+        if not 1 <= limit <= MAX_QUERY_ROWS:
+            raise ValueError(f"limit must be between 1 and {MAX_QUERY_ROWS}")
+        where = ["device = $device"]
+        if since_ms is not None:
+            where.append(f"time >= {int(since_ms) * 1_000_000:d}")
+        if until_ms is not None:
+            where.append(f"time <= {int(until_ms) * 1_000_000 + 999_999:d}")
+        order = "DESC" if newest_first else "ASC"
+        q = (f"SELECT value, id FROM {quote_ident(metric)} WHERE {' AND '.join(where)} "
+             f"ORDER BY time {order} LIMIT {int(limit):d}")
+        series = self._query_series(device, metric, q, {"device": device})
+        out: list[Point] = []
+        for s in series:
+            cols = s["columns"]
+            iv, ii = cols.index("value"), cols.index("id")
+            out.extend(Point(int(row[0]), float(row[iv]),
+                             None if row[ii] is None else int(row[ii])) for row in s["values"])
+        return out
+
+    def latest(self, device: str, metric: str) -> Point | None:
+        pts = self.points(device, metric, limit=1)
+        return pts[0] if pts else None
+
+    def mean_of_last(self, device: str, metric: str, n: int) -> tuple[float, int] | None:
+        """Mean of the last ``n`` values and how many there were, or None if no data."""
+        pts = self.points(device, metric, limit=n)
+        if not pts:
+            return None
+        return sum(p.value for p in pts) / len(pts), len(pts)
+
+    def count_on(self, node_name: str, metric: str, device: str | None = None) -> int:
+        """How many points of ``metric`` (optionally one device's) server ``node_name``
+        holds: for checks that a series lives exactly on its replicas."""
+        if not NAME_RE.match(metric) or (device is not None and not NAME_RE.match(device)):
+            raise ValueError("invalid name")
+        q = f"SELECT count(value) FROM {quote_ident(metric)}"
+        params: dict[str, Any] = {}
+        if device is not None:
+            q += " WHERE device = $device"
+            params["device"] = device
+        series = self.nodes[node_name].query(q, self.database, params)
+        return int(series[0]["values"][0][1]) if series else 0
+
+    def status(self) -> list[dict[str, Any]]:
+        share = self.ring.share()
+        return [{"name": n.name, "url": n.url, "up": n.ping(), "share": round(share[n.name], 4)}
+                for n in self.nodes.values()]

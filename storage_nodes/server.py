@@ -1,0 +1,60 @@
+"""Configuration and command line of one local InfluxDB 1.x server (``influxd``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+INFLUXD = "influxd"
+
+
+def render_influxd_conf(data_dir: Path, http_port: int, rpc_port: int,
+                        host: str = "127.0.0.1") -> str:
+    """An influxd.conf for one ring server: its own directories and loopback ports, WAL
+    fsynced on every write (a 204 from /write means on disk), no phoning home."""
+    d = data_dir.resolve()
+    return f"""reporting-disabled = true
+bind-address = "{host}:{rpc_port}"
+
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  wal-fsync-delay = "0s"
+  index-version = "inmem"
+  query-log-enabled = false
+  trace-logging-enabled = false
+
+[retention]
+  enabled = true
+
+[monitor]
+  store-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{host}:{http_port}"
+  auth-enabled = false
+  log-enabled = false
+  write-tracing = false
+
+[logging]
+  level = "warn"
+
+[subscriber]
+  enabled = false
+
+[continuous_queries]
+  enabled = false
+"""
+
+
+def influxd_command(data_dir: Path, http_port: int, rpc_port: int,
+                    host: str = "127.0.0.1") -> list[str]:
+    """Write the server's config into ``data_dir`` and return the command that runs it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "influxd.conf"
+    conf.write_text(render_influxd_conf(data_dir, http_port, rpc_port, host))
+    return [INFLUXD, "run", "-config", str(conf)]

@@ -1,0 +1,227 @@
+"""Fixtures that start real servers on free local ports: Mosquitto (with the project's own
+generated auth, ACL and persistence), three InfluxDB 1.x servers, and an aiosmtpd server.
+Each test gets its own broker, its own database on the shared InfluxDB servers, and its own
+mail folder."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from broker.provision import BrokerFiles, provision
+from stack.mailsink import MailSink, start_mailsink
+from stack.process import ManagedProcess, free_port
+from storage_nodes.server import influxd_command
+from support import MqttProbe, unique, wait_until
+from vigil.settings import (
+    BrokerSettings,
+    MqttClientSettings,
+    StorageNode,
+    StorageSettings,
+    VigilConfig,
+    load_config,
+)
+from vigil.topics import Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DEVICES = [f"dev-{i}" for i in range(10)]
+
+
+def _need(binary: str) -> None:
+    if shutil.which(binary) is None and not Path(binary).exists():
+        pytest.fail(f"{binary} is not installed: run `make test` (scripts/bootstrap installs it)")
+
+
+# -- Mosquitto ---------------------------------------------------------------------------
+@dataclass
+class BrokerHandle:
+    files: BrokerFiles
+    proc: ManagedProcess
+    topics: Topics = field(default_factory=Topics)
+
+    @property
+    def settings(self) -> BrokerSettings:
+        return BrokerSettings(host=self.files.host, port=self.files.port,
+                              topic_root=self.topics.root, keepalive_s=5)
+
+    def ident(self, user: str, client_id: str | None = None) -> MqttClientSettings:
+        """Credentials of a provisioned user (a service user or a device)."""
+        return MqttClientSettings(client_id=client_id or user, username=user,
+                                  password_file=self.files.password_file(user))
+
+    def password(self, user: str) -> str:
+        return self.files.creds[user]
+
+    def start(self) -> None:
+        self.proc.start()
+        self.proc.wait_port(self.files.host, self.files.port, 15)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): Mosquitto saves its persistence file."""
+        self.proc.stop()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerHandle]:
+    _need("/usr/sbin/mosquitto")
+    port = free_port()
+    files = provision(broker_dir=tmp_path / "broker", secrets_dir=tmp_path / "secrets",
+                      host="127.0.0.1", port=port, devices=TEST_DEVICES, topics=Topics())
+    handle = BrokerHandle(files, ManagedProcess("mosquitto", files.command(),
+                                                tmp_path / "broker" / "stdout.log"))
+    handle.start()
+    yield handle
+    handle.stop()
+
+
+# -- InfluxDB ----------------------------------------------------------------------------
+@dataclass
+class InfluxServerHandle:
+    name: str
+    url: str
+    proc: ManagedProcess
+
+
+@pytest.fixture(scope="session")
+def influx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[InfluxServerHandle]]:
+    """Three InfluxDB servers shared by the session; tests isolate by database."""
+    _need("influxd")
+    base = tmp_path_factory.mktemp("influx")
+    servers = []
+    for i in range(1, 4):
+        http, rpc = free_port(), free_port()
+        proc = ManagedProcess(f"influx-{i}", influxd_command(base / f"n{i}", http, rpc),
+                              base / f"n{i}.log").start()
+        servers.append(InfluxServerHandle(f"influx-{i}", f"http://127.0.0.1:{http}", proc))
+    for s in servers:
+        host, port = s.url.removeprefix("http://").split(":")
+        s.proc.wait_port(host, int(port), 60)
+    yield servers
+    for s in servers:
+        s.proc.stop()
+
+
+@pytest.fixture
+def storage_settings(influx_cluster: list[InfluxServerHandle]) -> StorageSettings:
+    """A fresh database on the three servers, replication factor 2."""
+    return StorageSettings(
+        database=unique("db"), replication_factor=2, vnodes=64, timeout_s=10,
+        nodes=[StorageNode(name=s.name, url=s.url) for s in influx_cluster],
+    )
+
+
+# -- SMTP --------------------------------------------------------------------------------
+@dataclass
+class SmtpHandle:
+    host: str
+    port: int
+    folder: Path
+    sink: MailSink
+
+
+@pytest.fixture
+def smtp_server(tmp_path: Path) -> Iterator[SmtpHandle]:
+    port = free_port()
+    controller, sink = start_mailsink(tmp_path / "mail", "127.0.0.1", port)
+    yield SmtpHandle("127.0.0.1", port, tmp_path / "mail", sink)
+    controller.stop()
+
+
+# -- the cloud-side configuration --------------------------------------------------------
+@dataclass
+class CloudConfig:
+    path: Path
+    config: VigilConfig
+    admin_token: str
+
+
+@pytest.fixture
+def cloud_config(tmp_path: Path, broker: BrokerHandle, storage_settings: StorageSettings,
+                 smtp_server: SmtpHandle) -> CloudConfig:
+    """A config/vigil.yaml for this test's servers, every port free, state under tmp_path."""
+    import hashlib
+
+    token = unique("token-")
+    token_hash = tmp_path / "secrets" / "admin.token.sha256"
+    token_hash.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+
+    def mqtt(user: str) -> dict[str, str]:
+        return {"client_id": user, "username": user,
+                "password_file": str(broker.files.password_file(user))}
+
+    data = {
+        "broker": broker.settings.model_dump(mode="json"),
+        "storage": storage_settings.model_dump(mode="json"),
+        "ingest": {"mqtt": mqtt("vigil-ingest"), "batch_max_messages": 500,
+                   "batch_linger_ms": 20, "metrics_port": free_port()},
+        "alert_engine": {"mqtt": mqtt("vigil-alert-engine"),
+                         "state_path": str(tmp_path / "alert_engine" / "state.sqlite3"),
+                         "metrics_port": free_port()},
+        "notifier": {"mqtt": mqtt("vigil-notifier"),
+                     "smtp": {"host": smtp_server.host, "port": smtp_server.port,
+                              "sender": "vigil@test.invalid"},
+                     "recipients": ["ops@test.invalid"],
+                     "state_path": str(tmp_path / "notifier" / "state.sqlite3"),
+                     "metrics_port": free_port()},
+        "api": {"mqtt": mqtt("vigil-api"), "host": "127.0.0.1", "port": free_port(),
+                "database": str(tmp_path / "api" / "api.sqlite3"),
+                "admin_token_sha256_file": str(token_hash), "metrics_port": free_port()},
+        "devices": [{"id": d} for d in TEST_DEVICES],
+    }
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return CloudConfig(path, load_config(path, environ={}), token)
+
+
+# -- services as real processes ----------------------------------------------------------
+ServiceRunner = Callable[..., ManagedProcess]
+
+
+@pytest.fixture
+def run_service(tmp_path: Path) -> Iterator[ServiceRunner]:
+    """Start ``python -m <module> <args>`` as a child process; all are stopped at the end
+    and their log tails printed (pytest shows them when the test fails)."""
+    started: list[ManagedProcess] = []
+
+    def run(module: str, *args: str, name: str | None = None,
+            env: dict[str, str] | None = None) -> ManagedProcess:
+        label = name or module
+        proc = ManagedProcess(label, [sys.executable, "-m", module, *args],
+                              tmp_path / "logs" / f"{label}.log",
+                              env={"PYTHONUNBUFFERED": "1", **(env or {})}, cwd=ROOT)
+        started.append(proc.start())
+        return proc
+
+    yield run
+    for proc in started:
+        proc.stop()
+    for proc in started:
+        print(f"----- {proc.name} log -----\n{proc.log_tail(60)}")
+
+
+@pytest.fixture
+def probe(broker: BrokerHandle) -> Iterator[Callable[..., MqttProbe]]:
+    """``probe(filter, ...)``: a viewer client recording every message on those filters."""
+    probes: list[MqttProbe] = []
+
+    def make(*filters: str) -> MqttProbe:
+        p = MqttProbe.start(broker.settings, broker.ident("vigil-viewer", unique("probe-")),
+                            *filters)
+        probes.append(p)
+        return p
+
+    yield make
+    for p in probes:
+        p.stop()
+
+
+__all__ = ["BrokerHandle", "CloudConfig", "wait_until"]

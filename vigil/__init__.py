@@ -1,0 +1,8 @@
+"""Vigil's shared contract: what every service speaks.
+
+Topics (``vigil.topics``), message formats (``vigil.messages``), typed settings
+(``vigil.settings``), the MQTT connection helper (``vigil.mqtt``) and the standard
+Prometheus metrics (``vigil.metrics``). No module here imports a service.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,391 @@
+"""Message formats exchanged over MQTT, with strict, pure validation.
+
+Reading (``{root}/data/{device}``), one of two shapes::
+
+    {"id": 1732300000000001, "device": "dev-1", "ts": 1732300000000, "kind": "sensor",
+     "metric": "temperature", "value": 21.5, "unit": "C", "tags": {"room": "lab"}}
+
+    {"device": "dev-1", "readings": [{"id": ..., "ts": ..., "kind": ..., "metric": ...,
+     "value": ..., "unit": ..., "tags": {...}}, ...]}
+
+``id`` is a positive integer unique per device and stable across resends (the edge agent
+uses a persisted sequence seeded from the clock in microseconds). The storage layer folds
+``id mod 10**6`` into the nanoseconds of the stored timestamp, so distinct readings of a
+series never share a point even within one millisecond, and re-writing a reading lands on
+the same point.
+
+Every parse error raises :class:`InvalidMessage` with a reason a person can act on; the
+ingest service puts that reason on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vigil.topics import NAME_RE
+
+KINDS = ("sensor", "quote")
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_BATCH = 1000
+MAX_TAGS = 16
+MAX_ID = 2**53 - 1  # exact in every JSON implementation
+#: 2001-09-09 .. 2100-01-01 in milliseconds: catches seconds or microseconds sent by mistake.
+MIN_TS_MS = 1_000_000_000_000
+MAX_TS_MS = 4_102_444_800_000
+RESERVED_TAGS = frozenset({"device", "kind", "unit", "metric", "id", "value", "time"})
+READING_KEYS = frozenset({"id", "ts", "kind", "metric", "value", "unit", "tags"})
+SINGLE_KEYS = READING_KEYS | {"device", "v"}
+BATCH_KEYS = frozenset({"device", "readings", "v"})
+
+SEVERITIES = ("info", "warning", "critical")
+ALERT_STATES = ("firing", "resolved")
+RULE_OPS = ("above", "below")
+
+Kind = Literal["sensor", "quote"]
+
+
+class InvalidMessage(ValueError):
+    """A message that breaks the contract; ``reason`` says how, for the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement of one metric of one device."""
+
+    id: int
+    device: str
+    ts: int  # epoch milliseconds
+    kind: Kind
+    metric: str
+    value: float
+    unit: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def series_key(self) -> str:
+        """What ring placement hashes: one series per device and metric."""
+        return f"{self.device}/{self.metric}"
+
+    def to_dict(self, *, with_device: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "tags": dict(self.tags),
+        }
+        if with_device:
+            d = {"device": self.device, **d}
+        return d
+
+
+def encode_readings(device: str, readings: list[Reading]) -> bytes:
+    """The payload for one reading (single shape) or several (batch shape)."""
+    if len(readings) == 1:
+        return json.dumps(readings[0].to_dict(), separators=(",", ":")).encode()
+    body = {"device": device, "readings": [r.to_dict(with_device=False) for r in readings]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _check_str(value: object, where: str, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{where} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidMessage(f"{where} is longer than {max_len} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidMessage(f"{where} contains control characters")
+    return value
+
+
+def _check_int(value: object, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidMessage(f"{where} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise InvalidMessage(f"{where} {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _parse_reading(obj: object, device: str, where: str) -> Reading:
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"{where} must be a JSON object")
+    allowed = SINGLE_KEYS if where == "message" else READING_KEYS
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise InvalidMessage(f"{where} has unknown field(s): {', '.join(unknown)}")
+    for key in ("id", "ts", "kind", "metric", "value"):
+        if key not in obj:
+            raise InvalidMessage(f"{where} is missing required field '{key}'")
+    rid = _check_int(obj["id"], f"{where}.id", 1, MAX_ID)
+    ts = _check_int(obj["ts"], f"{where}.ts (epoch milliseconds)", MIN_TS_MS, MAX_TS_MS)
+    kind = obj["kind"]
+    if kind not in KINDS:
+        raise InvalidMessage(f"{where}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    metric = obj["metric"]
+    if not isinstance(metric, str) or not NAME_RE.match(metric):
+        raise InvalidMessage(
+            f"{where}.metric {metric!r} is not a valid name (1-64 of A-Z a-z 0-9 _ . -)"
+        )
+    value = obj["value"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{where}.value must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidMessage(f"{where}.value must be finite")
+    unit = _check_str(obj.get("unit", ""), f"{where}.unit", 32)
+    raw_tags = obj.get("tags", {})
+    if not isinstance(raw_tags, dict):
+        raise InvalidMessage(f"{where}.tags must be an object of strings")
+    if len(raw_tags) > MAX_TAGS:
+        raise InvalidMessage(f"{where}.tags has more than {MAX_TAGS} entries")
+    tags: dict[str, str] = {}
+    for key, val in raw_tags.items():
+        if not NAME_RE.match(key) or not key[0].isalpha():
+            raise InvalidMessage(f"{where}.tags key {key!r} is not a valid name")
+        if key in RESERVED_TAGS:
+            raise InvalidMessage(f"{where}.tags key {key!r} is reserved")
+        sval = _check_str(val, f"{where}.tags.{key}", 128)
+        if not sval:
+            raise InvalidMessage(f"{where}.tags.{key} must not be empty")
+        tags[key] = sval
+    return Reading(rid, device, ts, kind, metric, value, unit, tags)
+
+
+def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
+    """Validate one data-topic payload published under ``topic_device``'s topic.
+
+    Returns the readings in message order; raises InvalidMessage with the reason.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidMessage(f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except UnicodeDecodeError:
+        raise InvalidMessage("payload is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidMessage(f"payload is not JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("payload must be a JSON object")
+    if obj.get("v", 1) != 1:
+        raise InvalidMessage(f"unsupported message version {obj.get('v')!r}")
+    device = obj.get("device")
+    if device is None:
+        raise InvalidMessage("message is missing required field 'device'")
+    if device != topic_device:
+        raise InvalidMessage(f"device {device!r} does not match the topic's {topic_device!r}")
+    if "readings" in obj:
+        unknown = sorted(set(obj) - BATCH_KEYS)
+        if unknown:
+            raise InvalidMessage(f"batch has unknown field(s): {', '.join(unknown)}")
+        items = obj["readings"]
+        if not isinstance(items, list) or not items:
+            raise InvalidMessage("readings must be a non-empty array")
+        if len(items) > MAX_BATCH:
+            raise InvalidMessage(f"batch has {len(items)} readings, over {MAX_BATCH}")
+        readings = [_parse_reading(it, device, f"readings[{i}]") for i, it in enumerate(items)]
+        ids = [r.id for r in readings]
+        if len(set(ids)) != len(ids):
+            raise InvalidMessage("batch repeats a reading id")
+        return readings
+    return [_parse_reading(obj, device, "message")]
+
+
+# -- status ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """Retained on ``{root}/status/{device}``; the last will publishes state offline."""
+
+    device: str
+    state: Literal["online", "offline"]
+    ts: int | None = None
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"device": self.device, "state": self.state, "ts": self.ts, "reason": self.reason},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DeviceStatus:
+        try:
+            obj = json.loads(payload)
+            state = obj["state"]
+            if state not in ("online", "offline"):
+                raise ValueError(state)
+            return cls(str(obj["device"]), state, obj.get("ts"), str(obj.get("reason", "")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidMessage(f"bad status message: {exc}") from None
+
+
+# -- rules -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A threshold rule: fire while ``metric`` of ``device`` (or of any device) is above or
+    below ``threshold``."""
+
+    id: str
+    metric: str
+    op: Literal["above", "below"]
+    threshold: float
+    device: str | None = None
+    severity: str = "warning"
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name or self.id,
+            "metric": self.metric,
+            "device": self.device,
+            "op": self.op,
+            "threshold": self.threshold,
+            "severity": self.severity,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Rule:
+        """Validate a rule; raises InvalidMessage naming the bad field."""
+        if not isinstance(obj, Mapping):
+            raise InvalidMessage("rule must be a JSON object")
+        unknown = sorted(set(obj) - {"id", "name", "metric", "device", "op", "threshold",
+                                     "severity"})
+        if unknown:
+            raise InvalidMessage(f"rule has unknown field(s): {', '.join(unknown)}")
+        for key in ("id", "metric", "op", "threshold"):
+            if key not in obj:
+                raise InvalidMessage(f"rule is missing required field '{key}'")
+        rid, metric, device = obj["id"], obj["metric"], obj.get("device")
+        if not isinstance(rid, str) or not NAME_RE.match(rid):
+            raise InvalidMessage(f"rule id {rid!r} is not a valid name")
+        if not isinstance(metric, str) or not NAME_RE.match(metric):
+            raise InvalidMessage(f"metric {metric!r} is not a valid name")
+        if device is not None and (not isinstance(device, str) or not NAME_RE.match(device)):
+            raise InvalidMessage(f"device {device!r} is not a valid device id")
+        if obj["op"] not in RULE_OPS:
+            raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {obj['op']!r}")
+        threshold = obj["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+            math.isfinite(threshold)
+        ):
+            raise InvalidMessage("threshold must be a finite number")
+        severity = obj.get("severity", "warning")
+        if severity not in SEVERITIES:
+            raise InvalidMessage(f"severity must be one of {', '.join(SEVERITIES)}")
+        name = _check_str(obj.get("name", "") or "", "name", 200)
+        return cls(rid, metric, obj["op"], float(threshold), device, severity, name or rid)
+
+
+def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
+    """The retained rule-set snapshot on ``{root}/config/rules``."""
+    body = {"version": version, "ts": ts, "rules": [r.to_dict() for r in rules]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_rules(payload: bytes) -> tuple[int, list[Rule]]:
+    try:
+        obj = json.loads(payload)
+        return int(obj["version"]), [Rule.from_dict(r) for r in obj["rules"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidMessage(f"bad rule set: {exc}") from None
+
+
+# -- alerts ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert transition on ``{root}/alerts/{device}/{rule_id}``.
+
+    ``alert_id`` names one firing episode: the resolved message repeats the firing one's id.
+    """
+
+    alert_id: str
+    rule_id: str
+    rule: str
+    device: str
+    metric: str
+    value: float
+    threshold: float
+    op: str
+    state: Literal["firing", "resolved"]
+    severity: str
+    started_at: int  # epoch ms of the reading that started the episode
+    ts: int  # epoch ms of the reading behind this transition
+    resolved_at: int | None = None
+    reading_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule_id": self.rule_id,
+            "rule": self.rule,
+            "device": self.device,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "op": self.op,
+            "state": self.state,
+            "severity": self.severity,
+            "started_at": self.started_at,
+            "resolved_at": self.resolved_at,
+            "ts": self.ts,
+            "reading_id": self.reading_id,
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Alert:
+        try:
+            obj = json.loads(payload)
+            if obj["state"] not in ALERT_STATES:
+                raise ValueError(f"state {obj['state']!r}")
+            return cls(
+                alert_id=str(obj["alert_id"]),
+                rule_id=str(obj["rule_id"]),
+                rule=str(obj.get("rule", obj["rule_id"])),
+                device=str(obj["device"]),
+                metric=str(obj["metric"]),
+                value=float(obj["value"]),
+                threshold=float(obj["threshold"]),
+                op=str(obj["op"]),
+                state=obj["state"],
+                severity=str(obj["severity"]),
+                started_at=int(obj["started_at"]),
+                ts=int(obj["ts"]),
+                resolved_at=None if obj.get("resolved_at") is None else int(obj["resolved_at"]),
+                reading_id=None if obj.get("reading_id") is None else int(obj["reading_id"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidMessage(f"bad alert message: {exc}") from None
+
+
+# -- dead letters ------------------------------------------------------------------------
+def encode_dead_letter(
+    *, reason: str, topic: str, payload: bytes, received_at: int, service: str
+) -> bytes:
+    """A dead letter: the reason, the original topic and the original payload (as text when
+    it is UTF-8, else base64), so nothing of the rejected message is lost."""
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    body = {
+        "reason": reason,
+        "topic": topic,
+        "payload": text,
+        "encoding": encoding,
+        "received_at": received_at,
+        "service": service,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,47 @@
+"""The Prometheus metrics every service exposes on its own port.
+
+Each service gets ``vigil_messages_in_total``, ``vigil_messages_out_total``,
+``vigil_errors_total{kind}`` and ``vigil_step_seconds`` (the latency of its main step),
+all labelled with ``service``, in a registry of its own so several services can live in one
+test process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ServiceMetrics:
+    def __init__(self, service: str, step: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        labels = ["service"]
+        self._in = Counter("vigil_messages_in", "Messages received", labels,
+                           registry=self.registry)
+        self._out = Counter("vigil_messages_out", "Messages sent or stored", labels,
+                            registry=self.registry)
+        self._errors = Counter("vigil_errors", "Errors by kind", [*labels, "kind"],
+                               registry=self.registry)
+        self._step = Histogram("vigil_step_seconds", f"Latency of the main step ({step})",
+                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.messages_in = self._in.labels(service)
+        self.messages_out = self._out.labels(service)
+        self.step_seconds = self._step.labels(service)
+
+    def error(self, kind: str, n: int = 1) -> None:
+        self._errors.labels(self.service, kind).inc(n)
+
+    def gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, ["service"], registry=self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose ``/metrics`` on ``port`` (0 disables)."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)
+            log.info("%s metrics on http://%s:%d/metrics", self.service, host, port)

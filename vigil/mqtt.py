@@ -1,0 +1,217 @@
+"""The MQTT connection helper every service uses: paho-mqtt 2, MQTT 5, Vigil's defaults.
+
+- username/password from the service's settings, optional last will;
+- automatic reconnection with a capped backoff, run by paho's network thread;
+- subscriptions registered once and renewed on every (re)connect;
+- persistent sessions (``clean_start=False`` with a session expiry) for consumers that must
+  not lose QoS 1 messages while they are down, and manual acknowledgement so a message is
+  acknowledged only once its work is done;
+- ``publish_wait`` for publishers that must know the broker has the message.
+
+paho calls callbacks on its network thread; handlers registered here run there too and must
+hand work to the service's own thread or loop rather than block.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from vigil.settings import BrokerSettings, MqttClientSettings
+
+log = logging.getLogger(__name__)
+
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+MessageHandler = Callable[[paho.MQTTMessage], None]
+
+
+class MqttError(Exception):
+    """A broker operation that did not succeed."""
+
+    retriable = True
+
+
+class PublishError(MqttError):
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"publish to {topic} failed: {reason}")
+        self.topic, self.reason = topic, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttClient:
+    """One MQTT 5 connection with Vigil's defaults. Start with :meth:`start`."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        ident: MqttClientSettings,
+        *,
+        persistent_session: bool = False,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+        max_inflight: int = 1000,
+        will: Will | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.ident = ident
+        self.persistent_session = persistent_session
+        self._receive_maximum = receive_maximum
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=ident.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        pw = password if password is not None else ident.password
+        self._client.username_pw_set(ident.username, pw)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._subscriptions: dict[str, int] = {}
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self.on_connected: list[Callable[[bool], None]] = []
+        self.on_disconnected: list[Callable[[], None]] = []
+        self.on_published: list[Callable[[int], None]] = []
+        self._connected = threading.Event()
+        self._last_error = ""
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def paho(self) -> paho.Client:
+        return self._client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background and keep reconnecting until :meth:`stop`."""
+        props = Properties(PacketTypes.CONNECT)
+        if self.persistent_session:
+            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive_s,
+            clean_start=not self.persistent_session,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    # -- subscriptions and handlers -----------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler`` (on paho's thread)."""
+        self._subscriptions[topic_filter] = qos
+        self._handlers.append((topic_filter, handler))
+        if self.connected:
+            self._client.subscribe(topic_filter, qos)
+
+    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        for topic_filter, handler in self._handlers:
+            if paho.topic_matches_sub(topic_filter, msg.topic):
+                try:
+                    handler(msg)
+                except Exception:
+                    log.exception("handler for %s failed on a message on %s", topic_filter,
+                                  msg.topic)
+                return
+        log.warning("message on %s matched no handler", msg.topic)
+
+    # -- publishing ---------------------------------------------------------------------
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> paho.MQTTMessageInfo:
+        """Queue a publish; paho sends it now or on reconnect (QoS 1 is kept until acked)."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish and wait until the broker acknowledged it (QoS 1) or it was sent (QoS 0)."""
+        info = self.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise PublishError(topic, paho.error_string(info.rc))
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise PublishError(topic, str(exc)) from exc
+        if not info.is_published():
+            raise PublishError(topic, f"not acknowledged within {timeout:g}s")
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a message received with manual acknowledgement."""
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    # -- paho callbacks -----------------------------------------------------------------
+    def _on_connect(
+        self, client: paho.Client, _u: object, flags: paho.ConnectFlags, rc: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        if rc.is_failure:
+            if str(rc) != self._last_error:
+                log.error("broker %s:%s refused %s: %s", self.broker.host, self.broker.port,
+                          self.ident.username, rc)
+                self._last_error = str(rc)
+            return
+        self._last_error = ""
+        log.info("connected to broker %s:%s as %s (session present: %s)", self.broker.host,
+                 self.broker.port, self.ident.client_id, flags.session_present)
+        for topic_filter, qos in self._subscriptions.items():
+            client.subscribe(topic_filter, qos)
+        self._connected.set()
+        for cb in self.on_connected:
+            cb(flags.session_present)
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: object, _flags: paho.DisconnectFlags, rc: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            log.warning("disconnected from broker %s:%s (%s); reconnecting", self.broker.host,
+                        self.broker.port, rc)
+        for cb in self.on_disconnected:
+            cb()
+
+    def _on_publish(
+        self, _c: paho.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        for cb in self.on_published:
+            cb(mid)

@@ -1,0 +1,125 @@
+"""The MQTT topic tree, general to specific, one subtree per purpose.
+
+    {root}/data/{device}                 readings (one or a batch), device -> ingest, alert engine
+    {root}/status/{device}               retained device status; the last will sets it offline
+    {root}/config/devices/{device}       retained device configuration, api -> device
+    {root}/config/rules                  retained rule set snapshot, api -> alert engine
+    {root}/alerts/{device}/{rule_id}     alert transitions, alert engine -> notifier, users
+    {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
+
+The device identity is always the third level, so broker ACLs written with ``%u``
+confine a device to its own subtrees. Everything here is pure and tested directly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_ROOT = "vigil"
+
+#: Device ids, metric names, rule ids and tag keys share this shape: safe in a topic
+#: level, an InfluxDB identifier and a file name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+DATA = "data"
+STATUS = "status"
+CONFIG = "config"
+ALERTS = "alerts"
+DEADLETTER = "deadletter"
+
+#: Placeholder device level for a dead letter whose topic names no valid device.
+UNKNOWN_DEVICE = "_unknown"
+
+
+class TopicError(ValueError):
+    """A topic or topic level that does not fit the tree."""
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a valid name (device, metric, rule id), else raise."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise TopicError(
+            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Builds and parses the topics under one root (``vigil`` unless configured)."""
+
+    root: str = DEFAULT_ROOT
+
+    def __post_init__(self) -> None:
+        if not self.root or any(c in self.root for c in "+#") or self.root.startswith("$"):
+            raise TopicError(f"invalid topic root {self.root!r}")
+
+    # -- builders ---------------------------------------------------------------------
+    def data(self, device: str) -> str:
+        return f"{self.root}/{DATA}/{check_name(device, 'device id')}"
+
+    def status(self, device: str) -> str:
+        return f"{self.root}/{STATUS}/{check_name(device, 'device id')}"
+
+    def device_config(self, device: str) -> str:
+        return f"{self.root}/{CONFIG}/devices/{check_name(device, 'device id')}"
+
+    @property
+    def rules(self) -> str:
+        return f"{self.root}/{CONFIG}/rules"
+
+    def alert(self, device: str, rule_id: str) -> str:
+        return (
+            f"{self.root}/{ALERTS}/{check_name(device, 'device id')}/"
+            f"{check_name(rule_id, 'rule id')}"
+        )
+
+    def deadletter(self, device: str | None) -> str:
+        level = device if device and NAME_RE.match(device) else UNKNOWN_DEVICE
+        return f"{self.root}/{DEADLETTER}/{level}"
+
+    # -- subscription filters ---------------------------------------------------------
+    @property
+    def data_filter(self) -> str:
+        """Every device's readings (``#`` also matches the parent level)."""
+        return f"{self.root}/{DATA}/+/#"
+
+    @property
+    def status_filter(self) -> str:
+        return f"{self.root}/{STATUS}/+"
+
+    @property
+    def alerts_filter(self) -> str:
+        return f"{self.root}/{ALERTS}/#"
+
+    @property
+    def deadletter_filter(self) -> str:
+        return f"{self.root}/{DEADLETTER}/#"
+
+    # -- parsing ----------------------------------------------------------------------
+    def device_of(self, topic: str, subtree: str = DATA) -> str | None:
+        """The device level of ``topic`` in ``subtree``, or None if the topic is not there
+        or names no valid device."""
+        parts = topic.split("/")
+        root_parts = self.root.split("/")
+        n = len(root_parts)
+        if parts[:n] != root_parts or len(parts) < n + 2 or parts[n] != subtree:
+            return None
+        device = parts[n + 1]
+        return device if NAME_RE.match(device) else None
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic filter matching (``+`` one level, ``#`` this level and below)."""
+    f_parts = topic_filter.split("/")
+    t_parts = topic.split("/")
+    for i, f in enumerate(f_parts):
+        if f == "#":
+            return True
+        if i >= len(t_parts):
+            return False
+        if f != "+" and f != t_parts[i]:
+            return False
+    return len(f_parts) == len(t_parts)
