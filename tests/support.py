@@ -28,6 +28,13 @@ def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float =
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
+def wait_subscribed(proc: Any, topic_filter: str, timeout: float = 30.0) -> None:
+    """Wait until a service process logged that the broker granted its subscription (a
+    persistent session queues messages only from then on)."""
+    wait_until(lambda: f"subscribed to {topic_filter}" in proc.log_tail(400), timeout,
+               what=f"{proc.name} to subscribe to {topic_filter}")
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
@@ -63,3 +70,20 @@ class MqttProbe:
 
     def stop(self) -> None:
         self.client.stop()
+
+
+def publish_all(broker: BrokerSettings, ident: MqttClientSettings,
+                messages: list[tuple[str, bytes]], timeout: float = 60.0) -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 in order, as ``ident``; return when the
+    broker acknowledged them all."""
+    client = MqttClient(broker, ident)
+    client.start()
+    try:
+        assert client.wait_connected(10), f"{ident.username} could not connect"
+        infos = [client.publish(t, p, qos=1) for t, p in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "broker did not acknowledge a publish"
+    finally:
+        client.stop()

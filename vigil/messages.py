@@ -119,10 +119,12 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
 def _parse_reading(obj: object, device: str, where: str) -> Reading:
     if not isinstance(obj, dict):
         raise InvalidMessage(f"{where} must be a JSON object")
-    allowed = SINGLE_KEYS if where == "message" else READING_KEYS
+    allowed = SINGLE_KEYS if where == "message" else READING_KEYS | {"device"}
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise InvalidMessage(f"{where} has unknown field(s): {', '.join(unknown)}")
+    if obj.get("device", device) != device:
+        raise InvalidMessage(f"{where}.device {obj['device']!r} does not match {device!r}")
     for key in ("id", "ts", "kind", "metric", "value"):
         if key not in obj:
             raise InvalidMessage(f"{where} is missing required field '{key}'")

@@ -9,10 +9,12 @@ test process.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
+CounterChild = Any  # prometheus_client's labelled Counter
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -38,7 +40,12 @@ class ServiceMetrics:
         self._errors.labels(self.service, kind).inc(n)
 
     def gauge(self, name: str, doc: str) -> Gauge:
+        """A gauge labelled ``service``: call ``.labels(service)`` to set it."""
         return Gauge(name, doc, ["service"], registry=self.registry)
+
+    def counter(self, name: str, doc: str) -> CounterChild:
+        """A counter of this service (``name`` without the ``_total`` suffix)."""
+        return Counter(name, doc, ["service"], registry=self.registry).labels(self.service)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` on ``port`` (0 disables)."""

@@ -92,10 +92,14 @@ class MqttClient:
         self.on_published: list[Callable[[int], None]] = []
         self._connected = threading.Event()
         self._last_error = ""
+        self._stopping = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._pending_subs: dict[int, str] = {}
+        self.subscribed = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -126,6 +130,7 @@ class MqttClient:
         return self._connected.wait(timeout)
 
     def stop(self) -> None:
+        self._stopping = True
         try:
             self._client.disconnect()
         finally:
@@ -193,10 +198,24 @@ class MqttClient:
         log.info("connected to broker %s:%s as %s (session present: %s)", self.broker.host,
                  self.broker.port, self.ident.client_id, flags.session_present)
         for topic_filter, qos in self._subscriptions.items():
-            client.subscribe(topic_filter, qos)
+            _rc, mid = client.subscribe(topic_filter, qos)
+            self._pending_subs[mid] = topic_filter
         self._connected.set()
         for cb in self.on_connected:
             cb(flags.session_present)
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: object, mid: int, codes: list[ReasonCode],
+        _p: Properties | None,
+    ) -> None:
+        topic_filter = self._pending_subs.pop(mid, "?")
+        if any(c.is_failure for c in codes):
+            log.error("broker refused subscription to %s for %s: %s", topic_filter,
+                      self.ident.username, ", ".join(str(c) for c in codes))
+            return
+        log.info("subscribed to %s", topic_filter)
+        if not self._pending_subs:
+            self.subscribed.set()
 
     def _on_disconnect(
         self, _c: paho.Client, _u: object, _flags: paho.DisconnectFlags, rc: ReasonCode,
@@ -204,7 +223,8 @@ class MqttClient:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if was:
+        self.subscribed.clear()
+        if was and not self._stopping:
             log.warning("disconnected from broker %s:%s (%s); reconnecting", self.broker.host,
                         self.broker.port, rc)
         for cb in self.on_disconnected:

@@ -1,0 +1,68 @@
+"""Turn a batch of received MQTT messages into work (pure): readings to store, dead letters
+to publish, duplicates to drop. The service then does the I/O and acknowledges every message
+of the batch only when its readings are stored and its dead letters published."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ingest_service.dedupe import RecentIds
+from vigil.messages import InvalidMessage, Reading, parse_readings
+from vigil.topics import Topics
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message as paho handed it over."""
+
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_at: int  # epoch ms
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: Inbound
+    reason: str
+
+
+@dataclass
+class Prepared:
+    #: new readings per message index, in message order (a message may carry several)
+    readings: list[tuple[int, list[Reading]]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def all_readings(self) -> list[Reading]:
+        return [r for _, rs in self.readings for r in rs]
+
+
+def prepare(batch: list[Inbound], topics: Topics, recent: RecentIds) -> Prepared:
+    """Validate each message and drop readings already stored (``recent``) or already seen
+    earlier in this batch."""
+    out = Prepared()
+    in_batch: set[tuple[str, int]] = set()
+    for index, msg in enumerate(batch):
+        device = topics.device_of(msg.topic)
+        if device is None:
+            out.dead.append(DeadLetter(msg, f"topic {msg.topic!r} names no valid device"))
+            continue
+        try:
+            readings = parse_readings(msg.payload, device)
+        except InvalidMessage as exc:
+            out.dead.append(DeadLetter(msg, exc.reason))
+            continue
+        fresh = []
+        for r in readings:
+            key = (r.device, r.id)
+            if key in in_batch or key in recent:
+                out.duplicates += 1
+                continue
+            in_batch.add(key)
+            fresh.append(r)
+        if fresh:
+            out.readings.append((index, fresh))
+    return out

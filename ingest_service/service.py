@@ -1,0 +1,172 @@
+"""The ingest service: MQTT in, replicated InfluxDB writes out, acknowledged only once stored.
+
+Threads: paho's network thread only queues each message (``Inbound``); one writer thread
+batches them (size and linger), validates, drops duplicates, writes the batch to the ring,
+publishes dead letters, and only then acknowledges every message of the batch. A message the
+broker sent is therefore acknowledged only after its readings are on all their replicas or its
+dead letter is on the broker; anything unacknowledged when the process dies is redelivered to
+the persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import paho.mqtt.client as paho
+
+from ingest_service.batcher import Batcher
+from ingest_service.dedupe import RecentIds
+from ingest_service.prepare import DeadLetter, Inbound, Prepared, prepare
+from storage_nodes import FatalStorageError, RetriableStorageError, StorageCluster
+from vigil.messages import encode_dead_letter
+from vigil.metrics import ServiceMetrics
+from vigil.mqtt import MqttClient, PublishError
+from vigil.settings import VigilConfig
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+MAX_BACKOFF_S = 5.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IngestService:
+    def __init__(self, config: VigilConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.config = config
+        self.settings = config.ingest
+        self.topics = config.broker.topics
+        self.metrics = metrics or ServiceMetrics(SERVICE, "store batch")
+        self.duplicates = self.metrics.counter("vigil_ingest_duplicates_dropped",
+                                               "Redelivered readings dropped by message id")
+        self.dead_letters = self.metrics.counter("vigil_ingest_dead_letters",
+                                                 "Messages sent to the dead-letter topic")
+        self.stored = self.metrics.counter("vigil_ingest_readings_stored",
+                                           "Readings stored on all their replicas")
+        self.storage = StorageCluster(config.storage)
+        self.recent = RecentIds(self.settings.dedupe_window)
+        self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.mqtt = MqttClient(config.broker, self.settings.mqtt, persistent_session=True,
+                               manual_ack=True, receive_maximum=self.settings.receive_maximum)
+        self.mqtt.subscribe(self.topics.data_filter, self._on_message, qos=1)
+        self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.storage.ensure_database()
+        log.info("storage ring: %s, replication factor %d, database %s",
+                 ", ".join(f"{n.name}={n.url}" for n in self.storage.nodes.values()),
+                 self.storage.ring.replication_factor, self.storage.database)
+        self._writer.start()
+        self.mqtt.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, finish the batch in hand, disconnect."""
+        self._stop.set()
+        self._writer.join(timeout)
+        self.mqtt.stop()
+        self.storage.close()
+
+    # -- paho thread: hand over, nothing else -------------------------------------------
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, msg.payload, now_ms()))
+
+    # -- writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        batcher: Batcher[Inbound] = Batcher(self.settings.batch_max_messages,
+                                            self.settings.batch_linger_ms / 1000)
+        while not self._stop.is_set() or len(batcher):
+            left = batcher.time_left()
+            try:
+                item = self._inbox.get(timeout=0.2 if left is None else max(left, 0.0005))
+                batcher.add(item)
+                while not batcher.full:  # drain what is already waiting, cheaply
+                    batcher.add(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if len(batcher) and (batcher.ready() or self._stop.is_set()):
+                self.process(batcher.take())
+
+    def process(self, batch: list[Inbound]) -> None:
+        started = time.perf_counter()
+        self.metrics.messages_in.inc(len(batch))
+        work = prepare(batch, self.topics, self.recent)
+        self._store(work, batch)
+        self._publish_dead_letters(work.dead)
+        for msg in batch:
+            self.mqtt.ack(msg.mid, msg.qos)
+        for r in work.all_readings:
+            self.recent.add((r.device, r.id))
+        n = len(work.all_readings)
+        self.metrics.messages_out.inc(n)
+        self.stored.inc(n)
+        if work.duplicates:
+            self.duplicates.inc(work.duplicates)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+
+    def _store(self, work: Prepared, batch: list[Inbound]) -> None:
+        """Write the batch; retry while servers are unreachable; on a rejection, find the
+        messages the servers reject and dead-letter them instead."""
+        if not work.readings:
+            return
+        try:
+            self._retrying(lambda: self.storage.write(work.all_readings))
+        except FatalStorageError as exc:
+            log.error("storage rejected a batch of %d messages (%s); retrying one by one",
+                      len(work.readings), exc)
+            kept = []
+            for index, readings in work.readings:
+                try:
+                    self._retrying(lambda rs=readings: self.storage.write(rs))  # type: ignore[misc]
+                    kept.append((index, readings))
+                except FatalStorageError as one:
+                    work.dead.append(DeadLetter(batch[index], f"storage rejected it: {one}"))
+            work.readings = kept
+
+    def _retrying(self, action: object) -> None:
+        assert callable(action)
+        delay, failing_since = 0.1, None
+        while True:
+            try:
+                action()
+                if failing_since is not None:
+                    log.warning("storage is back after %.1fs", time.monotonic() - failing_since)
+                return
+            except RetriableStorageError as exc:
+                self.metrics.error("storage_unavailable")
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("storage node %s unreachable, holding the batch and retrying: %s",
+                                exc.node, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _publish_dead_letters(self, dead: list[DeadLetter]) -> None:
+        if not dead:
+            return
+        pending = []
+        for d in dead:
+            device = self.topics.device_of(d.message.topic)
+            payload = encode_dead_letter(reason=d.reason, topic=d.message.topic,
+                                         payload=d.message.payload,
+                                         received_at=d.message.received_at, service=SERVICE)
+            pending.append((self.topics.deadletter(device), payload))
+        for topic, payload in pending:
+            while True:
+                try:
+                    self.mqtt.publish_wait(topic, payload, qos=1, timeout=30)
+                    break
+                except PublishError as exc:
+                    self.metrics.error("deadletter_publish")
+                    log.warning("dead letter not yet on the broker, retrying: %s", exc)
+                    time.sleep(1)
+        self.metrics.error("invalid_message", len(dead))
+        self.dead_letters.inc(len(dead))
+        log.info("sent %d invalid message(s) to the dead-letter topic (first: %s: %s)",
+                 len(dead), dead[0].message.topic, dead[0].reason)
