@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vigil.topics import Topics
 
-MOSQUITTO_PASSWD = "mosquitto_passwd"
+MOSQUITTO_PASSWD = "mosquitto_passwd"  # noqa: S105 - a program name
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 #: The service users and what each may do, as (access, topic-under-root) pairs.
@@ -49,8 +49,15 @@ def render_acl(topics: Topics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_conf(*, port: int, host: str, passwd_file: Path, acl_file: Path,
-                persistence_dir: Path, log_file: Path | None) -> str:
+def render_conf(
+    *,
+    port: int,
+    host: str,
+    passwd_file: Path,
+    acl_file: Path,
+    persistence_dir: Path,
+    log_file: Path | None,
+) -> str:
     log = f"log_dest file {log_file}" if log_file else "log_dest stderr"
     # Mosquitto started as root switches to user "mosquitto", which cannot read files the
     # project owns: run as whoever owns them.
@@ -126,22 +133,41 @@ class BrokerFiles:
         return [MOSQUITTO, "-c", str(self.conf)]
 
 
-def provision(*, broker_dir: Path, secrets_dir: Path, host: str, port: int,
-              devices: Iterable[str], topics: Topics) -> BrokerFiles:
+def provision(
+    *,
+    broker_dir: Path,
+    secrets_dir: Path,
+    host: str,
+    port: int,
+    devices: Iterable[str],
+    topics: Topics,
+) -> BrokerFiles:
     """Generate (or refresh) the broker's files; existing passwords are kept."""
     broker_dir.mkdir(parents=True, exist_ok=True)
     persistence = broker_dir / "data"
     persistence.mkdir(exist_ok=True)
-    files = BrokerFiles(conf=broker_dir / "mosquitto.conf", passwd=broker_dir / "passwd",
-                        acl=broker_dir / "acl", persistence_dir=persistence,
-                        log=broker_dir / "mosquitto.log", host=host, port=port,
-                        secrets_dir=secrets_dir)
+    files = BrokerFiles(
+        conf=broker_dir / "mosquitto.conf",
+        passwd=broker_dir / "passwd",
+        acl=broker_dir / "acl",
+        persistence_dir=persistence,
+        log=broker_dir / "mosquitto.log",
+        host=host,
+        port=port,
+        secrets_dir=secrets_dir,
+    )
     users = [*SERVICE_ACCESS, *devices]
     files.creds = {u: load_or_create_password(secrets_dir, u) for u in users}
     write_passwd_file(files.passwd, files.creds)
     files.acl.write_text(render_acl(topics))
-    files.conf.write_text(render_conf(port=port, host=host, passwd_file=files.passwd.resolve(),
-                                      acl_file=files.acl.resolve(),
-                                      persistence_dir=persistence.resolve(),
-                                      log_file=files.log.resolve()))
+    files.conf.write_text(
+        render_conf(
+            port=port,
+            host=host,
+            passwd_file=files.passwd.resolve(),
+            acl_file=files.acl.resolve(),
+            persistence_dir=persistence.resolve(),
+            log_file=files.log.resolve(),
+        )
+    )
     return files

@@ -17,8 +17,9 @@ log = logging.getLogger("ingest_service")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vigil-ingest", description=__doc__)
     ap.add_argument("--config", default="config/vigil.yaml")
-    ap.add_argument("--validate-config", action="store_true",
-                    help="check the configuration and exit")
+    ap.add_argument(
+        "--validate-config", action="store_true", help="check the configuration and exit"
+    )
     args = ap.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     service.metrics.serve(config.ingest.metrics_port)
     service.start()
-    log.info("consuming %s as %s", config.broker.topics.data_filter,
-             config.ingest.mqtt.client_id)
+    log.info("consuming %s as %s", config.broker.topics.data_filter, config.ingest.mqtt.client_id)
     stop.wait()
     log.info("stopping")
     service.stop()

@@ -11,8 +11,9 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    def __init__(self, max_items: int, linger_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_items: int, linger_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.max_items = max_items

@@ -42,27 +42,38 @@ class IngestService:
         self.settings = config.ingest
         self.topics = config.broker.topics
         self.metrics = metrics or ServiceMetrics(SERVICE, "store batch")
-        self.duplicates = self.metrics.counter("vigil_ingest_duplicates_dropped",
-                                               "Redelivered readings dropped by message id")
-        self.dead_letters = self.metrics.counter("vigil_ingest_dead_letters",
-                                                 "Messages sent to the dead-letter topic")
-        self.stored = self.metrics.counter("vigil_ingest_readings_stored",
-                                           "Readings stored on all their replicas")
+        self.duplicates = self.metrics.counter(
+            "vigil_ingest_duplicates_dropped", "Redelivered readings dropped by message id"
+        )
+        self.dead_letters = self.metrics.counter(
+            "vigil_ingest_dead_letters", "Messages sent to the dead-letter topic"
+        )
+        self.stored = self.metrics.counter(
+            "vigil_ingest_readings_stored", "Readings stored on all their replicas"
+        )
         self.storage = StorageCluster(config.storage)
         self.recent = RecentIds(self.settings.dedupe_window)
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self.mqtt = MqttClient(config.broker, self.settings.mqtt, persistent_session=True,
-                               manual_ack=True, receive_maximum=self.settings.receive_maximum)
+        self.mqtt = MqttClient(
+            config.broker,
+            self.settings.mqtt,
+            persistent_session=True,
+            manual_ack=True,
+            receive_maximum=self.settings.receive_maximum,
+        )
         self.mqtt.subscribe(self.topics.data_filter, self._on_message, qos=1)
         self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self.storage.ensure_database()
-        log.info("storage ring: %s, replication factor %d, database %s",
-                 ", ".join(f"{n.name}={n.url}" for n in self.storage.nodes.values()),
-                 self.storage.ring.replication_factor, self.storage.database)
+        log.info(
+            "storage ring: %s, replication factor %d, database %s",
+            ", ".join(f"{n.name}={n.url}" for n in self.storage.nodes.values()),
+            self.storage.ring.replication_factor,
+            self.storage.database,
+        )
         self._writer.start()
         self.mqtt.start()
 
@@ -75,12 +86,13 @@ class IngestService:
 
     # -- paho thread: hand over, nothing else -------------------------------------------
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, msg.payload, now_ms()))
+        self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), now_ms()))
 
     # -- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
-        batcher: Batcher[Inbound] = Batcher(self.settings.batch_max_messages,
-                                            self.settings.batch_linger_ms / 1000)
+        batcher: Batcher[Inbound] = Batcher(
+            self.settings.batch_max_messages, self.settings.batch_linger_ms / 1000
+        )
         while not self._stop.is_set() or len(batcher):
             left = batcher.time_left()
             try:
@@ -118,12 +130,15 @@ class IngestService:
         try:
             self._retrying(lambda: self.storage.write(work.all_readings))
         except FatalStorageError as exc:
-            log.error("storage rejected a batch of %d messages (%s); retrying one by one",
-                      len(work.readings), exc)
+            log.error(
+                "storage rejected a batch of %d messages (%s); retrying one by one",
+                len(work.readings),
+                exc,
+            )
             kept = []
             for index, readings in work.readings:
                 try:
-                    self._retrying(lambda rs=readings: self.storage.write(rs))  # type: ignore[misc]
+                    self._retrying(lambda rs=readings: self.storage.write(rs))
                     kept.append((index, readings))
                 except FatalStorageError as one:
                     work.dead.append(DeadLetter(batch[index], f"storage rejected it: {one}"))
@@ -142,8 +157,11 @@ class IngestService:
                 self.metrics.error("storage_unavailable")
                 if failing_since is None:
                     failing_since = time.monotonic()
-                    log.warning("storage node %s unreachable, holding the batch and retrying: %s",
-                                exc.node, exc)
+                    log.warning(
+                        "storage node %s unreachable, holding the batch and retrying: %s",
+                        exc.node,
+                        exc,
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
@@ -153,9 +171,13 @@ class IngestService:
         pending = []
         for d in dead:
             device = self.topics.device_of(d.message.topic)
-            payload = encode_dead_letter(reason=d.reason, topic=d.message.topic,
-                                         payload=d.message.payload,
-                                         received_at=d.message.received_at, service=SERVICE)
+            payload = encode_dead_letter(
+                reason=d.reason,
+                topic=d.message.topic,
+                payload=d.message.payload,
+                received_at=d.message.received_at,
+                service=SERVICE,
+            )
             pending.append((self.topics.deadletter(device), payload))
         for topic, payload in pending:
             while True:
@@ -168,5 +190,9 @@ class IngestService:
                     time.sleep(1)
         self.metrics.error("invalid_message", len(dead))
         self.dead_letters.inc(len(dead))
-        log.info("sent %d invalid message(s) to the dead-letter topic (first: %s: %s)",
-                 len(dead), dead[0].message.topic, dead[0].reason)
+        log.info(
+            "sent %d invalid message(s) to the dead-letter topic (first: %s: %s)",
+            len(dead),
+            dead[0].message.topic,
+            dead[0].reason,
+        )

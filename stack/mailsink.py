@@ -42,13 +42,15 @@ class MailSink:
         tmp.replace(self.folder / name)
         msg = message_from_bytes(raw)
         self.messages.append(msg)
-        log.info("mail to %s saved as %s: %s", ",".join(envelope.rcpt_tos), name,
-                 msg.get("Subject", ""))
+        log.info(
+            "mail to %s saved as %s: %s", ",".join(envelope.rcpt_tos), name, msg.get("Subject", "")
+        )
         return "250 Message accepted for delivery"
 
 
-def start_mailsink(folder: Path, host: str = "127.0.0.1", port: int = 2525
-                   ) -> tuple[Controller, MailSink]:
+def start_mailsink(
+    folder: Path, host: str = "127.0.0.1", port: int = 2525
+) -> tuple[Controller, MailSink]:
     handler = MailSink(folder)
     controller = Controller(handler, hostname=host, port=port)
     controller.start()

@@ -39,8 +39,14 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 
 
 class ManagedProcess:
-    def __init__(self, name: str, cmd: Sequence[str], log_path: Path,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.cmd = list(cmd)
         self.log_path = log_path
@@ -52,9 +58,13 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env=None if self.env is None else {**os.environ, **self.env},
-                cwd=self.cwd, preexec_fn=_die_with_parent,
+                cwd=self.cwd,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks
             )
         return self
 
@@ -70,13 +80,16 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.returncode()}) before "
-                                   f"listening on {host}:{port}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.returncode()}) before "
+                    f"listening on {host}:{port}:\n{self.log_tail()}"
+                )
             if port_open(host, port):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"{self.name} not listening on {host}:{port} after {timeout:g}s:\n"
-                           f"{self.log_tail()}")
+        raise TimeoutError(
+            f"{self.name} not listening on {host}:{port} after {timeout:g}s:\n{self.log_tail()}"
+        )
 
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()

@@ -64,8 +64,12 @@ class InfluxNode:
     def write(self, database: str, lines: list[str]) -> None:
         """Write line-protocol lines with nanosecond timestamps in one request."""
         if lines:
-            self._request("POST", "/write", params={"db": database, "precision": "ns"},
-                          data="\n".join(lines).encode("utf-8"))
+            self._request(
+                "POST",
+                "/write",
+                params={"db": database, "precision": "ns"},
+                data="\n".join(lines).encode("utf-8"),
+            )
 
     def query(
         self,

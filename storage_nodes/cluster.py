@@ -47,11 +47,11 @@ class StorageCluster:
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
         self.database = settings.database
-        self.nodes = {n.name: InfluxNode(n.name, n.url, settings.timeout_s)
-                      for n in settings.nodes}
+        self.nodes = {n.name: InfluxNode(n.name, n.url, settings.timeout_s) for n in settings.nodes}
         self.ring = HashRing(list(self.nodes), settings.vnodes, settings.replication_factor)
-        self._pool = ThreadPoolExecutor(max_workers=len(self.nodes),
-                                        thread_name_prefix="influx-write")
+        self._pool = ThreadPoolExecutor(
+            max_workers=len(self.nodes), thread_name_prefix="influx-write"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -90,8 +90,10 @@ class StorageCluster:
         self.write_plan(self.plan(readings))
 
     def write_plan(self, plan: dict[str, list[str]]) -> None:
-        futures = {name: self._pool.submit(self.nodes[name].write, self.database, lines)
-                   for name, lines in plan.items()}
+        futures = {
+            name: self._pool.submit(self.nodes[name].write, self.database, lines)
+            for name, lines in plan.items()
+        }
         errors: list[StorageError] = []
         for fut in futures.values():
             exc = fut.exception()
@@ -104,8 +106,9 @@ class StorageCluster:
             raise (fatal or errors)[0]
 
     # -- reads ------------------------------------------------------------------------
-    def _query_series(self, device: str, metric: str, q: str,
-                      params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _query_series(
+        self, device: str, metric: str, q: str, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         last: StorageError | None = None
         for node in self.replicas(device, metric):
             try:
@@ -116,9 +119,16 @@ class StorageCluster:
         assert last is not None
         raise last
 
-    def points(self, device: str, metric: str, *, since_ms: int | None = None,
-               until_ms: int | None = None, limit: int = 100,
-               newest_first: bool = True) -> list[Point]:
+    def points(
+        self,
+        device: str,
+        metric: str,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[Point]:
         """Stored readings of one series. ``device`` and ``metric`` must be valid names
         (checked here: they are identifiers in the query); the values are bound."""
         if not NAME_RE.match(device) or not NAME_RE.match(metric):
@@ -131,15 +141,20 @@ class StorageCluster:
         if until_ms is not None:
             where.append(f"time <= {int(until_ms) * 1_000_000 + 999_999:d}")
         order = "DESC" if newest_first else "ASC"
-        q = (f"SELECT value, id FROM {quote_ident(metric)} WHERE {' AND '.join(where)} "
-             f"ORDER BY time {order} LIMIT {int(limit):d}")
+        # Identifiers are checked names, quoted; numbers are ints; values are bound.
+        q = (
+            f"SELECT value, id FROM {quote_ident(metric)} WHERE {' AND '.join(where)} "  # noqa: S608
+            f"ORDER BY time {order} LIMIT {int(limit):d}"
+        )
         series = self._query_series(device, metric, q, {"device": device})
         out: list[Point] = []
         for s in series:
             cols = s["columns"]
             iv, ii = cols.index("value"), cols.index("id")
-            out.extend(Point(int(row[0]), float(row[iv]),
-                             None if row[ii] is None else int(row[ii])) for row in s["values"])
+            out.extend(
+                Point(int(row[0]), float(row[iv]), None if row[ii] is None else int(row[ii]))
+                for row in s["values"]
+            )
         return out
 
     def latest(self, device: str, metric: str) -> Point | None:
@@ -158,7 +173,7 @@ class StorageCluster:
         holds: for checks that a series lives exactly on its replicas."""
         if not NAME_RE.match(metric) or (device is not None and not NAME_RE.match(device)):
             raise ValueError("invalid name")
-        q = f"SELECT count(value) FROM {quote_ident(metric)}"
+        q = f"SELECT count(value) FROM {quote_ident(metric)}"  # noqa: S608 - quoted name
         params: dict[str, Any] = {}
         if device is not None:
             q += " WHERE device = $device"
@@ -168,5 +183,7 @@ class StorageCluster:
 
     def status(self) -> list[dict[str, Any]]:
         share = self.ring.share()
-        return [{"name": n.name, "url": n.url, "up": n.ping(), "share": round(share[n.name], 4)}
-                for n in self.nodes.values()]
+        return [
+            {"name": n.name, "url": n.url, "up": n.ping(), "share": round(share[n.name], 4)}
+            for n in self.nodes.values()
+        ]

@@ -19,8 +19,7 @@ def _escape_measurement(s: str) -> str:
 
 
 def _escape_tag(s: str) -> str:
-    return (s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
-            .replace(" ", "\\ "))
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def point_time_ns(reading: Reading) -> int:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 
 def hash64(key: str) -> int:
-    return int.from_bytes(hashlib.md5(key.encode("utf-8"), usedforsecurity=False).digest()[:8],
-                          "big")
+    return int.from_bytes(
+        hashlib.md5(key.encode("utf-8"), usedforsecurity=False).digest()[:8], "big"
+    )
 
 
 @dataclass(frozen=True)

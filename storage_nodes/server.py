@@ -7,8 +7,9 @@ from pathlib import Path
 INFLUXD = "influxd"
 
 
-def render_influxd_conf(data_dir: Path, http_port: int, rpc_port: int,
-                        host: str = "127.0.0.1") -> str:
+def render_influxd_conf(
+    data_dir: Path, http_port: int, rpc_port: int, host: str = "127.0.0.1"
+) -> str:
     """An influxd.conf for one ring server: its own directories and loopback ports, WAL
     fsynced on every write (a 204 from /write means on disk), no phoning home."""
     d = data_dir.resolve()
@@ -51,8 +52,9 @@ bind-address = "{host}:{rpc_port}"
 """
 
 
-def influxd_command(data_dir: Path, http_port: int, rpc_port: int,
-                    host: str = "127.0.0.1") -> list[str]:
+def influxd_command(
+    data_dir: Path, http_port: int, rpc_port: int, host: str = "127.0.0.1"
+) -> list[str]:
     """Write the server's config into ``data_dir`` and return the command that runs it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "influxd.conf"

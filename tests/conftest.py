@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import MqttProbe, unique, wait_until
 
 from broker.provision import BrokerFiles, provision
 from stack.mailsink import MailSink, start_mailsink
 from stack.process import ManagedProcess, free_port
 from storage_nodes.server import influxd_command
-from support import MqttProbe, unique, wait_until
 from vigil.settings import (
     BrokerSettings,
     MqttClientSettings,
@@ -47,13 +47,15 @@ class BrokerHandle:
 
     @property
     def settings(self) -> BrokerSettings:
-        return BrokerSettings(host=self.files.host, port=self.files.port,
-                              topic_root=self.topics.root, keepalive_s=5)
+        return BrokerSettings(
+            host=self.files.host, port=self.files.port, topic_root=self.topics.root, keepalive_s=5
+        )
 
     def ident(self, user: str, client_id: str | None = None) -> MqttClientSettings:
         """Credentials of a provisioned user (a service user or a device)."""
-        return MqttClientSettings(client_id=client_id or user, username=user,
-                                  password_file=self.files.password_file(user))
+        return MqttClientSettings(
+            client_id=client_id or user, username=user, password_file=self.files.password_file(user)
+        )
 
     def password(self, user: str) -> str:
         return self.files.creds[user]
@@ -74,10 +76,17 @@ class BrokerHandle:
 def broker(tmp_path: Path) -> Iterator[BrokerHandle]:
     _need("/usr/sbin/mosquitto")
     port = free_port()
-    files = provision(broker_dir=tmp_path / "broker", secrets_dir=tmp_path / "secrets",
-                      host="127.0.0.1", port=port, devices=TEST_DEVICES, topics=Topics())
-    handle = BrokerHandle(files, ManagedProcess("mosquitto", files.command(),
-                                                tmp_path / "broker" / "stdout.log"))
+    files = provision(
+        broker_dir=tmp_path / "broker",
+        secrets_dir=tmp_path / "secrets",
+        host="127.0.0.1",
+        port=port,
+        devices=TEST_DEVICES,
+        topics=Topics(),
+    )
+    handle = BrokerHandle(
+        files, ManagedProcess("mosquitto", files.command(), tmp_path / "broker" / "stdout.log")
+    )
     handle.start()
     yield handle
     handle.stop()
@@ -99,8 +108,9 @@ def influx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[In
     servers = []
     for i in range(1, 4):
         http, rpc = free_port(), free_port()
-        proc = ManagedProcess(f"influx-{i}", influxd_command(base / f"n{i}", http, rpc),
-                              base / f"n{i}.log").start()
+        proc = ManagedProcess(
+            f"influx-{i}", influxd_command(base / f"n{i}", http, rpc), base / f"n{i}.log"
+        ).start()
         servers.append(InfluxServerHandle(f"influx-{i}", f"http://127.0.0.1:{http}", proc))
     for s in servers:
         host, port = s.url.removeprefix("http://").split(":")
@@ -114,7 +124,10 @@ def influx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[In
 def storage_settings(influx_cluster: list[InfluxServerHandle]) -> StorageSettings:
     """A fresh database on the three servers, replication factor 2."""
     return StorageSettings(
-        database=unique("db"), replication_factor=2, vnodes=64, timeout_s=10,
+        database=unique("db"),
+        replication_factor=2,
+        vnodes=64,
+        timeout_s=10,
         nodes=[StorageNode(name=s.name, url=s.url) for s in influx_cluster],
     )
 
@@ -145,8 +158,9 @@ class CloudConfig:
 
 
 @pytest.fixture
-def cloud_config(tmp_path: Path, broker: BrokerHandle, storage_settings: StorageSettings,
-                 smtp_server: SmtpHandle) -> CloudConfig:
+def cloud_config(
+    tmp_path: Path, broker: BrokerHandle, storage_settings: StorageSettings, smtp_server: SmtpHandle
+) -> CloudConfig:
     """A config/vigil.yaml for this test's servers, every port free, state under tmp_path."""
     import hashlib
 
@@ -155,26 +169,45 @@ def cloud_config(tmp_path: Path, broker: BrokerHandle, storage_settings: Storage
     token_hash.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
 
     def mqtt(user: str) -> dict[str, str]:
-        return {"client_id": user, "username": user,
-                "password_file": str(broker.files.password_file(user))}
+        return {
+            "client_id": user,
+            "username": user,
+            "password_file": str(broker.files.password_file(user)),
+        }
 
     data = {
         "broker": broker.settings.model_dump(mode="json"),
         "storage": storage_settings.model_dump(mode="json"),
-        "ingest": {"mqtt": mqtt("vigil-ingest"), "batch_max_messages": 500,
-                   "batch_linger_ms": 20, "metrics_port": free_port()},
-        "alert_engine": {"mqtt": mqtt("vigil-alert-engine"),
-                         "state_path": str(tmp_path / "alert_engine" / "state.sqlite3"),
-                         "metrics_port": free_port()},
-        "notifier": {"mqtt": mqtt("vigil-notifier"),
-                     "smtp": {"host": smtp_server.host, "port": smtp_server.port,
-                              "sender": "vigil@test.invalid"},
-                     "recipients": ["ops@test.invalid"],
-                     "state_path": str(tmp_path / "notifier" / "state.sqlite3"),
-                     "metrics_port": free_port()},
-        "api": {"mqtt": mqtt("vigil-api"), "host": "127.0.0.1", "port": free_port(),
-                "database": str(tmp_path / "api" / "api.sqlite3"),
-                "admin_token_sha256_file": str(token_hash), "metrics_port": free_port()},
+        "ingest": {
+            "mqtt": mqtt("vigil-ingest"),
+            "batch_max_messages": 500,
+            "batch_linger_ms": 20,
+            "metrics_port": free_port(),
+        },
+        "alert_engine": {
+            "mqtt": mqtt("vigil-alert-engine"),
+            "state_path": str(tmp_path / "alert_engine" / "state.sqlite3"),
+            "metrics_port": free_port(),
+        },
+        "notifier": {
+            "mqtt": mqtt("vigil-notifier"),
+            "smtp": {
+                "host": smtp_server.host,
+                "port": smtp_server.port,
+                "sender": "vigil@test.invalid",
+            },
+            "recipients": ["ops@test.invalid"],
+            "state_path": str(tmp_path / "notifier" / "state.sqlite3"),
+            "metrics_port": free_port(),
+        },
+        "api": {
+            "mqtt": mqtt("vigil-api"),
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "database": str(tmp_path / "api" / "api.sqlite3"),
+            "admin_token_sha256_file": str(token_hash),
+            "metrics_port": free_port(),
+        },
         "devices": [{"id": d} for d in TEST_DEVICES],
     }
     path = tmp_path / "vigil.yaml"
@@ -192,12 +225,17 @@ def run_service(tmp_path: Path) -> Iterator[ServiceRunner]:
     and their log tails printed (pytest shows them when the test fails)."""
     started: list[ManagedProcess] = []
 
-    def run(module: str, *args: str, name: str | None = None,
-            env: dict[str, str] | None = None) -> ManagedProcess:
+    def run(
+        module: str, *args: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         label = name or module
-        proc = ManagedProcess(label, [sys.executable, "-m", module, *args],
-                              tmp_path / "logs" / f"{label}.log",
-                              env={"PYTHONUNBUFFERED": "1", **(env or {})}, cwd=ROOT)
+        proc = ManagedProcess(
+            label,
+            [sys.executable, "-m", module, *args],
+            tmp_path / "logs" / f"{label}.log",
+            env={"PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=ROOT,
+        )
         started.append(proc.start())
         return proc
 
@@ -214,8 +252,9 @@ def probe(broker: BrokerHandle) -> Iterator[Callable[..., MqttProbe]]:
     probes: list[MqttProbe] = []
 
     def make(*filters: str) -> MqttProbe:
-        p = MqttProbe.start(broker.settings, broker.ident("vigil-viewer", unique("probe-")),
-                            *filters)
+        p = MqttProbe.start(
+            broker.settings, broker.ident("vigil-viewer", unique("probe-")), *filters
+        )
         probes.append(p)
         return p
 

@@ -15,8 +15,9 @@ from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, MqttClientSettings
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll ``cond`` until it returns something truthy; fail with ``what`` after timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -31,8 +32,11 @@ def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float =
 def wait_subscribed(proc: Any, topic_filter: str, timeout: float = 30.0) -> None:
     """Wait until a service process logged that the broker granted its subscription (a
     persistent session queues messages only from then on)."""
-    wait_until(lambda: f"subscribed to {topic_filter}" in proc.log_tail(400), timeout,
-               what=f"{proc.name} to subscribe to {topic_filter}")
+    wait_until(
+        lambda: f"subscribed to {topic_filter}" in proc.log_tail(400),
+        timeout,
+        what=f"{proc.name} to subscribe to {topic_filter}",
+    )
 
 
 def unique(prefix: str = "t") -> str:
@@ -48,8 +52,7 @@ class MqttProbe:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, broker: BrokerSettings, ident: MqttClientSettings,
-              *filters: str) -> MqttProbe:
+    def start(cls, broker: BrokerSettings, ident: MqttClientSettings, *filters: str) -> MqttProbe:
         probe = cls(MqttClient(broker, ident))
         for f in filters:
             probe.client.subscribe(f, probe._record)
@@ -72,8 +75,12 @@ class MqttProbe:
         self.client.stop()
 
 
-def publish_all(broker: BrokerSettings, ident: MqttClientSettings,
-                messages: list[tuple[str, bytes]], timeout: float = 60.0) -> None:
+def publish_all(
+    broker: BrokerSettings,
+    ident: MqttClientSettings,
+    messages: list[tuple[str, bytes]],
+    timeout: float = 60.0,
+) -> None:
     """Publish ``(topic, payload)`` pairs at QoS 1 in order, as ``ident``; return when the
     broker acknowledged them all."""
     client = MqttClient(broker, ident)

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import subprocess
 
-from storage_nodes.client import InfluxNode
 from support import wait_until
+
+from storage_nodes.client import InfluxNode
 
 
 def test_broker_confines_a_device_to_its_own_subtree(broker, probe):
     watch = probe("vigil/#")
     pw = broker.password("dev-1")
-    base = ["mosquitto_pub", "-h", broker.files.host, "-p", str(broker.files.port),
-            "-u", "dev-1", "-P", pw, "-q", "1"]
+    base = [
+        "mosquitto_pub",
+        "-h",
+        broker.files.host,
+        "-p",
+        str(broker.files.port),
+        "-u",
+        "dev-1",
+        "-P",
+        pw,
+        "-q",
+        "1",
+    ]
     subprocess.run([*base, "-t", "vigil/data/dev-2", "-m", "spoofed"], check=True)
     subprocess.run([*base, "-t", "vigil/alerts/dev-1/x", "-m", "forged"], check=True)
     subprocess.run([*base, "-t", "vigil/data/dev-1", "-m", "own"], check=True)
@@ -21,8 +33,19 @@ def test_broker_confines_a_device_to_its_own_subtree(broker, probe):
 
 
 def test_broker_refuses_anonymous_and_wrong_passwords(broker):
-    base = ["mosquitto_pub", "-h", broker.files.host, "-p", str(broker.files.port),
-            "-t", "vigil/data/dev-1", "-m", "x", "-q", "1"]
+    base = [
+        "mosquitto_pub",
+        "-h",
+        broker.files.host,
+        "-p",
+        str(broker.files.port),
+        "-t",
+        "vigil/data/dev-1",
+        "-m",
+        "x",
+        "-q",
+        "1",
+    ]
     anon = subprocess.run(base, capture_output=True, text=True)
     wrong = subprocess.run([*base, "-u", "dev-1", "-P", "nope"], capture_output=True, text=True)
     assert anon.returncode != 0 and "not authorised" in (anon.stderr + anon.stdout).lower()

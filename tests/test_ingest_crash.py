@@ -7,9 +7,9 @@ import threading
 from collections import defaultdict
 
 import pytest
+from support import publish_all, wait_subscribed, wait_until
 
 from storage_nodes import StorageCluster
-from support import publish_all, wait_subscribed, wait_until
 from vigil.messages import Reading, encode_readings
 
 DEVICES = [f"dev-{i}" for i in range(5)]
@@ -20,14 +20,24 @@ BASE_TS = 1_763_900_000_000
 
 def stream(device_index: int) -> list[Reading]:
     device = DEVICES[device_index]
-    return [Reading(id=10_000_000 * (device_index + 1) + i, device=device, ts=BASE_TS + i,
-                    kind="sensor", metric=METRICS[i % 2], value=float(i), unit="u")
-            for i in range(PER_DEVICE)]
+    return [
+        Reading(
+            id=10_000_000 * (device_index + 1) + i,
+            device=device,
+            ts=BASE_TS + i,
+            kind="sensor",
+            metric=METRICS[i % 2],
+            value=float(i),
+            unit="u",
+        )
+        for i in range(PER_DEVICE)
+    ]
 
 
 @pytest.mark.integration
 def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
-        cloud_config, broker, run_service):
+    cloud_config, broker, run_service
+):
     cluster = StorageCluster(cloud_config.config.storage)
     cluster.ensure_database()
     args = ("ingest_service", "--config", str(cloud_config.path))
@@ -41,16 +51,19 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
         return sum(cluster.count_on(n, m) for n in cluster.nodes for m in METRICS) // 2
 
     def publish(device: str) -> None:
-        msgs = [(f"vigil/data/{device}", encode_readings(device, [r]))
-                for r in readings[device]]
+        msgs = [(f"vigil/data/{device}", encode_readings(device, [r])) for r in readings[device]]
         for start in range(0, len(msgs), 100):  # a steady stream, not one burst
-            publish_all(broker.settings, broker.ident(device), msgs[start:start + 100])
+            publish_all(broker.settings, broker.ident(device), msgs[start : start + 100])
 
     publishers = [threading.Thread(target=publish, args=(d,)) for d in DEVICES]
     for t in publishers:
         t.start()
-    wait_until(lambda: stored() >= total // 5, timeout=60, interval=0.01,
-               what="a fifth of the stream stored")
+    wait_until(
+        lambda: stored() >= total // 5,
+        timeout=60,
+        interval=0.01,
+        what="a fifth of the stream stored",
+    )
     ingest.kill()
     at_kill = stored()
     assert 0 < at_kill < total, "the kill must land in the middle of the stream"
@@ -69,7 +82,8 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
         replicas = {n.name for n in cluster.replicas(device, metric)}
         for node in cluster.nodes:
             series = cluster.nodes[node].query(
-                f'SELECT id FROM "{metric}" WHERE device = $d', cluster.database, {"d": device})
+                f'SELECT id FROM "{metric}" WHERE device = $d', cluster.database, {"d": device}
+            )
             got = [int(row[1]) for s in series for row in s["values"]]
             if node in replicas:
                 assert len(got) == len(ids), f"{device}/{metric} on {node}: count"

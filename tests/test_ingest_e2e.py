@@ -8,9 +8,9 @@ import random
 from collections import defaultdict
 
 import pytest
+from support import publish_all, wait_subscribed, wait_until
 
 from storage_nodes import StorageCluster
-from support import publish_all, wait_subscribed, wait_until
 from vigil.messages import Reading, encode_readings
 
 DEVICES = [f"dev-{i}" for i in range(5)]
@@ -26,11 +26,18 @@ def make_readings(per_device: int = 200) -> dict[str, list[Reading]]:
         for i in range(per_device):
             # Ten readings share each millisecond, and the metric cycles: many distinct
             # readings of one series land in the same millisecond.
-            rs.append(Reading(id=1_000_000 * (d + 1) + i, device=device,
-                              ts=BASE_TS + i // 10, kind="sensor",
-                              metric=METRICS[i % len(METRICS)],
-                              value=round(rng.uniform(-50, 50), 3), unit="u",
-                              tags={"site": "lab"} if i % 3 else {}))
+            rs.append(
+                Reading(
+                    id=1_000_000 * (d + 1) + i,
+                    device=device,
+                    ts=BASE_TS + i // 10,
+                    kind="sensor",
+                    metric=METRICS[i % len(METRICS)],
+                    value=round(rng.uniform(-50, 50), 3),
+                    unit="u",
+                    tags={"site": "lab"} if i % 3 else {},
+                )
+            )
         out[device] = rs
     return out
 
@@ -40,14 +47,22 @@ def as_messages(device: str, readings: list[Reading]) -> list[tuple[str, bytes]]
     msgs, i, rng = [], 0, random.Random(device)
     while i < len(readings):
         n = 1 if i % 2 == 0 else rng.randint(1, 7)
-        msgs.append((f"vigil/data/{device}", encode_readings(device, readings[i:i + n])))
+        msgs.append((f"vigil/data/{device}", encode_readings(device, readings[i : i + n])))
         i += n
     return msgs
 
 
 def reading(**over):
-    body = {"id": 5, "device": "dev-0", "ts": BASE_TS, "kind": "sensor",
-            "metric": "temperature", "value": 1.0, "unit": "C", "tags": {}}
+    body = {
+        "id": 5,
+        "device": "dev-0",
+        "ts": BASE_TS,
+        "kind": "sensor",
+        "metric": "temperature",
+        "value": 1.0,
+        "unit": "C",
+        "tags": {},
+    }
     body.update(over)
     return json.dumps(body).encode()
 
@@ -68,21 +83,36 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("vigil/data/dev-0", reading(tags={"device": "x"}), "reserved"),
     ("vigil/data/dev-0", reading(tags={"k": 3}), "must be a string"),
     ("vigil/data/dev-0", reading(extra=1), "unknown field"),
-    ("vigil/data/dev-0", json.dumps({"device": "dev-0", "readings": []}).encode(),
-     "non-empty array"),
-    ("vigil/data/dev-0", json.dumps({"device": "dev-0", "readings": [
-        json.loads(reading()), json.loads(reading())]}).encode(), "repeats a reading id"),
-    ("vigil/data/dev-0", json.dumps({"id": 9, "device": "dev-0"}).encode(),
-     "missing required field"),
-    ("vigil/data/dev-0/extra", reading(value=float("inf")).replace(b"Infinity", b"1e999"),
-     "finite"),
+    (
+        "vigil/data/dev-0",
+        json.dumps({"device": "dev-0", "readings": []}).encode(),
+        "non-empty array",
+    ),
+    (
+        "vigil/data/dev-0",
+        json.dumps(
+            {"device": "dev-0", "readings": [json.loads(reading()), json.loads(reading())]}
+        ).encode(),
+        "repeats a reading id",
+    ),
+    (
+        "vigil/data/dev-0",
+        json.dumps({"id": 9, "device": "dev-0"}).encode(),
+        "missing required field",
+    ),
+    (
+        "vigil/data/dev-0/extra",
+        reading(value=float("inf")).replace(b"Infinity", b"1e999"),
+        "finite",
+    ),
     ("vigil/data/dev-0", reading(unit="x" * 40), "longer than"),
 ]
 
 
 def stored_ids(cluster: StorageCluster, node: str, device: str, metric: str) -> list[int]:
     series = cluster.nodes[node].query(
-        f'SELECT id, value FROM "{metric}" WHERE device = $d', cluster.database, {"d": device})
+        f'SELECT id, value FROM "{metric}" WHERE device = $d', cluster.database, {"d": device}
+    )
     return [int(row[1]) for s in series for row in s["values"]]
 
 
@@ -119,8 +149,11 @@ def test_readings_resends_and_malformed_messages(cloud_config, broker, run_servi
     def total_stored() -> int:
         return sum(cluster.count_on(n, m) for n in cluster.nodes for m in METRICS)
 
-    wait_until(lambda: total_stored() >= 2000 and len(dead.messages) >= 20, timeout=60,
-               what="2,000 stored points and 20 dead letters")
+    wait_until(
+        lambda: total_stored() >= 2000 and len(dead.messages) >= 20,
+        timeout=60,
+        what="2,000 stored points and 20 dead letters",
+    )
     # Everything was acknowledged: the counts must not move any more.
     assert ingest.alive()
 
@@ -139,8 +172,11 @@ def test_readings_resends_and_malformed_messages(cloud_config, broker, run_servi
     sample = readings["dev-3"][:40]
     for r in sample:
         node = cluster.replicas(r.device, r.metric)[0]
-        series = node.query(f'SELECT value FROM "{r.metric}" WHERE device = $d AND id = $i',
-                            cluster.database, {"d": r.device, "i": r.id})
+        series = node.query(
+            f'SELECT value FROM "{r.metric}" WHERE device = $d AND id = $i',
+            cluster.database,
+            {"d": r.device, "i": r.id},
+        )
         assert series[0]["values"][0][1] == pytest.approx(r.value)
 
     letters = [json.loads(m.payload) for m in dead.messages]

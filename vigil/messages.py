@@ -260,8 +260,9 @@ class Rule:
         """Validate a rule; raises InvalidMessage naming the bad field."""
         if not isinstance(obj, Mapping):
             raise InvalidMessage("rule must be a JSON object")
-        unknown = sorted(set(obj) - {"id", "name", "metric", "device", "op", "threshold",
-                                     "severity"})
+        unknown = sorted(
+            set(obj) - {"id", "name", "metric", "device", "op", "threshold", "severity"}
+        )
         if unknown:
             raise InvalidMessage(f"rule has unknown field(s): {', '.join(unknown)}")
         for key in ("id", "metric", "op", "threshold"):
@@ -277,8 +278,10 @@ class Rule:
         if obj["op"] not in RULE_OPS:
             raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {obj['op']!r}")
         threshold = obj["threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-            math.isfinite(threshold)
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not (math.isfinite(threshold))
         ):
             raise InvalidMessage("threshold must be a finite number")
         severity = obj.get("severity", "warning")

@@ -24,14 +24,20 @@ class ServiceMetrics:
         self.service = service
         self.registry = CollectorRegistry()
         labels = ["service"]
-        self._in = Counter("vigil_messages_in", "Messages received", labels,
-                           registry=self.registry)
-        self._out = Counter("vigil_messages_out", "Messages sent or stored", labels,
-                            registry=self.registry)
-        self._errors = Counter("vigil_errors", "Errors by kind", [*labels, "kind"],
-                               registry=self.registry)
-        self._step = Histogram("vigil_step_seconds", f"Latency of the main step ({step})",
-                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._in = Counter("vigil_messages_in", "Messages received", labels, registry=self.registry)
+        self._out = Counter(
+            "vigil_messages_out", "Messages sent or stored", labels, registry=self.registry
+        )
+        self._errors = Counter(
+            "vigil_errors", "Errors by kind", [*labels, "kind"], registry=self.registry
+        )
+        self._step = Histogram(
+            "vigil_step_seconds",
+            f"Latency of the main step ({step})",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.messages_in = self._in.labels(service)
         self.messages_out = self._out.labels(service)
         self.step_seconds = self._step.labels(service)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import paho.mqtt.client as paho
+import paho.mqtt.client as mqttc
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -30,7 +30,7 @@ from vigil.settings import BrokerSettings, MqttClientSettings
 log = logging.getLogger(__name__)
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
-MessageHandler = Callable[[paho.MQTTMessage], None]
+MessageHandler = Callable[[mqttc.MQTTMessage], None]
 
 
 class MqttError(Exception):
@@ -72,7 +72,7 @@ class MqttClient:
         self.ident = ident
         self.persistent_session = persistent_session
         self._receive_maximum = receive_maximum
-        self._client = paho.Client(
+        self._client = mqttc.Client(
             CallbackAPIVersion.VERSION2,
             client_id=ident.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -103,7 +103,7 @@ class MqttClient:
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
-    def paho(self) -> paho.Client:
+    def paho(self) -> mqttc.Client:
         return self._client
 
     @property
@@ -112,7 +112,7 @@ class MqttClient:
 
     def start(self) -> None:
         """Connect in the background and keep reconnecting until :meth:`stop`."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.persistent_session:
             props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
         if self._receive_maximum:
@@ -145,32 +145,37 @@ class MqttClient:
         if self.connected:
             self._client.subscribe(topic_filter, qos)
 
-    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, _c: mqttc.Client, _u: object, msg: mqttc.MQTTMessage) -> None:
         for topic_filter, handler in self._handlers:
-            if paho.topic_matches_sub(topic_filter, msg.topic):
+            if mqttc.topic_matches_sub(topic_filter, msg.topic):
                 try:
                     handler(msg)
                 except Exception:
-                    log.exception("handler for %s failed on a message on %s", topic_filter,
-                                  msg.topic)
+                    log.exception(
+                        "handler for %s failed on a message on %s", topic_filter, msg.topic
+                    )
                 return
         log.warning("message on %s matched no handler", msg.topic)
 
     # -- publishing ---------------------------------------------------------------------
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> paho.MQTTMessageInfo:
+    ) -> mqttc.MQTTMessageInfo:
         """Queue a publish; paho sends it now or on reconnect (QoS 1 is kept until acked)."""
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_wait(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
         timeout: float = 10.0,
     ) -> None:
         """Publish and wait until the broker acknowledged it (QoS 1) or it was sent (QoS 0)."""
         info = self.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise PublishError(topic, paho.error_string(info.rc))
+            raise PublishError(topic, mqttc.error_string(info.rc))
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
@@ -185,53 +190,84 @@ class MqttClient:
 
     # -- paho callbacks -----------------------------------------------------------------
     def _on_connect(
-        self, client: paho.Client, _u: object, flags: paho.ConnectFlags, rc: ReasonCode,
+        self,
+        client: mqttc.Client,
+        _u: object,
+        flags: mqttc.ConnectFlags,
+        rc: ReasonCode,
         _props: Properties | None,
     ) -> None:
         if rc.is_failure:
             if str(rc) != self._last_error:
-                log.error("broker %s:%s refused %s: %s", self.broker.host, self.broker.port,
-                          self.ident.username, rc)
+                log.error(
+                    "broker %s:%s refused %s: %s",
+                    self.broker.host,
+                    self.broker.port,
+                    self.ident.username,
+                    rc,
+                )
                 self._last_error = str(rc)
             return
         self._last_error = ""
-        log.info("connected to broker %s:%s as %s (session present: %s)", self.broker.host,
-                 self.broker.port, self.ident.client_id, flags.session_present)
+        log.info(
+            "connected to broker %s:%s as %s (session present: %s)",
+            self.broker.host,
+            self.broker.port,
+            self.ident.client_id,
+            flags.session_present,
+        )
         for topic_filter, qos in self._subscriptions.items():
             _rc, mid = client.subscribe(topic_filter, qos)
-            self._pending_subs[mid] = topic_filter
+            if mid is not None:
+                self._pending_subs[mid] = topic_filter
         self._connected.set()
         for cb in self.on_connected:
             cb(flags.session_present)
 
     def _on_subscribe(
-        self, _c: paho.Client, _u: object, mid: int, codes: list[ReasonCode],
+        self,
+        _c: mqttc.Client,
+        _u: object,
+        mid: int,
+        codes: list[ReasonCode],
         _p: Properties | None,
     ) -> None:
         topic_filter = self._pending_subs.pop(mid, "?")
         if any(c.is_failure for c in codes):
-            log.error("broker refused subscription to %s for %s: %s", topic_filter,
-                      self.ident.username, ", ".join(str(c) for c in codes))
+            log.error(
+                "broker refused subscription to %s for %s: %s",
+                topic_filter,
+                self.ident.username,
+                ", ".join(str(c) for c in codes),
+            )
             return
         log.info("subscribed to %s", topic_filter)
         if not self._pending_subs:
             self.subscribed.set()
 
     def _on_disconnect(
-        self, _c: paho.Client, _u: object, _flags: paho.DisconnectFlags, rc: ReasonCode,
+        self,
+        _c: mqttc.Client,
+        _u: object,
+        _flags: mqttc.DisconnectFlags,
+        rc: ReasonCode,
         _props: Properties | None,
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self.subscribed.clear()
         if was and not self._stopping:
-            log.warning("disconnected from broker %s:%s (%s); reconnecting", self.broker.host,
-                        self.broker.port, rc)
+            log.warning(
+                "disconnected from broker %s:%s (%s); reconnecting",
+                self.broker.host,
+                self.broker.port,
+                rc,
+            )
         for cb in self.on_disconnected:
             cb()
 
     def _on_publish(
-        self, _c: paho.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
+        self, _c: mqttc.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
     ) -> None:
         for cb in self.on_published:
             cb(mid)

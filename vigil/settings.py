@@ -272,7 +272,7 @@ def apply_env_overrides(
     for name, raw in sorted(environ.items()):
         if not name.startswith(prefix) or len(name) == len(prefix):
             continue
-        keys = [k.lower() for k in name[len(prefix):].split("__")]
+        keys = [k.lower() for k in name[len(prefix) :].split("__")]
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:

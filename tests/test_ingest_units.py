@@ -1,0 +1,73 @@
+"""Batching, dedupe and the prepare step of the ingest service (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest_service.batcher import Batcher
+from ingest_service.dedupe import RecentIds
+from ingest_service.prepare import Inbound, prepare
+from vigil.messages import Reading, encode_readings
+from vigil.topics import Topics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_batch_closes_on_size():
+    b: Batcher[int] = Batcher(3, 10.0, Clock())
+    for i in range(3):
+        assert not b.full
+        b.add(i)
+    assert b.full and b.ready() and b.take() == [0, 1, 2] and len(b) == 0
+
+
+def test_batch_closes_on_linger():
+    clock = Clock()
+    b: Batcher[int] = Batcher(100, 0.05, clock)
+    assert b.time_left() is None
+    b.add(1)
+    assert not b.ready() and b.time_left() == pytest.approx(0.05)
+    clock.t += 0.05
+    assert b.ready()
+
+
+def test_recent_ids_forget_the_oldest():
+    ids = RecentIds(2)
+    ids.add(("d", 1))
+    ids.add(("d", 2))
+    assert ("d", 1) in ids  # touching keeps it
+    ids.add(("d", 3))
+    assert ("d", 2) not in ids and ("d", 1) in ids and len(ids) == 2
+
+
+def msg(mid: int, topic: str, payload: bytes) -> Inbound:
+    return Inbound(mid, 1, topic, payload, 0)
+
+
+def reading(i: int) -> Reading:
+    return Reading(i, "dev-1", 1_763_800_000_000, "sensor", "t", 1.0)
+
+
+def test_prepare_sorts_good_bad_and_duplicate():
+    recent = RecentIds(10)
+    recent.add(("dev-1", 1))
+    batch = [
+        msg(1, "vigil/data/dev-1", encode_readings("dev-1", [reading(1), reading(2)])),
+        msg(2, "vigil/data/dev-1", encode_readings("dev-1", [reading(2)])),
+        msg(3, "vigil/data/dev-1", b"junk"),
+        msg(4, "vigil/data/bad level", encode_readings("dev-1", [reading(3)])),
+        msg(5, "vigil/data/dev-1", encode_readings("dev-1", [reading(3)])),
+    ]
+    out = prepare(batch, Topics(), recent)
+    assert [(i, [r.id for r in rs]) for i, rs in out.readings] == [(0, [2]), (4, [3])]
+    assert out.duplicates == 2
+    assert [(d.message.mid, d.reason) for d in out.dead] == [
+        (3, "payload is not JSON: Expecting value at char 0"),
+        (4, "topic 'vigil/data/bad level' names no valid device"),
+    ]

@@ -1,0 +1,40 @@
+"""The topic tree (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vigil.topics import TopicError, Topics, matches
+
+
+def test_tree_places_the_device_at_the_third_level():
+    t = Topics()
+    assert t.data("dev-1") == "vigil/data/dev-1"
+    assert t.status("dev-1") == "vigil/status/dev-1"
+    assert t.alert("dev-1", "hot") == "vigil/alerts/dev-1/hot"
+    assert t.deadletter("dev-1") == "vigil/deadletter/dev-1"
+    assert t.deadletter(None) == "vigil/deadletter/_unknown"
+    assert t.device_of("vigil/data/dev-1") == "dev-1"
+    assert t.device_of("vigil/data/dev-1/more") == "dev-1"
+    assert t.device_of("vigil/status/dev-1") is None
+    assert t.device_of("other/data/dev-1") is None
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "x" * 65, "-lead", "sp ace"])
+def test_bad_device_ids_are_refused(bad):
+    with pytest.raises(TopicError):
+        Topics().data(bad)
+
+
+@pytest.mark.parametrize(
+    ("flt", "topic", "expected"),
+    [
+        ("vigil/data/+/#", "vigil/data/dev-1", True),
+        ("vigil/data/+/#", "vigil/data/dev-1/x/y", True),
+        ("vigil/data/+", "vigil/data/dev-1/x", False),
+        ("vigil/#", "vigil", True),
+        ("vigil/status/+", "vigil/alerts/x", False),
+    ],
+)
+def test_filter_matching(flt, topic, expected):
+    assert matches(flt, topic) is expected
