@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service.metrics.serve(config.ingest.metrics_port)
+    service.metrics.serve(config.ingest.metrics_port, config.ingest.metrics_host)
     service.start()
     log.info("consuming %s as %s", config.broker.topics.data_filter, config.ingest.mqtt.client_id)
     stop.wait()

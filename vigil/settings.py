@@ -134,12 +134,14 @@ class IngestSettings(Model):
     dedupe_window: int = Field(200_000, ge=1, description="message ids remembered")
     receive_maximum: int = Field(5000, ge=1, le=65535, description="unacked QoS 1 in flight")
     metrics_port: int = Field(9101, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class AlertEngineSettings(Model):
     mqtt: MqttClientSettings
     state_path: Path
     metrics_port: int = Field(9102, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class SmtpSettings(Model):
@@ -159,6 +161,7 @@ class NotifierSettings(Model):
     recipients: list[str] = Field(min_length=1)
     state_path: Path
     metrics_port: int = Field(9103, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
 
     @field_validator("recipients")
     @classmethod
@@ -178,6 +181,7 @@ class ApiSettings(Model):
         None, description="file holding the SHA-256 hex digest of the admin bearer token"
     )
     metrics_port: int = Field(9104, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class DeviceEntry(Model):
@@ -243,6 +247,7 @@ class AgentConfig(Model):
     sensors: list[SensorSpec] = []
     quotes: QuoteSettings = QuoteSettings()
     metrics_port: int = Field(9110, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
 
     @field_validator("device_id")
     @classmethod

@@ -1,0 +1,258 @@
+"""End-to-end benchmark: ``make bench`` (``python -m bench.e2e``).
+
+Starts its own Mosquitto, three InfluxDB servers and the ingest service on free ports (state in
+a temporary folder) and measures, in one run on this machine:
+
+1. reference: the raw batched-write rate of one InfluxDB server (points per second, batches of
+   5,000 lines in Vigil's own line format, one HTTP client);
+2. end-to-end throughput: single-reading MQTT messages published at QoS 1 by device clients
+   until every reading is stored on both its replicas, none lost (readings per second);
+3. publish-to-queryable latency: single readings published one at a time while a background
+   load runs; the time until the reading is visible on both replicas (p50 and p99).
+
+Figures are printed as absolute numbers and as ratios to the reference, and saved to
+``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from broker.provision import provision
+from stack.process import ManagedProcess, free_port
+from storage_nodes import InfluxNode, StorageCluster
+from storage_nodes.lineproto import reading_to_line
+from storage_nodes.server import influxd_command
+from vigil.messages import Reading, encode_readings
+from vigil.mqtt import MqttClient
+from vigil.settings import BrokerSettings, MqttClientSettings, StorageNode, StorageSettings
+from vigil.topics import Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+TS0 = 1_763_000_000_000
+METRICS = ("temperature", "humidity", "pressure", "co2")
+
+
+def wait(cond, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def reading(device_no: int, i: int) -> Reading:
+    return Reading(id=(device_no + 1) * 100_000_000 + i, device=f"bench-{device_no}",
+                   ts=TS0 + i, kind="sensor", metric=METRICS[i % 4], value=i * 0.5, unit="u")
+
+
+def publisher(broker: dict, ident: dict, device_no: int, start: int, count: int,
+              rate: float | None) -> None:
+    """One device client publishing ``count`` single-reading messages at QoS 1."""
+    client = MqttClient(BrokerSettings(**broker), MqttClientSettings(**ident), max_inflight=2000)
+    client.start()
+    client.wait_connected(10)
+    device = f"bench-{device_no}"
+    topic = Topics().data(device)
+    t0 = time.perf_counter()
+    infos = []
+    for i in range(start, start + count):
+        infos.append(client.publish(topic, encode_readings(device, [reading(device_no, i)])))
+        if rate:
+            ahead = (i - start + 1) / rate - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    for info in infos:
+        info.wait_for_publish(120)
+    client.stop()
+
+
+class Bench:
+    def __init__(self, work: Path, devices: int) -> None:
+        self.work = work
+        self.devices = [f"bench-{i}" for i in range(devices)]
+        self.procs: list[ManagedProcess] = []
+
+    def start(self) -> None:
+        port = free_port()
+        self.broker_files = provision(broker_dir=self.work / "broker",
+                                      secrets_dir=self.work / "secrets", host="127.0.0.1",
+                                      port=port, devices=self.devices, topics=Topics())
+        mosq = ManagedProcess("mosquitto", self.broker_files.command(),
+                              self.work / "mosquitto.out")
+        self.procs.append(mosq.start())
+        mosq.wait_port("127.0.0.1", port)
+        self.broker = BrokerSettings(host="127.0.0.1", port=port)
+        nodes = []
+        for i in range(1, 4):
+            http = free_port()
+            p = ManagedProcess(f"influx-{i}", influxd_command(self.work / f"influx-{i}", http,
+                                                              free_port()),
+                               self.work / f"influx-{i}.log")
+            self.procs.append(p.start())
+            p.wait_port("127.0.0.1", http, 60)
+            nodes.append(StorageNode(name=f"influx-{i}", url=f"http://127.0.0.1:{http}"))
+        self.storage = StorageSettings(database="bench", nodes=nodes)
+        self.cluster = StorageCluster(self.storage)
+        self.cluster.ensure_database()
+
+    def ident(self, user: str) -> dict:
+        return {"client_id": user, "username": user,
+                "password_file": str(self.broker_files.password_file(user))}
+
+    def start_ingest(self) -> None:
+        cfg = {
+            "broker": self.broker.model_dump(mode="json"),
+            "storage": self.storage.model_dump(mode="json"),
+            "ingest": {"mqtt": self.ident("vigil-ingest"), "metrics_port": 0},
+            "alert_engine": {"mqtt": self.ident("vigil-alert-engine"),
+                             "state_path": str(self.work / "ae.sqlite3")},
+            "notifier": {"mqtt": self.ident("vigil-notifier"), "recipients": ["a@b.c"],
+                         "state_path": str(self.work / "n.sqlite3")},
+            "api": {"mqtt": self.ident("vigil-api"), "database": str(self.work / "api.db")},
+        }
+        path = self.work / "vigil.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        ingest = ManagedProcess("ingest", [sys.executable, "-m", "ingest_service", "--config",
+                                           str(path)], self.work / "ingest.log", cwd=ROOT)
+        self.procs.append(ingest.start())
+        wait(lambda: "subscribed to vigil/data/+/#" in ingest.log_tail(100), 30,
+             "ingest to subscribe")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    def stored(self) -> int:
+        return sum(self.cluster.count_on(n, m) for n in self.cluster.nodes for m in METRICS)
+
+    # -- 1. reference -------------------------------------------------------------------
+    def raw_write_rate(self, points: int, batch: int = 5000) -> float:
+        node = InfluxNode("ref", self.storage.nodes[0].url)
+        node.create_database("rawref")
+        lines = [reading_to_line(reading(99, i)) for i in range(points)]
+        t0 = time.perf_counter()
+        for i in range(0, points, batch):
+            node.write("rawref", lines[i:i + batch])
+        return points / (time.perf_counter() - t0)
+
+    # -- 2. end to end -------------------------------------------------------------------
+    def throughput(self, per_device: int) -> tuple[float, int]:
+        before = self.stored()
+        total = per_device * len(self.devices)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=publisher, args=(self.broker.model_dump(), self.ident(d),
+                                                     i, 0, per_device, None))
+                 for i, d in enumerate(self.devices)]
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        wait(lambda: self.stored() - before >= 2 * total, 600, "all readings stored",
+             interval=0.02)
+        elapsed = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+        stored = (self.stored() - before) // 2
+        return total / elapsed, stored
+
+    # -- 3. latency ------------------------------------------------------------------------
+    def latency(self, samples: int, background_rate: float) -> list[float]:
+        ctx = mp.get_context("spawn")
+        duration = samples * 0.03 + 10
+        bg = ctx.Process(target=publisher, args=(self.broker.model_dump(),
+                                                 self.ident(self.devices[0]), 0, 10_000_000,
+                                                 int(background_rate * duration),
+                                                 background_rate))
+        bg.start()
+        time.sleep(1)
+        device_no = 1
+        client = MqttClient(self.broker, MqttClientSettings(**self.ident(self.devices[1])))
+        client.start()
+        client.wait_connected(10)
+        out = []
+        for k in range(samples):
+            r = reading(device_no, 20_000_000 + k)
+            nodes = self.cluster.replicas(r.device, r.metric)
+            q = f'SELECT value FROM "{r.metric}" WHERE device = $d AND id = $i'
+            params = {"d": r.device, "i": r.id}
+            t0 = time.perf_counter()
+            client.publish(Topics().data(r.device), encode_readings(r.device, [r]))
+
+            def visible(nodes=nodes, q=q, params=params) -> bool:
+                return all(n.query(q, "bench", params) for n in nodes)
+
+            wait(visible, 30, "a reading to be queryable", interval=0.001)
+            out.append(time.perf_counter() - t0)
+        client.stop()
+        bg.join(duration + 30)
+        if bg.is_alive():
+            bg.terminate()
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.e2e", description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=4)
+    ap.add_argument("--per-device", type=int, default=15_000)
+    ap.add_argument("--raw-points", type=int, default=200_000)
+    ap.add_argument("--latency-samples", type=int, default=300)
+    ap.add_argument("--background-rate", type=float, default=1000.0,
+                    help="readings/s published during the latency measurement")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+        bench = Bench(Path(tmp), args.devices)
+        try:
+            bench.start()
+            raw = bench.raw_write_rate(args.raw_points)
+            bench.start_ingest()
+            rate, stored = bench.throughput(args.per_device)
+            lat = sorted(bench.latency(args.latency_samples, args.background_rate))
+        finally:
+            bench.stop()
+    total = args.devices * args.per_device
+    p50 = statistics.median(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    result = {
+        "command": "make bench",
+        "raw_influx_points_per_s": round(raw),
+        "e2e_readings_per_s": round(rate),
+        "e2e_vs_raw": round(rate / raw, 3),
+        "e2e_vs_raw_replicated": round(rate / (raw / 2), 3),
+        "readings_published": total,
+        "readings_stored_on_both_replicas": stored,
+        "lost": total - stored,
+        "latency_ms_p50": round(p50 * 1000, 1),
+        "latency_ms_p99": round(p99 * 1000, 1),
+        "latency_samples": len(lat),
+        "latency_background_rate": args.background_rate,
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"""
+Vigil end-to-end benchmark (one run on this machine)
+  reference: raw batched writes, one InfluxDB server   {raw:10,.0f} points/s
+  end to end: QoS 1 single-reading messages, stored
+    on both replicas ({stored:,} of {total:,}, {total - stored} lost)  {rate:10,.0f} readings/s
+    = {rate / raw:.2f} x the raw single-server rate
+      ({rate / (raw / 2):.2f} x the raw rate for 2 replica writes per reading)
+  publish-to-queryable latency on both replicas,
+    {len(lat)} samples under {args.background_rate:,.0f} readings/s of background load:
+    p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms
+""")
+    return 0 if stored == total else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

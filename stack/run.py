@@ -1,0 +1,234 @@
+"""``vigil run``: the whole system on this machine, state under ``.vigil/``.
+
+Starts Mosquitto (generated credentials, ACL, persistence), the InfluxDB servers of the ring,
+a local SMTP server that keeps every email as a file, the ingest service, alert engine,
+notifier and API, and the simulated edge agents; prints what runs where and writes it to
+``.vigil/stack.json``; restarts a service that dies; stops everything on Ctrl-C or SIGTERM.
+Running it again reuses the data and the credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from broker.provision import provision
+from stack.process import ManagedProcess, port_open
+from storage_nodes.server import influxd_command
+from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
+
+log = logging.getLogger("vigil.stack")
+
+RESTART_BACKOFF_S = 5.0
+
+
+@dataclass
+class Child:
+    proc: ManagedProcess
+    host: str | None = None
+    port: int | None = None
+    ready_log: str | None = None  # a log line that says the child is ready
+    restarts: int = 0
+    died_at: float = 0.0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc.start()
+        if self.port is not None and self.host is not None:
+            self.proc.wait_port(self.host, self.port, timeout)
+        if self.ready_log:
+            deadline = time.monotonic() + timeout
+            while self.ready_log not in self.proc.log_tail(200):
+                if not self.proc.alive():
+                    raise RuntimeError(f"{self.proc.name} exited:\n{self.proc.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.proc.name} not ready:\n{self.proc.log_tail()}")
+                time.sleep(0.05)
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    u = urlparse(url)
+    return u.hostname or "127.0.0.1", u.port or 80
+
+
+def ensure_admin_token(secrets_dir: Path, digest_file: Path) -> str:
+    """The API admin token: generated once; the API only ever sees its SHA-256."""
+    token_file = secrets_dir / "admin.token"
+    if token_file.exists():
+        token = token_file.read_text().strip()
+    else:
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = secrets.token_urlsafe(32)
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+    digest_file.parent.mkdir(parents=True, exist_ok=True)
+    digest_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    return token
+
+
+class Stack:
+    def __init__(self, config_path: Path, agent_paths: list[Path], state: Path) -> None:
+        self.config_path = config_path
+        self.config: VigilConfig = load_config(config_path)
+        self.agents: list[tuple[Path, AgentConfig]] = [(p, load_agent_config(p))
+                                                       for p in agent_paths]
+        self.state = state
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+
+    # -- start ----------------------------------------------------------------------------
+    def _check_ports_free(self) -> None:
+        c = self.config
+        wanted = [("broker", c.broker.host, c.broker.port),
+                  ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
+                  ("api", c.api.host, c.api.port)]
+        wanted += [(n.name, *_hostport(n.url)) for n in c.storage.nodes]
+        busy = [f"{name} port {port}" for name, host, port in wanted if port_open(host, port)]
+        if busy:
+            raise SystemExit(
+                f"vigil run: {', '.join(busy)} already in use. Is another Vigil running? "
+                "Stop it, or move ports with VIGIL__<SECTION>__<KEY> overrides."
+            )
+
+    def _child(self, name: str, cmd: list[str], **kw: Any) -> Child:
+        child = Child(ManagedProcess(name, cmd, self.state / "logs" / f"{name}.log",
+                                     env={"PYTHONUNBUFFERED": "1"}), **kw)
+        self.children.append(child)
+        child.start()
+        log.info("started %s (pid %d)", name, child.proc.pid)
+        return child
+
+    def start(self) -> dict[str, Any]:
+        c = self.config
+        self._check_ports_free()
+        secrets_dir = self.state / "secrets"
+        devices = sorted({d.id for d in c.devices} | {a.device_id for _, a in self.agents})
+        files = provision(broker_dir=self.state / "broker", secrets_dir=secrets_dir,
+                          host=c.broker.host, port=c.broker.port, devices=devices,
+                          topics=c.broker.topics)
+        assert c.api.admin_token_sha256_file is not None
+        token = ensure_admin_token(secrets_dir, c.api.admin_token_sha256_file)
+
+        self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
+        for node in c.storage.nodes:
+            host, port = _hostport(node.url)
+            self._child(node.name, influxd_command(self.state / "influx" / node.name, port,
+                                                   port + 10000, host), host=host, port=port)
+        smtp = c.notifier.smtp
+        py = [sys.executable, "-m"]
+        self._child("mailsink", [*py, "stack.mailsink", "--dir", str(self.state / "mail"),
+                                 "--host", smtp.host, "--port", str(smtp.port)],
+                    host=smtp.host, port=smtp.port)
+        conf = ["--config", str(self.config_path)]
+        topics = c.broker.topics
+        self._child("ingest", [*py, "ingest_service", *conf],
+                    ready_log=f"subscribed to {topics.data_filter}")
+        self._child("alert-engine", [*py, "alert_engine", *conf],
+                    ready_log=f"subscribed to {topics.data_filter}")
+        self._child("notifier", [*py, "notifier", *conf],
+                    ready_log=f"subscribed to {topics.alerts_filter}")
+        self._child("api", [*py, "api", *conf], host=c.api.host, port=c.api.port)
+        for path, agent in self.agents:
+            self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
+
+        info = self.describe(token, files.password_file("vigil-viewer"))
+        out = self.state / "stack.json"
+        out.touch(mode=0o600)
+        out.write_text(json.dumps(info, indent=2) + "\n")
+        return info
+
+    def describe(self, token: str, viewer_pw_file: Path) -> dict[str, Any]:
+        c = self.config
+        return {
+            "broker": {"host": c.broker.host, "port": c.broker.port,
+                       "topic_root": c.broker.topic_root, "username": "vigil-viewer",
+                       "password": viewer_pw_file.read_text().strip(),
+                       "device_credentials": str(self.state / "secrets" / "<device>.password")},
+            "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},
+            "influxdb": {"database": c.storage.database,
+                         "servers": {n.name: n.url for n in c.storage.nodes}},
+            "mail_folder": str((self.state / "mail").resolve()),
+            "metrics": {"ingest": c.ingest.metrics_port,
+                        "alert_engine": c.alert_engine.metrics_port,
+                        "notifier": c.notifier.metrics_port, "api": c.api.metrics_port,
+                        **{f"agent-{a.device_id}": a.metrics_port for _, a in self.agents}},
+            "logs": str((self.state / "logs").resolve()),
+            "pids": {ch.proc.name: ch.proc.pid for ch in self.children},
+        }
+
+    # -- run and stop ---------------------------------------------------------------------
+    def supervise(self) -> None:
+        """Restart a child that died, at most once per RESTART_BACKOFF_S."""
+        while not self._stop.wait(0.5):
+            for ch in self.children:
+                if ch.proc.alive() or self._stop.is_set():
+                    continue
+                now = time.monotonic()
+                if not ch.died_at:
+                    ch.died_at = now
+                    log.error("%s exited with %s; restarting. Last lines of %s:\n%s",
+                              ch.proc.name, ch.proc.returncode(), ch.proc.log_path,
+                              ch.proc.log_tail(10))
+                if now - ch.died_at >= RESTART_BACKOFF_S * min(ch.restarts + 1, 6):
+                    ch.restarts += 1
+                    ch.died_at = 0.0
+                    try:
+                        ch.start()
+                    except (RuntimeError, TimeoutError) as exc:
+                        log.error("restarting %s failed: %s", ch.proc.name, exc)
+                        ch.died_at = time.monotonic()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for ch in reversed(self.children):
+            ch.proc.stop(timeout=15)
+        log.info("stopped %d processes", len(self.children))
+
+
+def print_summary(info: dict[str, Any], state: Path) -> None:
+    b, api = info["broker"], info["api"]
+    lines = [
+        "",
+        "Vigil is running. Ctrl-C stops everything.",
+        f"  MQTT broker    mqtt://{b['host']}:{b['port']}  (watch: user {b['username']}, "
+        f"password in {state}/stack.json)",
+        f"  API            {api['url']}  (admin token in {state}/stack.json)",
+        *[f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
+          for name, url in info["influxdb"]["servers"].items()],
+        f"  Emails         {info['mail_folder']}",
+        f"  Metrics        "
+        + ", ".join(f"{k}:{v}" for k, v in info["metrics"].items()),
+        f"  Logs           {info['logs']}",
+        f"  Everything     {state}/stack.json",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run(config_path: Path, agents_dir: Path, state: Path) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s vigil %(message)s")
+    agent_paths = sorted(agents_dir.glob("*.yaml")) if agents_dir.is_dir() else []
+    stack = Stack(config_path, agent_paths, state)
+    signal.signal(signal.SIGTERM, lambda *_: stack.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: stack.request_stop())
+    os.umask(0o077)
+    try:
+        info = stack.start()
+        print_summary(info, state)
+        stack.supervise()
+    finally:
+        stack.stop()
+    return 0
