@@ -1,1 +1,105 @@
-"""api."""
+"""Vigil's REST API: devices and their status, queries of stored readings, the storage
+ring, and alert rules that reach the alert engine over MQTT without a restart.
+
+Built by :func:`create_app` (the Flask tutorial's application factory); served by waitress
+from ``python -m api``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from api import auth, db, devices, health, problems, request_metrics, ring, rules
+from api.resources import ApiResources, close_app, resources
+from api.resources import init_app as bind_resources
+from api.rules_sync import RulePublisher
+from api.status import StatusBoard
+from storage_nodes.cluster import StorageCluster
+from vigil.messages import Rule
+from vigil.metrics import ServiceMetrics
+from vigil.mqtt import MqttClient
+from vigil.settings import ConfigError, VigilConfig
+
+__all__ = ["close_app", "create_app", "resources"]
+
+#: Largest request body accepted (rules are small).
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(
+    config: VigilConfig,
+    *,
+    storage: StorageCluster | None = None,
+    mqtt: MqttClient | None = None,
+    test_config: Mapping[str, Any] | None = None,
+) -> Flask:
+    """Build the API for ``config``.
+
+    Without ``storage`` or ``mqtt`` the app makes its own from the configuration, connects
+    to the broker in the background and releases both in :func:`close_app`. A client passed
+    in is the caller's to start and stop; the app subscribes to the status topics and
+    publishes rule snapshots on it. ``test_config`` overrides Flask settings
+    (``DATABASE``, ``RULES_PUSH_TIMEOUT_S``, ``TESTING``...).
+
+    Raises ConfigError if the admin token digest file is unusable.
+    """
+    settings = config.api
+    app = Flask(__name__)
+    app.config.from_mapping(
+        DATABASE=str(settings.database),
+        RULES_PUSH_TIMEOUT_S=5.0,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    admin_digest = None
+    if settings.admin_token_sha256_file is not None:
+        try:
+            admin_digest = auth.read_admin_digest(settings.admin_token_sha256_file)
+        except ValueError as exc:
+            raise ConfigError(str(settings.admin_token_sha256_file), "", str(exc)) from None
+
+    db.init_app(app)
+    metrics = ServiceMetrics("api", "request")
+    owns_mqtt = mqtt is None
+    client = mqtt or MqttClient(config.broker, settings.mqtt)
+    topics = config.broker.topics
+    board = StatusBoard(topics)
+    client.subscribe(topics.status_filter, board.on_message)
+    database = Path(app.config["DATABASE"])
+
+    def read_snapshot() -> tuple[int, int, list[Rule]]:
+        store = db.Store.open(database)
+        try:
+            return store.snapshot()
+        finally:
+            store.close()
+
+    publisher = RulePublisher(client, topics.rules, read_snapshot, metrics)
+    res = ApiResources(
+        config=config,
+        storage=storage or StorageCluster(config.storage),
+        mqtt=client,
+        status=board,
+        publisher=publisher,
+        metrics=metrics,
+        owns_storage=storage is None,
+        owns_mqtt=owns_mqtt,
+    )
+    # Hooks run in registration order: time the request before authenticating it.
+    request_metrics.init_app(app, metrics)
+    problems.init_app(app)
+    auth.init_app(app, admin_digest)
+    for module in (health, devices, ring, rules):
+        app.register_blueprint(module.bp)
+    bind_resources(app, res)
+    publisher.start()
+    if owns_mqtt:
+        client.start()
+    return app

@@ -55,3 +55,22 @@ def test_broker_refuses_anonymous_and_wrong_passwords(broker):
 def test_influx_servers_answer(influx_cluster):
     for s in influx_cluster:
         assert InfluxNode(s.name, s.url).ping()
+
+
+def test_a_publish_the_acl_refuses_is_an_error_not_a_delivery(broker):
+    import pytest
+
+    from vigil.mqtt import MqttClient, PublishError
+
+    client = MqttClient(broker.settings, broker.ident("vigil-api"))
+    refused = []
+    client.on_refused.append(lambda mid, why: refused.append(why))
+    client.start()
+    try:
+        assert client.wait_connected(10)
+        with pytest.raises(PublishError, match="refused by the broker"):
+            client.publish_wait("vigil/data/dev-1", b"{}", timeout=10)
+        client.publish_wait("vigil/config/rules", b"{}", timeout=10)  # allowed: no error
+    finally:
+        client.stop()
+    assert len(refused) == 1 and "authori" in refused[0].lower()

@@ -89,7 +89,11 @@ class MqttClient:
         self._handlers: list[tuple[str, MessageHandler]] = []
         self.on_connected: list[Callable[[bool], None]] = []
         self.on_disconnected: list[Callable[[], None]] = []
+        #: called with the mid of each QoS 1 publish the broker accepted
         self.on_published: list[Callable[[int], None]] = []
+        #: called with the mid and reason of each publish the broker refused (e.g. its ACL)
+        self.on_refused: list[Callable[[int, str], None]] = []
+        self._refused: dict[int, str] = {}
         self._connected = threading.Event()
         self._last_error = ""
         self._stopping = False
@@ -182,6 +186,9 @@ class MqttClient:
             raise PublishError(topic, str(exc)) from exc
         if not info.is_published():
             raise PublishError(topic, f"not acknowledged within {timeout:g}s")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise PublishError(topic, f"refused by the broker: {refused}")
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a message received with manual acknowledgement."""
@@ -269,5 +276,11 @@ class MqttClient:
     def _on_publish(
         self, _c: mqttc.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
     ) -> None:
+        if _rc.is_failure:  # paho still marks it published: the refusal is only here
+            self._refused[mid] = str(_rc)
+            log.error("broker refused a publish by %s: %s", self.ident.username, _rc)
+            for rcb in self.on_refused:
+                rcb(mid, str(_rc))
+            return
         for cb in self.on_published:
             cb(mid)

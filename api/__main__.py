@@ -1,0 +1,166 @@
+"""``python -m api``: serve Vigil's REST API with waitress.
+
+    python -m api [--config config/vigil.yaml] [--validate-config] [--create-token NAME]
+
+Listens on ``api.host:api.port``, exposes Prometheus metrics on ``api.metrics_port`` and
+stops cleanly on SIGTERM or SIGINT. ``--create-token NAME`` stores a new API token's digest
+and prints the token once (it cannot be shown again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from waitress import create_server
+
+from api import close_app, create_app
+from api.auth import hash_token, new_token, read_admin_digest
+from api.db import DuplicateToken, Store
+from api.resources import EXTENSION, ApiResources
+from storage_nodes.client import StorageError
+from storage_nodes.cluster import StorageCluster
+from vigil.logs import setup_logging
+from vigil.settings import ConfigError, VigilConfig, load_config
+from vigil.topics import NAME_RE
+
+log = logging.getLogger("api")
+
+SERVER_THREADS = 8
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m api", description="Vigil's REST API")
+    p.add_argument("--config", default="config/vigil.yaml", help="the cloud-side config file")
+    p.add_argument(
+        "--validate-config", action="store_true", help="check the configuration, print ok, and exit"
+    )
+    p.add_argument(
+        "--create-token",
+        metavar="NAME",
+        help="create an API token named NAME, print it once, and exit",
+    )
+    return p
+
+
+def load(path: str) -> VigilConfig:
+    """The configuration, with the admin token digest file checked too."""
+    config = load_config(path)
+    digest_file = config.api.admin_token_sha256_file
+    if digest_file is not None:
+        try:
+            read_admin_digest(digest_file)
+        except ValueError as exc:
+            raise ConfigError(path, "api.admin_token_sha256_file", str(exc)) from None
+    return config
+
+
+def create_token(config: VigilConfig, config_path: str, name: str) -> int:
+    if not NAME_RE.match(name):
+        print(f"invalid token name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -", file=sys.stderr)
+        return 2
+    token = new_token()
+    try:
+        store = Store.open(config.api.database)
+    except (OSError, sqlite3.Error) as exc:
+        print(ConfigError(config_path, "api.database", f"cannot open: {exc}"), file=sys.stderr)
+        return 2
+    try:
+        store.init_schema()
+        store.add_token(name, hash_token(token))
+    except DuplicateToken as exc:
+        print(f"{config.api.database}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(token)
+    return 0
+
+
+def _ensure_database(storage: StorageCluster) -> None:
+    try:
+        storage.ensure_database()
+    except StorageError as exc:
+        log.warning(
+            "could not create database %s on every storage server (%s); queries "
+            "fail until the ingest service creates it",
+            storage.database,
+            exc,
+        )
+
+
+def serve(config: VigilConfig, config_path: str) -> int:
+    settings = config.api
+    try:
+        app = create_app(config)
+    except (OSError, sqlite3.Error) as exc:
+        print(ConfigError(config_path, "api.database", f"cannot open: {exc}"), file=sys.stderr)
+        return 2
+    res: ApiResources = app.extensions[EXTENSION]
+    try:
+        try:
+            res.metrics.serve(settings.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
+            return 1
+        threading.Thread(
+            target=_ensure_database, args=(res.storage,), name="ensure-database", daemon=True
+        ).start()
+        try:
+            server = create_server(
+                app,
+                host=settings.host,
+                port=settings.port,
+                threads=SERVER_THREADS,
+                ident="vigil-api",
+            )
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            return 1
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            raise SystemExit(0)  # waitress's run() returns on SystemExit
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info(
+            "api listening on http://%s:%s (rules in %s)",
+            settings.host,
+            getattr(server, "effective_port", settings.port),
+            Path(app.config["DATABASE"]).resolve(),
+        )
+        server.run()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        server.close()
+    finally:
+        close_app(app)
+    log.info("api stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.validate_config:
+        print("ok")
+        return 0
+    if args.create_token:
+        return create_token(config, args.config, args.create_token)
+    setup_logging("api")
+    return serve(config, args.config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

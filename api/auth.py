@@ -1,0 +1,98 @@
+"""Bearer-token authentication on every route but ``GET /health``.
+
+Tokens are never stored, only their SHA-256 hex digests: the admin token's digest comes
+from ``api.admin_token_sha256_file``; other tokens are kept in the API database
+(``python -m api --create-token NAME`` makes one). A missing or unknown token gets 401 with
+``WWW-Authenticate: Bearer`` (RFC 6750).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from pathlib import Path
+
+from flask import Flask, current_app, g, request
+
+from api.db import get_store
+from api.problems import Problem
+
+PUBLIC_PATHS = frozenset({"/health"})
+REALM = "vigil"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: RFC 6750 b64token.
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def read_admin_digest(path: Path) -> str:
+    """The admin token's SHA-256 hex digest from ``path``; ValueError says what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8").strip().lower()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    if not _HEX64.match(text):
+        raise ValueError(f"{path} must hold a SHA-256 hex digest (64 hex characters)")
+    return text
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None when the header is
+    absent; ValueError when it is not a well-formed bearer credential."""
+    if header is None or not header.strip():
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise ValueError("the Authorization header must use the Bearer scheme")
+    token = token.strip()
+    if not _TOKEN.match(token):
+        raise ValueError("the bearer token is malformed")
+    return token
+
+
+def _unauthorized(detail: str, error: str | None) -> Problem:
+    challenge = f'Bearer realm="{REALM}"'
+    if error:
+        challenge += f', error="{error}"'
+    return Problem(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def check_token(token: str, admin_digest: str | None) -> str | None:
+    """The name of the caller holding ``token`` ("admin" or a stored token's name), or
+    None if the token is unknown."""
+    digest = hash_token(token)
+    if admin_digest is not None and hmac.compare_digest(digest, admin_digest):
+        return "admin"
+    name = get_store().token_name(digest)
+    return name
+
+
+def init_app(app: Flask, admin_digest: str | None) -> None:
+    """Require a valid bearer token before every request but those to public paths."""
+    app.config["ADMIN_TOKEN_SHA256"] = admin_digest
+
+    @app.before_request
+    def _require_token() -> None:
+        if request.path in PUBLIC_PATHS:
+            return
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+        except ValueError as exc:
+            raise _unauthorized(str(exc), "invalid_request") from None
+        if token is None:
+            raise _unauthorized(
+                "this resource needs a bearer token: send 'Authorization: Bearer <token>'", None
+            )
+        caller = check_token(token, current_app.config["ADMIN_TOKEN_SHA256"])
+        if caller is None:
+            raise _unauthorized("the bearer token is not valid", "invalid_token")
+        g.caller = caller

@@ -1,0 +1,57 @@
+"""The long-lived things the views share (storage cluster, MQTT client, device status
+board, rule publisher, metrics), bound to the app by ``create_app`` and reached with
+:func:`resources`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from api.rules_sync import RulePublisher
+from api.status import StatusBoard
+from storage_nodes.cluster import StorageCluster
+from vigil.metrics import ServiceMetrics
+from vigil.mqtt import MqttClient
+from vigil.settings import VigilConfig
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "vigil"
+
+
+@dataclass
+class ApiResources:
+    config: VigilConfig
+    storage: StorageCluster
+    mqtt: MqttClient
+    status: StatusBoard
+    publisher: RulePublisher
+    metrics: ServiceMetrics
+    owns_storage: bool
+    owns_mqtt: bool
+
+    def close(self) -> None:
+        """Stop what the app started; a client or cluster passed in stays the caller's."""
+        self.publisher.stop()
+        if self.owns_mqtt:
+            self.mqtt.stop()
+        if self.owns_storage:
+            self.storage.close()
+
+
+def init_app(app: Flask, res: ApiResources) -> None:
+    app.extensions[EXTENSION] = res
+
+
+def resources() -> ApiResources:
+    res: ApiResources = current_app.extensions[EXTENSION]
+    return res
+
+
+def close_app(app: Flask) -> None:
+    """Release the app's resources (MQTT connection, publisher thread, storage pool)."""
+    res: ApiResources | None = app.extensions.pop(EXTENSION, None)
+    if res is not None:
+        res.close()

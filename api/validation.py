@@ -1,0 +1,119 @@
+"""Pure checks of request input: path names, query parameters and rule ids.
+
+Every failure raises :class:`InvalidParameter` naming the parameter and the reason, which the
+API turns into a 400 problem. Nothing here touches Flask, sockets or files.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from storage_nodes.cluster import MAX_QUERY_ROWS
+from vigil.topics import NAME_RE
+
+#: Largest epoch-millisecond time InfluxDB can hold (its nanosecond times are int64).
+MAX_TIME_MS = (2**63 - 1) // 1_000_000 - 1
+DEFAULT_MEAN_N = 10
+DEFAULT_HISTORY_LIMIT = 100
+ORDERS = ("asc", "desc")
+DEFAULT_ORDER = "desc"
+
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+class InvalidParameter(ValueError):
+    """A path or query parameter that cannot be used; ``parameter`` names it."""
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        super().__init__(f"{parameter}: {reason}")
+        self.parameter = parameter
+        self.reason = reason
+
+
+def check_path_name(parameter: str, value: str) -> str:
+    """``value`` if it is a valid device id, metric name or rule id, else InvalidParameter."""
+    if not NAME_RE.match(value):
+        raise InvalidParameter(
+            parameter,
+            f"{value!r} is not a valid {parameter}: use 1-64 characters from "
+            "A-Z a-z 0-9 _ . -, starting with a letter or digit",
+        )
+    return value
+
+
+Args = Mapping[str, Sequence[str]]
+
+
+def _only(args: Args, allowed: Sequence[str]) -> None:
+    for name, values in args.items():
+        if name not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise InvalidParameter(name, f"unknown query parameter (allowed: {known})")
+        if len(values) > 1:
+            raise InvalidParameter(name, "given more than once")
+
+
+def _int(args: Args, name: str, lo: int, hi: int, default: int | None) -> int | None:
+    values = args.get(name)
+    if not values:
+        return default
+    raw = values[0]
+    if not _DIGITS.match(raw) or not lo <= int(raw) <= hi:
+        raise InvalidParameter(name, f"must be an integer from {lo} to {hi}, got {raw!r}")
+    return int(raw)
+
+
+def reject_args(args: Args) -> None:
+    """For routes that take no query parameters: a typo must not pass silently."""
+    _only(args, ())
+
+
+def parse_mean_args(args: Args) -> int:
+    """The ``n`` of ``/mean`` (last n values): 1..10000, default 10."""
+    _only(args, ("n",))
+    n = _int(args, "n", 1, MAX_QUERY_ROWS, DEFAULT_MEAN_N)
+    assert n is not None
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    since_ms: int | None
+    until_ms: int | None
+    limit: int
+    newest_first: bool
+
+    @property
+    def order(self) -> str:
+        return "desc" if self.newest_first else "asc"
+
+
+def parse_history_args(args: Args) -> HistoryQuery:
+    """``since``/``until`` (epoch ms, inclusive), ``limit`` (1..10000, default 100) and
+    ``order`` (asc|desc, default desc: the newest ``limit`` points)."""
+    _only(args, ("since", "until", "limit", "order"))
+    since = _int(args, "since", 0, MAX_TIME_MS, None)
+    until = _int(args, "until", 0, MAX_TIME_MS, None)
+    limit = _int(args, "limit", 1, MAX_QUERY_ROWS, DEFAULT_HISTORY_LIMIT)
+    assert limit is not None
+    order = (args.get("order") or [DEFAULT_ORDER])[0]
+    if order not in ORDERS:
+        raise InvalidParameter("order", f"must be asc or desc, got {order!r}")
+    if since is not None and until is not None and since > until:
+        raise InvalidParameter("since", f"{since} is after until ({until})")
+    return HistoryQuery(since, until, limit, order == "desc")
+
+
+def rule_id_from_name(name: str) -> str:
+    """A rule id derived from a rule's name: accents dropped, lower case, every run of other
+    characters turned into one ``-``, at most 64 characters ("High temp (lab)" ->
+    "high-temp-lab"). Raises ValueError if nothing usable is left."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9_.]+", "-", ascii_name.lower())
+    slug = slug.strip("-_.")[:64].rstrip("-_.")
+    if not slug or not NAME_RE.match(slug):
+        raise ValueError(f"cannot derive a rule id from the name {name!r}")
+    return slug

@@ -1,0 +1,151 @@
+"""Bearer-token authentication: every route but /health needs a valid token; tokens are
+kept as SHA-256 digests only."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import pytest
+
+from api import close_app, create_app
+from api.__main__ import main
+from api.auth import bearer_token, hash_token, read_admin_digest
+from storage_nodes.cluster import StorageCluster
+
+PROTECTED = [
+    ("GET", "/devices"),
+    ("GET", "/devices/dev-1"),
+    ("GET", "/devices/dev-1/metrics/temperature/latest"),
+    ("GET", "/devices/dev-1/metrics/temperature/mean?n=5"),
+    ("GET", "/devices/dev-1/metrics/temperature/history?limit=5"),
+    ("GET", "/devices/dev-1/metrics/temperature/replicas"),
+    ("GET", "/ring"),
+    ("GET", "/rules"),
+    ("POST", "/rules"),
+    ("GET", "/rules/hot"),
+    ("DELETE", "/rules/hot"),
+    ("GET", "/no-such-route"),
+]
+
+
+@pytest.fixture
+def app(cloud_config):
+    StorageCluster(cloud_config.config.storage).ensure_database()
+    app = create_app(cloud_config.config, test_config={"TESTING": True})
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- pure parts ---------------------------------------------------------------------------
+def test_bearer_header_parsing():
+    assert bearer_token(None) is None
+    assert bearer_token("  ") is None
+    assert bearer_token("Bearer abc.DEF-_~+/==") == "abc.DEF-_~+/=="
+    assert bearer_token("bearer  tok") == "tok"
+    with pytest.raises(ValueError, match="Bearer scheme"):
+        bearer_token("Basic dXNlcjpwdw==")
+    with pytest.raises(ValueError, match="malformed"):
+        bearer_token("Bearer two words")
+    with pytest.raises(ValueError, match="malformed"):
+        bearer_token("Bearer")
+
+
+def test_admin_digest_file(tmp_path):
+    good = tmp_path / "good"
+    good.write_text(hashlib.sha256(b"t").hexdigest().upper() + "\n")
+    assert read_admin_digest(good) == hashlib.sha256(b"t").hexdigest()
+    bad = tmp_path / "bad"
+    bad.write_text("the-token-itself\n")
+    with pytest.raises(ValueError, match="SHA-256 hex digest"):
+        read_admin_digest(bad)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_admin_digest(tmp_path / "missing")
+
+
+# -- access control -----------------------------------------------------------------------
+@pytest.mark.parametrize("route", PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        ({}, None),
+        (bearer("wrong-token"), "invalid_token"),
+        ({"Authorization": "Basic dXNlcjpwdw=="}, "invalid_request"),
+    ],
+    ids=["no-token", "wrong-token", "wrong-scheme"],
+)
+def test_protected_routes_refuse_missing_or_bad_tokens(client, route, credentials):
+    method, path = route
+    headers, error = credentials
+    resp = client.open(
+        path,
+        method=method,
+        headers=headers,
+        json={"id": "hot", "metric": "t", "op": "above", "threshold": 1}
+        if method == "POST"
+        else None,
+    )
+    assert resp.status_code == 401
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json(force=True)
+    assert body["status"] == 401 and body["title"] == "Unauthorized"
+    assert body["instance"] == path.split("?")[0] and body["detail"]
+    challenge = resp.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="vigil"')
+    assert (f'error="{error}"' in challenge) if error else ("error=" not in challenge)
+
+
+def test_nothing_was_changed_by_refused_requests(client, cloud_config):
+    client.post(
+        "/rules",
+        json={"id": "hot", "metric": "t", "op": "above", "threshold": 1},
+        headers=bearer("wrong"),
+    )
+    resp = client.get("/rules", headers=bearer(cloud_config.admin_token))
+    assert resp.status_code == 200 and resp.get_json()["rules"] == []
+
+
+def test_health_needs_no_token(client):
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.get_json()["status"] in ("ok", "degraded")
+
+
+def test_the_admin_token_is_accepted(client, cloud_config):
+    assert client.get("/ring", headers=bearer(cloud_config.admin_token)).status_code == 200
+    assert client.get("/ring", headers=bearer(cloud_config.admin_token + "x")).status_code == 401
+
+
+def test_a_token_created_with_the_cli_works_and_only_its_digest_is_stored(cloud_config, capsys):
+    assert main(["--config", str(cloud_config.path), "--create-token", "ci"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert len(token) >= 40
+    assert main(["--config", str(cloud_config.path), "--create-token", "ci"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+    app = create_app(cloud_config.config, test_config={"TESTING": True})
+    try:
+        client = app.test_client()
+        assert client.get("/rules", headers=bearer(token)).status_code == 200
+        assert client.get("/rules", headers=bearer(token[:-1])).status_code == 401
+    finally:
+        close_app(app)
+    db = sqlite3.connect(cloud_config.config.api.database)
+    dump = "\n".join(db.iterdump())
+    assert token not in dump and hash_token(token) in dump
+
+
+def test_an_unusable_admin_digest_file_is_a_config_error(cloud_config, capsys):
+    cloud_config.config.api.admin_token_sha256_file.write_text("plaintext-token\n")
+    assert main(["--config", str(cloud_config.path), "--validate-config"]) == 2
+    err = capsys.readouterr().err
+    assert "api.admin_token_sha256_file" in err and "SHA-256 hex digest" in err

@@ -1,0 +1,58 @@
+"""The device status board fed by retained status messages (pure: no broker)."""
+
+from __future__ import annotations
+
+import paho.mqtt.client as paho
+
+from api.status import StatusBoard, list_devices
+from vigil.messages import DeviceStatus
+from vigil.settings import DeviceEntry
+from vigil.topics import Topics
+
+
+def _msg(topic: str, payload: bytes) -> paho.MQTTMessage:
+    msg = paho.MQTTMessage(topic=topic.encode())
+    msg.payload = payload
+    return msg
+
+
+def test_a_status_message_sets_and_an_empty_one_clears_the_status():
+    board = StatusBoard(Topics())
+    board.on_message(
+        _msg("vigil/status/dev-1", DeviceStatus("dev-1", "online", 1700000000000).encode())
+    )
+    assert board.get("dev-1") == DeviceStatus("dev-1", "online", 1700000000000)
+    board.on_message(
+        _msg("vigil/status/dev-1", DeviceStatus("dev-1", "offline", 1700000005000, "lost").encode())
+    )
+    assert board.get("dev-1") == DeviceStatus("dev-1", "offline", 1700000005000, "lost")
+    board.on_message(_msg("vigil/status/dev-1", b""))
+    assert board.get("dev-1") is None
+
+
+def test_bad_or_mismatched_status_messages_are_ignored():
+    board = StatusBoard(Topics())
+    board.on_message(_msg("vigil/status/dev-1", b"not json"))
+    board.on_message(_msg("vigil/status/dev-1", DeviceStatus("dev-2", "online").encode()))
+    board.on_message(_msg("vigil/status/bad level", DeviceStatus("x", "online").encode()))
+    assert board.all() == {}
+
+
+def test_devices_list_merges_configured_and_seen_devices_sorted():
+    configured = [DeviceEntry(id="b", description="bench"), DeviceEntry(id="a")]
+    seen = {"c": DeviceStatus("c", "online", 5), "b": DeviceStatus("b", "offline", 7, "will")}
+    assert list_devices(configured, seen) == [
+        {"id": "a", "description": "", "configured": True, "status": None},
+        {
+            "id": "b",
+            "description": "bench",
+            "configured": True,
+            "status": {"state": "offline", "ts": 7, "reason": "will"},
+        },
+        {
+            "id": "c",
+            "description": "",
+            "configured": False,
+            "status": {"state": "online", "ts": 5, "reason": ""},
+        },
+    ]
