@@ -105,7 +105,7 @@ def serve(config: VigilConfig, config_path: str) -> int:
     res: ApiResources = app.extensions[EXTENSION]
     try:
         try:
-            res.metrics.serve(settings.metrics_port)
+            res.metrics.serve(settings.metrics_port, settings.metrics_host)
         except OSError as exc:
             log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
             return 1

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,13 +52,30 @@ def wait(cond, timeout: float, what: str, interval: float = 0.05) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reading(device_no: int, i: int) -> Reading:
-    return Reading(id=(device_no + 1) * 100_000_000 + i, device=f"bench-{device_no}",
-                   ts=TS0 + i, kind="sensor", metric=METRICS[i % 4], value=i * 0.5, unit="u")
+    return Reading(
+        id=(device_no + 1) * 100_000_000 + i,
+        device=f"bench-{device_no}",
+        ts=TS0 + i,
+        kind="sensor",
+        metric=METRICS[i % 4],
+        value=i * 0.5,
+        unit="u",
+    )
 
 
-def publisher(broker: dict, ident: dict, device_no: int, start: int, count: int,
-              rate: float | None) -> None:
+def publisher(
+    broker: dict, ident: dict, device_no: int, start: int, count: int, rate: float | None
+) -> None:
     """One device client publishing ``count`` single-reading messages at QoS 1."""
     client = MqttClient(BrokerSettings(**broker), MqttClientSettings(**ident), max_inflight=2000)
     client.start()
@@ -86,20 +103,26 @@ class Bench:
 
     def start(self) -> None:
         port = free_port()
-        self.broker_files = provision(broker_dir=self.work / "broker",
-                                      secrets_dir=self.work / "secrets", host="127.0.0.1",
-                                      port=port, devices=self.devices, topics=Topics())
-        mosq = ManagedProcess("mosquitto", self.broker_files.command(),
-                              self.work / "mosquitto.out")
+        self.broker_files = provision(
+            broker_dir=self.work / "broker",
+            secrets_dir=self.work / "secrets",
+            host="127.0.0.1",
+            port=port,
+            devices=self.devices,
+            topics=Topics(),
+        )
+        mosq = ManagedProcess("mosquitto", self.broker_files.command(), self.work / "mosquitto.out")
         self.procs.append(mosq.start())
         mosq.wait_port("127.0.0.1", port)
         self.broker = BrokerSettings(host="127.0.0.1", port=port)
         nodes = []
         for i in range(1, 4):
             http = free_port()
-            p = ManagedProcess(f"influx-{i}", influxd_command(self.work / f"influx-{i}", http,
-                                                              free_port()),
-                               self.work / f"influx-{i}.log")
+            p = ManagedProcess(
+                f"influx-{i}",
+                influxd_command(self.work / f"influx-{i}", http, free_port()),
+                self.work / f"influx-{i}.log",
+            )
             self.procs.append(p.start())
             p.wait_port("127.0.0.1", http, 60)
             nodes.append(StorageNode(name=f"influx-{i}", url=f"http://127.0.0.1:{http}"))
@@ -108,27 +131,42 @@ class Bench:
         self.cluster.ensure_database()
 
     def ident(self, user: str) -> dict:
-        return {"client_id": user, "username": user,
-                "password_file": str(self.broker_files.password_file(user))}
+        return {
+            "client_id": user,
+            "username": user,
+            "password_file": str(self.broker_files.password_file(user)),
+        }
 
     def start_ingest(self) -> None:
         cfg = {
             "broker": self.broker.model_dump(mode="json"),
             "storage": self.storage.model_dump(mode="json"),
             "ingest": {"mqtt": self.ident("vigil-ingest"), "metrics_port": 0},
-            "alert_engine": {"mqtt": self.ident("vigil-alert-engine"),
-                             "state_path": str(self.work / "ae.sqlite3")},
-            "notifier": {"mqtt": self.ident("vigil-notifier"), "recipients": ["a@b.c"],
-                         "state_path": str(self.work / "n.sqlite3")},
+            "alert_engine": {
+                "mqtt": self.ident("vigil-alert-engine"),
+                "state_path": str(self.work / "ae.sqlite3"),
+            },
+            "notifier": {
+                "mqtt": self.ident("vigil-notifier"),
+                "recipients": ["a@b.c"],
+                "state_path": str(self.work / "n.sqlite3"),
+            },
             "api": {"mqtt": self.ident("vigil-api"), "database": str(self.work / "api.db")},
         }
         path = self.work / "vigil.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        ingest = ManagedProcess("ingest", [sys.executable, "-m", "ingest_service", "--config",
-                                           str(path)], self.work / "ingest.log", cwd=ROOT)
+        ingest = ManagedProcess(
+            "ingest",
+            [sys.executable, "-m", "ingest_service", "--config", str(path)],
+            self.work / "ingest.log",
+            cwd=ROOT,
+        )
         self.procs.append(ingest.start())
-        wait(lambda: "subscribed to vigil/data/+/#" in ingest.log_tail(100), 30,
-             "ingest to subscribe")
+        wait(
+            lambda: "subscribed to vigil/data/+/#" in ingest.log_tail(100),
+            30,
+            "ingest to subscribe",
+        )
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -144,36 +182,60 @@ class Bench:
         lines = [reading_to_line(reading(99, i)) for i in range(points)]
         t0 = time.perf_counter()
         for i in range(0, points, batch):
-            node.write("rawref", lines[i:i + batch])
+            node.write("rawref", lines[i : i + batch])
         return points / (time.perf_counter() - t0)
 
     # -- 2. end to end -------------------------------------------------------------------
-    def throughput(self, per_device: int) -> tuple[float, int]:
+    def throughput(self, per_device: int) -> tuple[float, int, dict[str, float]]:
+        """Readings per second end to end, readings stored, and the CPU seconds each part
+        used meanwhile (where the time goes)."""
         before = self.stored()
         total = per_device * len(self.devices)
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=publisher, args=(self.broker.model_dump(), self.ident(d),
-                                                     i, 0, per_device, None))
-                 for i, d in enumerate(self.devices)]
+        procs = [
+            ctx.Process(
+                target=publisher,
+                args=(self.broker.model_dump(), self.ident(d), i, 0, per_device, None),
+            )
+            for i, d in enumerate(self.devices)
+        ]
+        cpu0 = {p.name: cpu_seconds(p.pid) for p in self.procs}
         t0 = time.perf_counter()
         for p in procs:
             p.start()
-        wait(lambda: self.stored() - before >= 2 * total, 600, "all readings stored",
-             interval=0.02)
+        pubs = [p.pid for p in procs if p.pid is not None]
+        pub_cpu = dict.fromkeys(pubs, 0.0)
+
+        def done() -> bool:
+            for pid in pubs:  # sample while they live: their /proc entry goes when reaped
+                pub_cpu[pid] = max(pub_cpu[pid], cpu_seconds(pid))
+            return self.stored() - before >= 2 * total
+
+        wait(done, 600, "all readings stored", interval=0.02)
         elapsed = time.perf_counter() - t0
+        cpu = {p.name: cpu_seconds(p.pid) - cpu0[p.name] for p in self.procs}
+        cpu["publishers"] = sum(pub_cpu.values())
+        cpu["wall"] = elapsed
         for p in procs:
             p.join()
         stored = (self.stored() - before) // 2
-        return total / elapsed, stored
+        return total / elapsed, stored, cpu
 
     # -- 3. latency ------------------------------------------------------------------------
     def latency(self, samples: int, background_rate: float) -> list[float]:
         ctx = mp.get_context("spawn")
         duration = samples * 0.03 + 10
-        bg = ctx.Process(target=publisher, args=(self.broker.model_dump(),
-                                                 self.ident(self.devices[0]), 0, 10_000_000,
-                                                 int(background_rate * duration),
-                                                 background_rate))
+        bg = ctx.Process(
+            target=publisher,
+            args=(
+                self.broker.model_dump(),
+                self.ident(self.devices[0]),
+                0,
+                10_000_000,
+                int(background_rate * duration),
+                background_rate,
+            ),
+        )
         bg.start()
         time.sleep(1)
         device_no = 1
@@ -207,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-device", type=int, default=15_000)
     ap.add_argument("--raw-points", type=int, default=200_000)
     ap.add_argument("--latency-samples", type=int, default=300)
-    ap.add_argument("--background-rate", type=float, default=1000.0,
-                    help="readings/s published during the latency measurement")
+    ap.add_argument(
+        "--background-rate",
+        type=float,
+        default=1000.0,
+        help="readings/s published during the latency measurement",
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         bench = Bench(Path(tmp), args.devices)
@@ -216,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.start()
             raw = bench.raw_write_rate(args.raw_points)
             bench.start_ingest()
-            rate, stored = bench.throughput(args.per_device)
+            rate, stored, cpu = bench.throughput(args.per_device)
             lat = sorted(bench.latency(args.latency_samples, args.background_rate))
         finally:
             bench.stop()
@@ -236,11 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms_p99": round(p99 * 1000, 1),
         "latency_samples": len(lat),
         "latency_background_rate": args.background_rate,
+        "cpu_seconds_during_throughput": {k: round(v, 2) for k, v in cpu.items()},
+        "cores": os.cpu_count(),
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"""
+    print(
+        f"""
 Vigil end-to-end benchmark (one run on this machine)
   reference: raw batched writes, one InfluxDB server   {raw:10,.0f} points/s
   end to end: QoS 1 single-reading messages, stored
@@ -250,7 +319,11 @@ Vigil end-to-end benchmark (one run on this machine)
   publish-to-queryable latency on both replicas,
     {len(lat)} samples under {args.background_rate:,.0f} readings/s of background load:
     p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms
-""")
+  where the time goes during the throughput run ({cpu["wall"]:.1f} s wall,
+    {os.cpu_count()} cores = {cpu["wall"] * (os.cpu_count() or 1):.1f} CPU-s), CPU seconds used:
+"""
+        + "".join(f"    {k:<12} {v:6.1f}\n" for k, v in cpu.items() if k != "wall")
+    )
     return 0 if stored == total else 1
 
 

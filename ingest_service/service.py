@@ -23,7 +23,7 @@ from ingest_service.prepare import DeadLetter, Inbound, Prepared, prepare
 from storage_nodes import FatalStorageError, RetriableStorageError, StorageCluster
 from vigil.messages import encode_dead_letter
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient, PublishError
+from vigil.mqtt import MqttClient
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -180,14 +180,9 @@ class IngestService:
             )
             pending.append((self.topics.deadletter(device), payload))
         for topic, payload in pending:
-            while True:
-                try:
-                    self.mqtt.publish_wait(topic, payload, qos=1, timeout=30)
-                    break
-                except PublishError as exc:
-                    self.metrics.error("deadletter_publish")
-                    log.warning("dead letter not yet on the broker, retrying: %s", exc)
-                    time.sleep(1)
+            # Published once; paho re-sends it across reconnects (publishing again would
+            # duplicate it), so wait as long as the broker is away.
+            self.mqtt.publish_wait(topic, payload, qos=1, timeout=None)
         self.metrics.error("invalid_message", len(dead))
         self.dead_letters.inc(len(dead))
         log.info(

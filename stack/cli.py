@@ -1,9 +1,9 @@
 """``vigil``: one command for the whole system.
 
-    vigil run                 start the local stack (make run)
-    vigil ingest|alert-engine|notifier|api [--config ...]
-    vigil agent --config config/agents/demo-1.yaml
-    vigil validate-config     check config/vigil.yaml and config/agents/*.yaml
+vigil run                 start the local stack (make run)
+vigil ingest|alert-engine|notifier|api [--config ...]
+vigil agent --config config/agents/demo-1.yaml
+vigil validate-config     check config/vigil.yaml and config/agents/*.yaml
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SERVICES:
         module = importlib.import_module(f"{SERVICES[argv[0]]}.__main__")
         return int(module.main(argv[1:]))
-    ap = argparse.ArgumentParser(prog="vigil", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="vigil", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="start the local stack")
     val_p = sub.add_parser("validate-config", help="check the configuration files")
     for p in (run_p, val_p):
         p.add_argument("--config", type=Path, default=Path("config/vigil.yaml"))
-        p.add_argument("--agents", type=Path, default=Path("config/agents"),
-                       help="folder of agent configs")
+        p.add_argument(
+            "--agents", type=Path, default=Path("config/agents"), help="folder of agent configs"
+        )
     run_p.add_argument("--state", type=Path, default=Path(".vigil"))
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} (see vigil {name} --help)")

@@ -80,8 +80,9 @@ class Stack:
     def __init__(self, config_path: Path, agent_paths: list[Path], state: Path) -> None:
         self.config_path = config_path
         self.config: VigilConfig = load_config(config_path)
-        self.agents: list[tuple[Path, AgentConfig]] = [(p, load_agent_config(p))
-                                                       for p in agent_paths]
+        self.agents: list[tuple[Path, AgentConfig]] = [
+            (p, load_agent_config(p)) for p in agent_paths
+        ]
         self.state = state
         self.children: list[Child] = []
         self._stop = threading.Event()
@@ -89,9 +90,11 @@ class Stack:
     # -- start ----------------------------------------------------------------------------
     def _check_ports_free(self) -> None:
         c = self.config
-        wanted = [("broker", c.broker.host, c.broker.port),
-                  ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
-                  ("api", c.api.host, c.api.port)]
+        wanted = [
+            ("broker", c.broker.host, c.broker.port),
+            ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
+            ("api", c.api.host, c.api.port),
+        ]
         wanted += [(n.name, *_hostport(n.url)) for n in c.storage.nodes]
         busy = [f"{name} port {port}" for name, host, port in wanted if port_open(host, port)]
         if busy:
@@ -101,8 +104,12 @@ class Stack:
             )
 
     def _child(self, name: str, cmd: list[str], **kw: Any) -> Child:
-        child = Child(ManagedProcess(name, cmd, self.state / "logs" / f"{name}.log",
-                                     env={"PYTHONUNBUFFERED": "1"}), **kw)
+        child = Child(
+            ManagedProcess(
+                name, cmd, self.state / "logs" / f"{name}.log", env={"PYTHONUNBUFFERED": "1"}
+            ),
+            **kw,
+        )
         self.children.append(child)
         child.start()
         log.info("started %s (pid %d)", name, child.proc.pid)
@@ -113,30 +120,58 @@ class Stack:
         self._check_ports_free()
         secrets_dir = self.state / "secrets"
         devices = sorted({d.id for d in c.devices} | {a.device_id for _, a in self.agents})
-        files = provision(broker_dir=self.state / "broker", secrets_dir=secrets_dir,
-                          host=c.broker.host, port=c.broker.port, devices=devices,
-                          topics=c.broker.topics)
+        files = provision(
+            broker_dir=self.state / "broker",
+            secrets_dir=secrets_dir,
+            host=c.broker.host,
+            port=c.broker.port,
+            devices=devices,
+            topics=c.broker.topics,
+        )
         assert c.api.admin_token_sha256_file is not None
         token = ensure_admin_token(secrets_dir, c.api.admin_token_sha256_file)
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
         for node in c.storage.nodes:
             host, port = _hostport(node.url)
-            self._child(node.name, influxd_command(self.state / "influx" / node.name, port,
-                                                   port + 10000, host), host=host, port=port)
+            self._child(
+                node.name,
+                influxd_command(self.state / "influx" / node.name, port, port + 10000, host),
+                host=host,
+                port=port,
+            )
         smtp = c.notifier.smtp
         py = [sys.executable, "-m"]
-        self._child("mailsink", [*py, "stack.mailsink", "--dir", str(self.state / "mail"),
-                                 "--host", smtp.host, "--port", str(smtp.port)],
-                    host=smtp.host, port=smtp.port)
+        self._child(
+            "mailsink",
+            [
+                *py,
+                "stack.mailsink",
+                "--dir",
+                str(self.state / "mail"),
+                "--host",
+                smtp.host,
+                "--port",
+                str(smtp.port),
+            ],
+            host=smtp.host,
+            port=smtp.port,
+        )
         conf = ["--config", str(self.config_path)]
         topics = c.broker.topics
-        self._child("ingest", [*py, "ingest_service", *conf],
-                    ready_log=f"subscribed to {topics.data_filter}")
-        self._child("alert-engine", [*py, "alert_engine", *conf],
-                    ready_log=f"subscribed to {topics.data_filter}")
-        self._child("notifier", [*py, "notifier", *conf],
-                    ready_log=f"subscribed to {topics.alerts_filter}")
+        self._child(
+            "ingest",
+            [*py, "ingest_service", *conf],
+            ready_log=f"subscribed to {topics.data_filter}",
+        )
+        self._child(
+            "alert-engine",
+            [*py, "alert_engine", *conf],
+            ready_log=f"subscribed to {topics.data_filter}",
+        )
+        self._child(
+            "notifier", [*py, "notifier", *conf], ready_log=f"subscribed to {topics.alerts_filter}"
+        )
         self._child("api", [*py, "api", *conf], host=c.api.host, port=c.api.port)
         for path, agent in self.agents:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
@@ -150,18 +185,27 @@ class Stack:
     def describe(self, token: str, viewer_pw_file: Path) -> dict[str, Any]:
         c = self.config
         return {
-            "broker": {"host": c.broker.host, "port": c.broker.port,
-                       "topic_root": c.broker.topic_root, "username": "vigil-viewer",
-                       "password": viewer_pw_file.read_text().strip(),
-                       "device_credentials": str(self.state / "secrets" / "<device>.password")},
+            "broker": {
+                "host": c.broker.host,
+                "port": c.broker.port,
+                "topic_root": c.broker.topic_root,
+                "username": "vigil-viewer",
+                "password": viewer_pw_file.read_text().strip(),
+                "device_credentials": str(self.state / "secrets" / "<device>.password"),
+            },
             "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},
-            "influxdb": {"database": c.storage.database,
-                         "servers": {n.name: n.url for n in c.storage.nodes}},
+            "influxdb": {
+                "database": c.storage.database,
+                "servers": {n.name: n.url for n in c.storage.nodes},
+            },
             "mail_folder": str((self.state / "mail").resolve()),
-            "metrics": {"ingest": c.ingest.metrics_port,
-                        "alert_engine": c.alert_engine.metrics_port,
-                        "notifier": c.notifier.metrics_port, "api": c.api.metrics_port,
-                        **{f"agent-{a.device_id}": a.metrics_port for _, a in self.agents}},
+            "metrics": {
+                "ingest": c.ingest.metrics_port,
+                "alert_engine": c.alert_engine.metrics_port,
+                "notifier": c.notifier.metrics_port,
+                "api": c.api.metrics_port,
+                **{f"agent-{a.device_id}": a.metrics_port for _, a in self.agents},
+            },
             "logs": str((self.state / "logs").resolve()),
             "pids": {ch.proc.name: ch.proc.pid for ch in self.children},
         }
@@ -176,9 +220,13 @@ class Stack:
                 now = time.monotonic()
                 if not ch.died_at:
                     ch.died_at = now
-                    log.error("%s exited with %s; restarting. Last lines of %s:\n%s",
-                              ch.proc.name, ch.proc.returncode(), ch.proc.log_path,
-                              ch.proc.log_tail(10))
+                    log.error(
+                        "%s exited with %s; restarting. Last lines of %s:\n%s",
+                        ch.proc.name,
+                        ch.proc.returncode(),
+                        ch.proc.log_path,
+                        ch.proc.log_tail(10),
+                    )
                 if now - ch.died_at >= RESTART_BACKOFF_S * min(ch.restarts + 1, 6):
                     ch.restarts += 1
                     ch.died_at = 0.0
@@ -206,11 +254,12 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
         f"  MQTT broker    mqtt://{b['host']}:{b['port']}  (watch: user {b['username']}, "
         f"password in {state}/stack.json)",
         f"  API            {api['url']}  (admin token in {state}/stack.json)",
-        *[f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
-          for name, url in info["influxdb"]["servers"].items()],
+        *[
+            f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
+            for name, url in info["influxdb"]["servers"].items()
+        ],
         f"  Emails         {info['mail_folder']}",
-        f"  Metrics        "
-        + ", ".join(f"{k}:{v}" for k, v in info["metrics"].items()),
+        "  Metrics        " + ", ".join(f"{k}:{v}" for k, v in info["metrics"].items()),
         f"  Logs           {info['logs']}",
         f"  Everything     {state}/stack.json",
         "",

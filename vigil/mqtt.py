@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,6 +98,11 @@ class MqttClient:
         self._connected = threading.Event()
         self._last_error = ""
         self._stopping = False
+        #: counts successful connections; messages carry the number they arrived on
+        self.connection = 0
+        self._waiting: set[int] = set()
+        self._waiting_lock = threading.Lock()
+        self._refused_topics: set[str] = set()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -172,28 +178,61 @@ class MqttClient:
         self,
         topic: str,
         payload: bytes,
+        *,
         qos: int = 1,
         retain: bool = False,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Publish and wait until the broker acknowledged it (QoS 1) or it was sent (QoS 0)."""
-        info = self.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise PublishError(topic, mqttc.error_string(info.rc))
+        """Publish once and wait until the broker acknowledged it (QoS 1) or it was sent.
+
+        While disconnected, paho keeps the message and sends it on reconnect, so this keeps
+        waiting for that (``timeout=None``: as long as it takes, or until ``stop`` is set).
+        On a timeout the message is still queued: do not publish it again, or the broker
+        gets two copies. A publish the broker refuses raises PublishError.
+        """
+        with self._waiting_lock:
+            info = self.publish(topic, payload, qos=qos, retain=retain)
+            self._waiting.add(info.mid)
         try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as exc:
-            raise PublishError(topic, str(exc)) from exc
-        if not info.is_published():
-            raise PublishError(topic, f"not acknowledged within {timeout:g}s")
-        refused = self._refused.pop(info.mid, None)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                raise PublishError(topic, mqttc.error_string(info.rc))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not info.is_published():
+                if stop is not None and stop.is_set():
+                    raise PublishError(topic, "stopped before the broker acknowledged it")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise PublishError(
+                        topic,
+                        f"not acknowledged within {timeout:g}s (still queued: paho sends "
+                        "it on reconnect)",
+                    )
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    info.wait_for_publish(0.1)  # wakes on the PUBACK
+                else:  # queued while disconnected: wait_for_publish refuses to wait on it
+                    time.sleep(0.01)
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(info.mid)
+                refused = self._refused.pop(info.mid, None)
         if refused is not None:
             raise PublishError(topic, f"refused by the broker: {refused}")
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a message received with manual acknowledgement."""
-        if qos > 0:
-            self._client.ack(mid, qos)
+    def ack(self, mid: int, qos: int, connection: int | None = None) -> bool:
+        """Acknowledge a message received with manual acknowledgement.
+
+        Pass the ``connection`` number the message arrived on (``self.connection`` read in the
+        handler): after a reconnect the broker re-sends unacknowledged messages and may reuse
+        packet ids, so acknowledging an id from an earlier connection could acknowledge a
+        different, unprocessed message. Such acks are skipped (returns False); the re-sent
+        copy gets acknowledged instead.
+        """
+        if qos == 0:
+            return True
+        if connection is not None and connection != self.connection:
+            return False
+        self._client.ack(mid, qos)
+        return True
 
     # -- paho callbacks -----------------------------------------------------------------
     def _on_connect(
@@ -216,6 +255,7 @@ class MqttClient:
                 self._last_error = str(rc)
             return
         self._last_error = ""
+        self.connection += 1
         log.info(
             "connected to broker %s:%s as %s (session present: %s)",
             self.broker.host,
@@ -277,8 +317,14 @@ class MqttClient:
         self, _c: mqttc.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
     ) -> None:
         if _rc.is_failure:  # paho still marks it published: the refusal is only here
-            self._refused[mid] = str(_rc)
-            log.error("broker refused a publish by %s: %s", self.ident.username, _rc)
+            with self._waiting_lock:
+                if mid in self._waiting:
+                    self._refused[mid] = str(_rc)
+            if self.ident.username not in self._refused_topics:
+                self._refused_topics.add(self.ident.username)
+                log.error(
+                    "broker refused a publish by %s: %s (logged once)", self.ident.username, _rc
+                )
             for rcb in self.on_refused:
                 rcb(mid, str(_rc))
             return

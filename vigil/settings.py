@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from vigil.topics import NAME_RE, Topics
+from vigil.topics import NAME_RE, TopicError, Topics
 
 ENV_PREFIX = "VIGIL__"
 
@@ -62,6 +62,15 @@ class BrokerSettings(Model):
     port: int = Field(1883, ge=1, le=65535)
     topic_root: str = "vigil"
     keepalive_s: int = Field(30, ge=5, le=3600)
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        try:
+            Topics(v)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     @property
     def topics(self) -> Topics:
@@ -324,7 +333,7 @@ def load_model(
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _loc(err["loc"]) or "(top level)"
-        reason = err["msg"]
+        reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = "unknown key"
         elif err["type"] == "missing":

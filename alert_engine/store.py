@@ -1,0 +1,105 @@
+"""The alert engine's durable state: the rule set in force and each series' state (SQLite).
+
+Saved after the transitions of a batch of readings were published and before the readings
+are acknowledged; a restart resumes from here, so a rule that was firing does not fire again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alert_engine.evaluator import Episode, SeriesKey, SeriesState, StateChanges
+from vigil.messages import Rule, decode_rules, encode_rules
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rule_set (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    rule_id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    last_ts INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    alert_id TEXT,
+    started_at INTEGER,
+    start_reading_id INTEGER,
+    PRIMARY KEY (rule_id, device)
+) WITHOUT ROWID;
+"""
+
+
+class StateStore:
+    """One SQLite file (created with its parent folders)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def load(self) -> tuple[int, list[Rule], dict[SeriesKey, SeriesState]]:
+        """The saved rule set (version 0 and no rules if none) and series states."""
+        row = self._db.execute("SELECT payload FROM rule_set WHERE id = 1").fetchone()
+        version, rules = decode_rules(row[0]) if row else (0, [])
+        states: dict[SeriesKey, SeriesState] = {}
+        for rule_id, device, last_ts, last_id, alert_id, started_at, start_id in self._db.execute(
+            "SELECT rule_id, device, last_ts, last_id, alert_id, started_at, start_reading_id "
+            "FROM series"
+        ):
+            firing = Episode(alert_id, started_at, start_id) if alert_id is not None else None
+            states[(rule_id, device)] = SeriesState(last_ts, last_id, firing)
+        return version, rules, states
+
+    def save(self, changes: StateChanges, rule_set: tuple[int, list[Rule]] | None = None) -> None:
+        """Write changed series (and the new rule set, if any) in one transaction."""
+        if not changes and rule_set is None:
+            return
+        with _transaction(self._db):
+            if rule_set is not None:
+                version, rules = rule_set
+                self._db.execute(
+                    "INSERT INTO rule_set (id, version, payload) VALUES (1, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+                    "payload = excluded.payload",
+                    (version, encode_rules(rules, version, 0)),
+                )
+            self._db.executemany(
+                "DELETE FROM series WHERE rule_id = ? AND device = ?", sorted(changes.removed)
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO series (rule_id, device, last_ts, last_id, alert_id, "
+                "started_at, start_reading_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        rule_id,
+                        device,
+                        s.last_ts,
+                        s.last_id,
+                        s.firing.alert_id if s.firing else None,
+                        s.firing.started_at if s.firing else None,
+                        s.firing.reading_id if s.firing else None,
+                    )
+                    for (rule_id, device), s in changes.upserts.items()
+                ],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

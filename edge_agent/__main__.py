@@ -1,0 +1,100 @@
+"""``python -m edge_agent --config config/agents/demo-1.yaml``: run one edge agent.
+
+``--validate-config`` checks the file and exits;
+``--ticks N`` takes N rounds of readings, waits until they are acknowledged, and exits.
+Keys can be overridden with ``VIGIL_AGENT__<KEY>=value`` (e.g. ``VIGIL_AGENT__INTERVAL_S=5``).
+SIGTERM or SIGINT stops it cleanly: offline status published, outbox kept for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from edge_agent.agent import Agent
+from edge_agent.outbox import OutboxError
+from edge_agent.quotes import metric_for
+from vigil.logs import setup_logging
+from vigil.settings import AgentConfig, ConfigError, load_agent_config
+from vigil.topics import TopicError, Topics
+
+DEFAULT_CONFIG = "config/agents/demo-1.yaml"
+
+
+def check_config(path: str, config: AgentConfig) -> None:
+    """What the settings model cannot see: the topic root, the quote symbols, and that the
+    broker will let the device publish (its ACL allows ``data/<username>/#``)."""
+    if config.mqtt.username != config.device_id:
+        raise ConfigError(
+            path,
+            "mqtt.username",
+            f"must be the device id {config.device_id!r}: the broker "
+            "lets a device publish only under its own username",
+        )
+    try:
+        Topics(config.broker.topic_root)
+    except TopicError as exc:
+        raise ConfigError(path, "broker.topic_root", str(exc)) from exc
+    for i, symbol in enumerate(config.quotes.symbols):
+        try:
+            metric_for(symbol)
+        except ValueError as exc:
+            raise ConfigError(path, f"quotes.symbols[{i}]", str(exc)) from exc
+
+
+def check_secrets(path: str, config: AgentConfig) -> None:
+    """The password file must be readable: checked at start, not by ``--validate-config``
+    (secrets are provisioned after the config files are written)."""
+    try:
+        config.mqtt.password  # noqa: B018 - reads password_file
+    except OSError as exc:
+        raise ConfigError(path, "mqtt.password_file", f"cannot read: {exc.strerror}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_agent", description="Run one edge agent.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    parser.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the configuration, print ok or the error, exit",
+    )
+    parser.add_argument(
+        "--ticks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="take N rounds of readings, wait until delivered, exit",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_agent_config(args.config)
+        check_config(args.config, config)
+        if args.validate_config:
+            print("ok")
+            return 0
+        check_secrets(args.config, config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging("edge_agent")
+    try:
+        agent = Agent(config)
+    except (OutboxError, OSError) as exc:
+        print(f"{args.config}: outbox_path: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.metrics.serve(config.metrics_port, config.metrics_host)
+    agent.run(ticks=args.ticks)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

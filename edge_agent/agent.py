@@ -1,0 +1,215 @@
+"""The agent's loop: take readings, commit them to the outbox, publish, delete on PUBACK.
+
+One thread owns the outbox and the loop; paho's network thread only posts events (connected,
+disconnected, acknowledged mid) to a queue the loop drains, so no lock is held across paho
+calls and an acknowledgement is always matched after its publish was recorded.
+
+Publishing: readings with an id above ``_cursor`` have never been handed to paho in this
+process. While connected the loop publishes them oldest first, at most ``batch_max`` per
+message and at most ``MAX_INFLIGHT`` unacknowledged messages at a time; on start the cursor
+is 0, so whatever a previous run left in the outbox goes first. paho keeps an unacknowledged
+QoS 1 message across reconnects and resends it itself; readings taken while disconnected
+stay in the outbox and go out once the connection is back. A message the broker refuses
+(PUBACK reason code, e.g. not authorized) is not a delivery: its readings stay in the outbox
+and are tried again on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from edge_agent.outbox import Outbox
+from edge_agent.quotes import Fetcher, QuoteFeed
+from edge_agent.sensors import SensorBank
+from vigil.messages import DeviceStatus, Reading, encode_readings
+from vigil.metrics import ServiceMetrics
+from vigil.mqtt import MqttClient, PublishError, Will
+from vigil.settings import AgentConfig
+
+log = logging.getLogger(__name__)
+
+#: Unacknowledged data messages at a time (each up to batch_max readings).
+MAX_INFLIGHT = 20
+#: Longest the loop waits before it looks at the stop flag again.
+MAX_WAIT_S = 0.5
+Event = tuple[Literal["connected", "disconnected", "acked", "refused"], int]
+
+
+class Agent:
+    """One device's agent. ``clock`` gives the wall time (epoch seconds) of readings."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        quote_fetcher: Fetcher | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.device = config.device_id
+        topics = config.broker.topics
+        self.data_topic = topics.data(self.device)
+        self.status_topic = topics.status(self.device)
+        self.sensors = SensorBank(config.sensors, config.seed)
+        self.quotes = QuoteFeed(config.quotes, config.seed, quote_fetcher)
+        self.metrics = metrics or ServiceMetrics("edge_agent", "publish")
+        self._depth_gauge = self.metrics.gauge(
+            "vigil_outbox_depth", "Readings in the outbox not yet acknowledged by the broker"
+        ).labels("edge_agent")
+        self.outbox = Outbox(config.outbox_path, self.device, now_us=int(clock() * 1_000_000))
+        will = DeviceStatus(self.device, "offline", None, "connection lost").encode()
+        self.client = MqttClient(config.broker, config.mqtt, will=Will(self.status_topic, will))
+        self._events: queue.Queue[Event] = queue.Queue()
+        self.client.on_connected.append(lambda _sp: self._events.put(("connected", 0)))
+        self.client.on_disconnected.append(lambda: self._events.put(("disconnected", 0)))
+        self.client.on_published.append(lambda mid: self._events.put(("acked", mid)))
+        self.client.on_refused.append(self._on_refused)
+        self._inflight: dict[int, list[int]] = {}  # paho mid -> reading ids
+        self._cursor = 0  # highest reading id handed to paho by this process
+        self._online = False
+        self._stopping = False
+        self._publish_failing = False
+        self._refused = 0
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, ticks: int | None = None, drain_timeout_s: float = 10.0) -> None:
+        """Take readings every ``interval_s`` until :meth:`stop`; with ``ticks``, stop after
+        that many rounds once the outbox is empty (or ``drain_timeout_s`` passed)."""
+        if self.outbox.depth:
+            log.info(
+                "outbox %s holds %d readings from an earlier run: publishing them first",
+                self.outbox.path,
+                self.outbox.depth,
+            )
+        self._depth_gauge.set(self.outbox.depth)
+        self.client.start()
+        interval = self.config.interval_s
+        next_tick = next_quotes = time.monotonic()
+        taken = 0
+        drain_deadline: float | None = None
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if (ticks is None or taken < ticks) and now >= next_tick:
+                    with_quotes = bool(self.quotes.symbols) and now >= next_quotes
+                    if with_quotes:
+                        next_quotes = now + self.config.quotes.interval_s
+                    self.tick(with_quotes=with_quotes)
+                    taken += 1
+                    next_tick += interval
+                    if next_tick <= now:  # fell behind (a slow quote fetch): skip, no burst
+                        next_tick = now + interval
+                if ticks is not None and taken >= ticks:
+                    drain_deadline = drain_deadline or now + drain_timeout_s
+                    if self.outbox.depth == 0 or now >= drain_deadline:
+                        break
+                self.flush()
+                wait = next_tick - time.monotonic() if ticks is None or taken < ticks else 0.1
+                self._handle_events(timeout=min(max(wait, 0.0), MAX_WAIT_S))
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; it does within MAX_WAIT_S. Only sets a flag, so it is safe
+        from a signal handler (which must not take the event queue's lock) and any thread."""
+        self._stopping = True
+
+    def tick(self, *, with_quotes: bool = True) -> list[Reading]:
+        """Take one reading per sensor (and quote), commit them, publish if connected."""
+        started = time.perf_counter()
+        ts_ms = int(self.clock() * 1000)
+        samples = self.sensors.sample(ts_ms)
+        if with_quotes:
+            samples += self.quotes.sample()
+        readings = self.outbox.add(ts_ms, samples)
+        self.metrics.messages_in.inc(len(readings))
+        self.flush()
+        self._depth_gauge.set(self.outbox.depth)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        return readings
+
+    def flush(self) -> None:
+        """Publish readings never handed to paho yet, within the in-flight budget."""
+        while self.client.connected and len(self._inflight) < MAX_INFLIGHT:
+            batch = self.outbox.pending(after_id=self._cursor, limit=self.config.batch_max)
+            if not batch:
+                return
+            info = self.client.publish(self.data_topic, encode_readings(self.device, batch))
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self.metrics.error("publish")
+                if not self._publish_failing:
+                    log.error(
+                        "publish to %s refused by the client (%s); retrying",
+                        self.data_topic,
+                        info.rc,
+                    )
+                    self._publish_failing = True
+                return
+            self._publish_failing = False
+            self._inflight[info.mid] = [r.id for r in batch]
+            self._cursor = batch[-1].id
+
+    # -- events from paho's thread --------------------------------------------------------
+    def _on_refused(self, mid: int, _reason: str) -> None:  # MqttClient logs the reason
+        self._events.put(("refused", mid))
+
+    def _handle_events(self, timeout: float) -> None:
+        try:
+            event = self._events.get(timeout=timeout)
+            while True:
+                self._handle(event)
+                event = self._events.get_nowait()
+        except queue.Empty:
+            pass
+        self._depth_gauge.set(self.outbox.depth)
+
+    def _handle(self, event: Event) -> None:
+        kind, mid = event
+        if kind == "refused":  # not delivered: keep the readings, for the next start
+            refused = self._inflight.pop(mid, [])
+            self._refused += len(refused)
+            self.metrics.error("refused", len(refused))
+        elif kind == "acked":
+            acked = self._inflight.pop(mid, [])
+            if acked:
+                self.outbox.delete(acked)
+                self.metrics.messages_out.inc(len(acked))
+        elif kind == "connected":
+            self._online = True
+            online = DeviceStatus(self.device, "online", int(self.clock() * 1000))
+            self.client.publish(self.status_topic, online.encode(), retain=True)
+            backlog = self.outbox.depth - sum(len(ids) for ids in self._inflight.values())
+            if backlog > 0:
+                log.info("connected: publishing %d readings waiting in the outbox", backlog)
+        elif kind == "disconnected" and self._online:
+            self._online = False
+            log.warning("broker unreachable: readings are kept in the outbox until it is back")
+
+    def _shutdown(self) -> None:
+        try:
+            if self.client.connected:
+                offline = DeviceStatus(self.device, "offline", int(self.clock() * 1000), "stopped")
+                self.client.publish_wait(
+                    self.status_topic, offline.encode(), retain=True, timeout=5
+                )
+                self._handle_events(timeout=0)  # acks that came before the status's
+        except PublishError as exc:
+            log.warning("could not publish offline status: %s", exc)
+        finally:
+            self.client.stop()
+            if self.outbox.depth:
+                log.info(
+                    "stopped with %d readings in the outbox (%d refused by the broker), "
+                    "published on next start",
+                    self.outbox.depth,
+                    self._refused,
+                )
+            self.outbox.close()

@@ -1,0 +1,142 @@
+"""The outbox: every reading the agent takes, kept in SQLite until the broker acknowledged it.
+
+A reading is committed here before it is published and deleted only on the broker's PUBACK,
+so neither a lost connection nor a crash of the agent loses it (at-least-once: a reading
+acknowledged but not yet deleted when the agent dies is published again, with the same id,
+and the ingest service drops the duplicate).
+
+Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A committed
+transaction is in the WAL file before ``commit`` returns, so it survives the agent process
+being killed (SIGKILL, crash, OOM); only a power cut or kernel crash can lose the last few
+commits (never corrupt the file). That is the failure this outbox is for; ``FULL`` would
+add an fsync per reading.
+
+Reading ids come from a persisted sequence. When an outbox is created the sequence starts at
+the wall clock in microseconds, then goes +1 per reading: a re-flashed device with a fresh
+outbox starts above every id it used before (unless it takes more than one reading per
+microsecond on average, or its clock went back), and ids stay below 2**53 until the year
+2255. The ids of one outbox are consecutive from :attr:`Outbox.first_id`.
+
+Not thread-safe: one thread at a time (the agent's loop) uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import cast
+
+from edge_agent.samples import Sample
+from vigil.messages import MAX_ID, Kind, Reading
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS readings (
+        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL, metric TEXT NOT NULL,
+        value REAL NOT NULL, unit TEXT NOT NULL, tags TEXT NOT NULL)""",
+)
+
+
+class OutboxError(Exception):
+    """An outbox that cannot be used: another device's, or out of ids."""
+
+
+class Outbox:
+    """The readings of one device not yet acknowledged by the broker, oldest first."""
+
+    def __init__(self, path: Path | str, device: str, *, now_us: int) -> None:
+        """Open (or create) the outbox at ``path`` for ``device``; a new outbox seeds its id
+        sequence with ``now_us`` (the wall clock in microseconds)."""
+        self.path = path = Path(path)
+        self.device = device
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One thread at a time (the agent's loop); it need not be the one that opened it.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._tx():
+            for stmt in SCHEMA:
+                self._db.execute(stmt)
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                if not 1 <= now_us < MAX_ID:
+                    raise OutboxError(f"{path}: cannot seed reading ids from {now_us}")
+                meta = {"device": device, "first_id": str(now_us), "next_id": str(now_us)}
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        if meta["device"] != device:
+            self._db.close()
+            raise OutboxError(f"{path} holds readings of device {meta['device']!r}, not {device!r}")
+        self.first_id = int(meta["first_id"])
+        self._depth = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @property
+    def depth(self) -> int:
+        """How many readings wait for an acknowledgement."""
+        return self._depth
+
+    @property
+    def next_id(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+
+    def add(self, ts_ms: int, samples: Sequence[Sample]) -> list[Reading]:
+        """Give ``samples`` the next ids and time ``ts_ms``, commit them, return the readings."""
+        if not samples:
+            return []
+        with self._tx():
+            first = self.next_id
+            if first + len(samples) - 1 > MAX_ID:
+                raise OutboxError(f"{self.path}: reading ids exhausted (next {first})")
+            readings = [
+                Reading(
+                    first + i, self.device, ts_ms, s.kind, s.metric, s.value, s.unit, dict(s.tags)
+                )
+                for i, s in enumerate(samples)
+            ]
+            self._db.executemany(
+                "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.id, r.ts, r.kind, r.metric, r.value, r.unit, json.dumps(r.tags))
+                    for r in readings
+                ],
+            )
+            self._db.execute(
+                "UPDATE meta SET value=? WHERE key='next_id'", (str(first + len(samples)),)
+            )
+        self._depth += len(readings)
+        return readings
+
+    def pending(self, after_id: int = 0, limit: int = 1000) -> list[Reading]:
+        """Up to ``limit`` readings with an id above ``after_id``, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, ts, kind, metric, value, unit, tags FROM readings"
+            " WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [
+            Reading(rid, self.device, ts, cast(Kind, kind), metric, value, unit, json.loads(tags))
+            for rid, ts, kind, metric, value, unit, tags in rows
+        ]
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Forget acknowledged readings; returns how many were still here."""
+        with self._tx():
+            cur = self._db.executemany("DELETE FROM readings WHERE id = ?", [(i,) for i in ids])
+        self._depth -= cur.rowcount
+        return cur.rowcount
+
+    def close(self) -> None:
+        self._db.close()

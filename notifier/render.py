@@ -1,0 +1,124 @@
+"""Alert -> email, pure: a subject line, a text part and an HTML part from Jinja2 templates
+(``notifier/templates/alert.txt.j2`` and ``alert.html.j2``; HTML autoescaped).
+
+The Message-ID is derived from the alert id and state, so a mail system (or a person) can
+spot the rare duplicate the at-least-once hand-over to SMTP may produce.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from vigil.messages import Alert
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEXT_TEMPLATE = "alert.txt.j2"
+HTML_TEMPLATE = "alert.html.j2"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9._-]")
+COLOURS = {"critical": "#c62828", "warning": "#ef6c00", "info": "#1565c0"}
+RESOLVED_COLOUR = "#2e7d32"
+
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(enabled_extensions=("html.j2", "html"), default=False),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+def fmt_number(value: float) -> str:
+    """``30`` for 30.0, ``31.2`` for 31.2 (shortest exact form otherwise)."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def fmt_time(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_duration(ms: int) -> str:
+    seconds = max(0, ms) // 1000
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s",
+    ]
+    return " ".join(p for p in parts if p) if seconds else f"{max(0, ms)}ms"
+
+
+def _line(text: str) -> str:
+    """One header-safe line: control characters (newlines included) become spaces."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def summary(alert: Alert) -> str:
+    """``high-temp on dev-1: temperature 31.2 above 30`` (resolved: ``no longer above``)."""
+    condition = (
+        f"{alert.op} {fmt_number(alert.threshold)}"
+        if alert.state == "firing"
+        else f"no longer {alert.op} {fmt_number(alert.threshold)}"
+    )
+    return _line(
+        f"{alert.rule} on {alert.device}: {alert.metric} {fmt_number(alert.value)} {condition}"
+    )
+
+
+def subject(alert: Alert) -> str:
+    """``[FIRING critical] high-temp on dev-1: temperature 31.2 above 30``."""
+    return _line(f"[{alert.state.upper()} {alert.severity}] {summary(alert)}")
+
+
+def context(alert: Alert) -> dict[str, Any]:
+    """What the templates see."""
+    resolved_at = alert.resolved_at if alert.resolved_at is not None else alert.ts
+    return {
+        "alert": alert,
+        "subject": subject(alert),
+        "headline": f"{alert.state.capitalize()} ({_line(alert.severity)}): {summary(alert)}",
+        "value": fmt_number(alert.value),
+        "threshold": fmt_number(alert.threshold),
+        "started": fmt_time(alert.started_at),
+        "resolved": fmt_time(resolved_at),
+        "duration": fmt_duration(resolved_at - alert.started_at),
+        "colour": RESOLVED_COLOUR
+        if alert.state == "resolved"
+        else COLOURS.get(alert.severity, COLOURS["warning"]),
+    }
+
+
+def message_id(alert: Alert, sender: str) -> str:
+    domain = _NOT_TOKEN.sub("_", sender.rpartition("@")[2]) or "vigil.invalid"
+    return f"<{_NOT_TOKEN.sub('_', alert.alert_id)}.{alert.state}@{domain}>"
+
+
+def render_email(alert: Alert, *, sender: str, recipients: Sequence[str]) -> EmailMessage:
+    """The email for one alert transition: text and HTML alternatives."""
+    ctx = context(alert)
+    msg = EmailMessage()
+    msg["Subject"] = ctx["subject"]
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = format_datetime(datetime.fromtimestamp(alert.ts / 1000, UTC))
+    msg["Message-ID"] = message_id(alert, sender)
+    msg["X-Vigil-Alert-Id"] = _line(alert.alert_id)
+    msg["X-Vigil-State"] = alert.state
+    msg["X-Vigil-Device"] = _line(alert.device)
+    msg["X-Vigil-Rule"] = _line(alert.rule_id)
+    msg.set_content(_env.get_template(TEXT_TEMPLATE).render(ctx))
+    msg.add_alternative(_env.get_template(HTML_TEMPLATE).render(ctx), subtype="html")
+    return msg

@@ -1,0 +1,58 @@
+"""Which alert transitions were already emailed: (alert id, state) in a small SQLite file.
+
+Recorded once the SMTP server accepted the email and before the MQTT message is
+acknowledged, so a redelivered alert is recognised and not emailed twice. Entries older
+than ``KEEP_DAYS`` are pruned at start: redeliveries come within minutes, not months.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+KEEP_DAYS = 90
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (
+    alert_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, state)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SentStore:
+    def __init__(self, path: Path, keep_days: int = KEEP_DAYS) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self.pruned = self._db.execute(
+            "DELETE FROM sent WHERE sent_at < ?", (now_ms() - keep_days * 86_400_000,)
+        ).rowcount
+
+    def seen(self, alert_id: str, state: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM sent WHERE alert_id = ? AND state = ?", (alert_id, state)
+        ).fetchone()
+        return row is not None
+
+    def record(self, alert_id: str, state: str, sent_at: int | None = None) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO sent (alert_id, state, sent_at) VALUES (?, ?, ?)",
+            (alert_id, state, now_ms() if sent_at is None else sent_at),
+        )
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM sent").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

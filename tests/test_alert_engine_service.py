@@ -1,0 +1,230 @@
+"""The alert engine as a real process against a real Mosquitto: rule sets in, readings in,
+alert transitions out, exactly once, across a crash."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import yaml
+from support import unique, wait_until
+
+from alert_engine.__main__ import main
+from vigil.messages import Alert, Reading, Rule, encode_readings, encode_rules
+from vigil.mqtt import MqttClient
+from vigil.settings import StorageNode, StorageSettings
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_732_300_000_000
+HIGH = Rule(
+    id="high-temp",
+    metric="temperature",
+    op="above",
+    threshold=30.0,
+    severity="critical",
+    name="high-temp",
+)
+ALERTS = "vigil/alerts/dev-1/high-temp"
+
+
+@pytest.fixture
+def storage_settings() -> StorageSettings:
+    """The alert engine never talks to InfluxDB: a placeholder instead of the real cluster."""
+    return StorageSettings(
+        replication_factor=1, nodes=[StorageNode(name="unused", url="http://127.0.0.1:9")]
+    )
+
+
+@contextmanager
+def connected(broker, user: str) -> Iterator[MqttClient]:
+    client = MqttClient(broker.settings, broker.ident(user, unique(f"{user}-")))
+    client.start()
+    assert client.wait_connected(10), f"{user} could not connect"
+    try:
+        yield client
+    finally:
+        client.stop()
+
+
+def publish_rules(broker, rules: list[Rule], version: int) -> None:
+    """What the API does: a retained rule-set snapshot on vigil/config/rules."""
+    with connected(broker, "vigil-api") as api:
+        api.publish_wait(broker.topics.rules, encode_rules(rules, version, T0), retain=True)
+
+
+def temp(n: int, value: float, device: str = "dev-1") -> Reading:
+    return Reading(
+        id=T0 * 1000 + n,
+        device=device,
+        ts=T0 + 1000 * n,
+        kind="sensor",
+        metric="temperature",
+        value=value,
+        unit="C",
+    )
+
+
+def send(client: MqttClient, device: str, *readings: Reading) -> None:
+    for r in readings:
+        client.publish_wait(f"vigil/data/{device}", encode_readings(device, [r]))
+
+
+def start_engine(run_service, cloud_config, name: str = "alert_engine", version: int = 1):
+    proc = run_service("alert_engine", "--config", str(cloud_config.path), name=name)
+    wait_until(
+        lambda: f"rule set version {version}" in proc.log_tail(200) or not proc.alive(),
+        20,
+        what="the engine to load the rule set",
+    )
+    assert proc.alive(), proc.log_tail()
+    return proc
+
+
+def alerts(watch) -> list[Alert]:
+    return [Alert.decode(m.payload) for m in watch.on(ALERTS)]
+
+
+def test_one_firing_and_one_resolved_alert_per_episode(broker, cloud_config, run_service, probe):
+    publish_rules(broker, [HIGH], 1)
+    engine = start_engine(run_service, cloud_config)
+    watch = probe("vigil/alerts/#")
+    with connected(broker, "dev-1") as dev:
+        first_above = temp(2, 31.2)
+        # inside, crossing, the same reading again, still above, back inside
+        send(dev, "dev-1", temp(1, 25.0), first_above, first_above, temp(3, 33.0), temp(4, 29.0))
+        wait_until(lambda: len(alerts(watch)) >= 2, 15, what="a firing and a resolved alert")
+        firing, resolved = alerts(watch)
+        assert (firing.state, resolved.state) == ("firing", "resolved")
+        assert firing.alert_id == resolved.alert_id
+        assert (
+            firing.rule_id,
+            firing.device,
+            firing.metric,
+            firing.value,
+            firing.threshold,
+            firing.op,
+            firing.severity,
+            firing.started_at,
+            firing.reading_id,
+        ) == (
+            "high-temp",
+            "dev-1",
+            "temperature",
+            31.2,
+            30.0,
+            "above",
+            "critical",
+            first_above.ts,
+            first_above.id,
+        )
+        assert (resolved.value, resolved.started_at, resolved.resolved_at) == (
+            29.0,
+            first_above.ts,
+            temp(4, 0).ts,
+        )
+        # A late resend of the crossing reading changes nothing: the next alert to arrive
+        # is the one the next crossing causes.
+        send(dev, "dev-1", first_above, temp(5, 40.0))
+        wait_until(lambda: len(alerts(watch)) >= 3, 15, what="the second episode")
+    third = alerts(watch)[2]
+    assert (third.state, third.value) == ("firing", 40.0)
+    assert third.alert_id != firing.alert_id
+    assert [m.topic for m in watch.messages] == [ALERTS] * 3
+    assert "FIRING high-temp on dev-1: temperature 31.2 above 30" in engine.log_tail(200)
+
+
+def firing_rows(path) -> list[tuple]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT rule_id, device, alert_id FROM series WHERE alert_id IS NOT NULL"
+        ).fetchall()
+
+
+def test_a_killed_and_restarted_engine_does_not_fire_again(
+    broker, cloud_config, run_service, probe
+):
+    publish_rules(broker, [HIGH], 1)
+    engine = start_engine(run_service, cloud_config)
+    watch = probe("vigil/alerts/#")
+    state_path = cloud_config.config.alert_engine.state_path
+    with connected(broker, "dev-1") as dev:
+        send(dev, "dev-1", temp(1, 35.0))
+        wait_until(lambda: alerts(watch), 15, what="the firing alert")
+        wait_until(lambda: firing_rows(state_path), 10, what="the firing state to be saved")
+        engine.kill()
+        # While it is down: still above (must not fire again), then back inside.
+        send(dev, "dev-1", temp(2, 36.0), temp(3, 20.0))
+        start_engine(run_service, cloud_config, name="alert_engine-restarted")
+        wait_until(lambda: len(alerts(watch)) >= 2, 15, what="the resolved alert")
+    firing, resolved = alerts(watch)
+    assert (firing.state, resolved.state) == ("firing", "resolved")
+    assert resolved.alert_id == firing.alert_id and resolved.value == 20.0
+    # The state is saved right after the alert is confirmed by the broker.
+    wait_until(lambda: firing_rows(state_path) == [], 10, what="the resolved state to be saved")
+
+
+def metric(port: int, line_start: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_invalid_readings_are_skipped_and_a_newer_rule_set_takes_over(
+    broker, cloud_config, run_service, probe
+):
+    publish_rules(broker, [HIGH], 1)
+    engine = start_engine(run_service, cloud_config)
+    port = cloud_config.config.alert_engine.metrics_port
+    watch = probe("vigil/alerts/#")
+    with connected(broker, "dev-1") as dev:
+        dev.publish_wait("vigil/data/dev-1", b"{not json")
+        dev.publish_wait("vigil/data/dev-1", json.dumps({"device": "dev-1", "id": 1}).encode())
+        send(dev, "dev-1", temp(1, 31.0))
+        wait_until(lambda: alerts(watch), 15, what="the firing alert after bad messages")
+        assert metric(port, 'vigil_errors_total{kind="invalid_message"') == 2
+        wait_until(lambda: metric(port, "vigil_alerts_firing{") == 1, 5, what="firing gauge")
+        assert metric(port, "vigil_alert_rules{") == 1
+
+        # Version 2 raises the threshold: 31.5 is inside now, so the episode resolves.
+        publish_rules(broker, [replace(HIGH, threshold=32.0)], 2)
+        wait_until(
+            lambda: "rule set version 2 applied" in engine.log_tail(200), 10, what="version 2"
+        )
+        send(dev, "dev-1", temp(2, 31.5))
+        wait_until(lambda: len(alerts(watch)) >= 2, 15, what="the resolved alert")
+    firing, resolved = alerts(watch)
+    assert (resolved.state, resolved.alert_id, resolved.threshold) == (
+        "resolved",
+        firing.alert_id,
+        32.0,
+    )
+
+
+def test_validate_config(cloud_config, tmp_path, capsys):
+    assert main(["--config", str(cloud_config.path), "--validate-config"]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(cloud_config.path.read_text())
+    data["alert_engine"]["metrics_port"] = 70000
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(bad), "--validate-config"]) == 2
+    assert capsys.readouterr().err.startswith(f"{bad}: alert_engine.metrics_port: ")
+
+
+def test_engine_stops_cleanly_on_sigterm(cloud_config, run_service):
+    proc = run_service("alert_engine", "--config", str(cloud_config.path))
+    wait_until(lambda: "connected to broker" in proc.log_tail(), 15, what="the engine")
+    started = time.monotonic()
+    proc.stop()
+    assert proc.returncode() == 0 and time.monotonic() - started < 5

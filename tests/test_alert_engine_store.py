@@ -1,0 +1,71 @@
+"""The alert engine's SQLite state: what is saved is what a restart resumes from."""
+
+from __future__ import annotations
+
+from alert_engine.evaluator import Evaluator
+from alert_engine.store import StateStore
+from vigil.messages import Reading, Rule
+
+T0 = 1_732_300_000_000
+RULES = [
+    Rule(id="high-temp", metric="temperature", op="above", threshold=30.0, name="Hot"),
+    Rule(
+        id="low-batt",
+        metric="battery",
+        op="below",
+        threshold=10.0,
+        device="dev-2",
+        severity="critical",
+        name="low-batt",
+    ),
+]
+
+
+def r(value: float, n: int, device: str = "dev-1", metric: str = "temperature") -> Reading:
+    return Reading(id=n, device=device, ts=T0 + n, kind="sensor", metric=metric, value=value)
+
+
+def test_an_empty_store_has_no_rules_and_creates_its_folder(tmp_path):
+    store = StateStore(tmp_path / "deep" / "state.sqlite3")
+    assert store.load() == (0, [], {})
+    assert (tmp_path / "deep" / "state.sqlite3").exists()
+
+
+def test_state_and_rules_survive_a_reopen(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    ev = Evaluator()
+    ev.replace_rules(RULES, 7)
+    fired = [
+        a
+        for x in (r(31, 1), r(20, 2, "dev-3"), r(5, 3, "dev-2", "battery"))
+        for a in ev.evaluate(x)
+    ]
+    store = StateStore(path)
+    store.save(ev.take_changes(), (ev.version, ev.rules))
+    store.close()
+
+    version, rules, states = StateStore(path).load()
+    assert (version, rules) == (7, RULES)
+    assert states == ev.states
+    resumed = Evaluator.restore(rules, version, states)
+    assert resumed.firing_count() == 2
+    assert resumed.evaluate(r(40, 4)) == []  # still firing: no second alert
+    resolved = resumed.evaluate(r(10, 5))
+    assert [(a.state, a.alert_id) for a in resolved] == [("resolved", fired[0].alert_id)]
+
+
+def test_removed_series_are_deleted(tmp_path):
+    store = StateStore(tmp_path / "s.sqlite3")
+    ev = Evaluator()
+    ev.replace_rules(RULES, 1)
+    ev.evaluate(r(31, 1))
+    ev.evaluate(r(5, 2, "dev-2", "battery"))
+    store.save(ev.take_changes(), (1, ev.rules))
+    ev.replace_rules(RULES[1:], 2)
+    store.save(ev.take_changes(), (2, ev.rules))
+    version, rules, states = store.load()
+    assert (version, [x.id for x in rules], list(states)) == (
+        2,
+        ["low-batt"],
+        [("low-batt", "dev-2")],
+    )

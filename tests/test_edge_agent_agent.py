@@ -1,0 +1,239 @@
+"""The agent against a real Mosquitto: one message per round on the device's data topic,
+retained status, the outbox emptied on PUBACK, a backlog published first in batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import wait_until
+
+from edge_agent.agent import Agent
+from edge_agent.outbox import Outbox
+from edge_agent.samples import Sample
+from edge_agent.sensors import sensor_value
+from vigil.messages import DeviceStatus, parse_readings
+from vigil.settings import load_agent_config
+
+T0 = 1_700_000_000.0
+
+
+def write_agent_config(folder: Path, broker: Any, device: str, **overrides: Any) -> Path:
+    """An agent YAML for ``device`` on the test broker: two sensors, a simulated quote,
+    a 0.1 s interval, metrics off."""
+    data: dict[str, Any] = {
+        "device_id": device,
+        "broker": broker.settings.model_dump(mode="json"),
+        "mqtt": {
+            "client_id": device,
+            "username": device,
+            "password_file": str(broker.files.password_file(device)),
+        },
+        "outbox_path": str(folder / f"{device}-outbox.sqlite3"),
+        "interval_s": 0.1,
+        "seed": 7,
+        "metrics_port": 0,
+        "sensors": [
+            {
+                "metric": "temperature",
+                "unit": "C",
+                "base": 20,
+                "amplitude": 4,
+                "period_s": 60,
+                "noise": 0.3,
+            },
+            {
+                "metric": "humidity",
+                "unit": "%",
+                "base": 45,
+                "amplitude": 10,
+                "period_s": 120,
+                "noise": 1,
+            },
+        ],
+        "quotes": {"symbols": ["AAPL"], "interval_s": 3600, "source": "simulated"},
+        **overrides,
+    }
+    path = folder / f"{device}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def outbox_ids(path: Path) -> list[int]:
+    """The ids in an agent's outbox, read (committed state only) on a connection of our own."""
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT id FROM readings ORDER BY id")]
+
+
+def sequence(path: Path) -> tuple[int, int]:
+    """(first id, next id) of an outbox: its agent took exactly the ids in between."""
+    with sqlite3.connect(path) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    return int(meta["first_id"]), int(meta["next_id"])
+
+
+class FakeClock:
+    """Wall time starting at T0 that advances one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = T0 - 1
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+@pytest.fixture
+def running(tmp_path: Path, broker) -> Iterator[Any]:
+    """``running(device, clock=None, **config)`` starts an agent on a thread; stopped at the end."""
+    started: list[tuple[Agent, threading.Thread]] = []
+
+    def start(device: str, clock: Any = None, **overrides: Any) -> Agent:
+        config = load_agent_config(
+            write_agent_config(tmp_path, broker, device, **overrides), environ={}
+        )
+        agent = Agent(config, clock=clock) if clock else Agent(config)
+        thread = threading.Thread(target=agent.run, name=f"agent-{device}", daemon=True)
+        thread.start()
+        started.append((agent, thread))
+        return agent
+
+    yield start
+    for agent, thread in started:
+        agent.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "agent did not stop"
+
+
+def test_each_round_is_one_message_of_valid_readings_and_status_is_retained(
+    running, probe, broker, tmp_path
+):
+    watch = probe("vigil/data/dev-1", "vigil/status/dev-1")
+    clock = FakeClock()
+    agent = running("dev-1", clock=clock)
+    wait_until(lambda: len(watch.on("vigil/data/dev-1")) >= 3, timeout=10, what="three rounds")
+    agent.stop()
+    wait_until(
+        lambda: any(
+            DeviceStatus.decode(m.payload).state == "offline"
+            for m in watch.on("vigil/status/dev-1")
+        ),
+        timeout=10,
+        what="offline status on stop",
+    )
+
+    messages = watch.on("vigil/data/dev-1")
+    assert all(m.qos == 1 for m in messages)
+    batches = [parse_readings(m.payload, "dev-1") for m in messages]
+    readings = [r for batch in batches for r in batch]
+    ids = [r.id for r in readings]
+    assert ids == list(range(int(T0 * 1e6), int(T0 * 1e6) + len(ids)))  # seeded by the clock
+    rounds: dict[int, list[tuple[str, str, str]]] = {}  # the readings of each timestamp
+    for r in readings:
+        rounds.setdefault(r.ts, []).append((r.kind, r.metric, r.unit))
+    sensors = [("sensor", "temperature", "C"), ("sensor", "humidity", "%")]
+    assert list(rounds.values()) == [
+        [*sensors, ("quote", "price_AAPL", "USD")],
+        *[sensors] * (len(rounds) - 1),
+    ]
+    assert list(rounds) == sorted(rounds) and min(rounds) > T0 * 1000  # the injected clock's
+    # once connected, one message per round (rounds taken before may share the first one)
+    assert all(len({r.ts for r in batch}) == 1 for batch in batches[1:])
+    assert "readings" in json.loads(messages[0].payload)  # the batch shape
+    specs = {s.metric: s for s in agent.config.sensors}
+    assert all(r.value == sensor_value(specs[r.metric], 7, r.ts) for r in readings[:2])
+    assert dict(readings[2].tags) == {"symbol": "AAPL", "source": "simulated"}
+
+    statuses = [DeviceStatus.decode(m.payload) for m in watch.on("vigil/status/dev-1")]
+    assert [s.state for s in statuses] == ["online", "offline"]
+    assert statuses[1].reason == "stopped"
+    assert outbox_ids(agent.config.outbox_path) == []  # every reading acknowledged, deleted
+
+
+def test_online_status_is_retained_for_late_watchers(running, probe):
+    running("dev-3")
+    early = probe("vigil/data/dev-3")
+    wait_until(lambda: early.messages, timeout=10, what="a reading")
+    late = probe("vigil/status/dev-3")
+    msg = wait_until(lambda: late.messages, timeout=10, what="the retained status")[0]
+    assert msg.retain and DeviceStatus.decode(msg.payload).state == "online"
+
+
+def test_a_backlog_left_by_an_earlier_run_is_published_first_in_batches(
+    running, probe, broker, tmp_path
+):
+    box = Outbox(tmp_path / "dev-2-outbox.sqlite3", "dev-2", now_us=int(T0 * 1e6))
+    old = box.add(int(T0 * 1000), [Sample("sensor", "temperature", float(i)) for i in range(120)])
+    box.close()
+    watch = probe("vigil/data/dev-2")
+    agent = running("dev-2", batch_max=50, interval_s=3600, sensors=[], quotes={})
+    # the first round takes no reading (no sensors): only the backlog goes out
+    wait_until(
+        lambda: sum(len(parse_readings(m.payload, "dev-2")) for m in watch.messages) >= 120,
+        timeout=10,
+        what="the backlog",
+    )
+    sizes = [len(parse_readings(m.payload, "dev-2")) for m in watch.messages]
+    got = [r.id for m in watch.messages for r in parse_readings(m.payload, "dev-2")]
+    assert sizes == [50, 50, 20]
+    assert got == [r.id for r in old]
+    wait_until(lambda: agent.outbox.depth == 0, timeout=10, what="the outbox emptied")
+
+
+def test_readings_stay_in_the_outbox_until_the_broker_acknowledges_them(running, probe, broker):
+    watch = probe("vigil/data/dev-8")
+    agent = running("dev-8")
+    wait_until(lambda: len(watch.messages) >= 2, timeout=10, what="first readings")
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # frozen: the connection stays up, no PUBACKs
+    try:
+        _, first_frozen = sequence(agent.config.outbox_path)  # published at once when taken...
+        wait_until(lambda: agent.outbox.depth >= 8, timeout=10, what="unacknowledged readings")
+        assert agent.client.connected
+        unacked = set(outbox_ids(agent.config.outbox_path))
+        assert first_frozen in unacked  # ...and kept all the same
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    wait_until(
+        lambda: not unacked & set(outbox_ids(agent.config.outbox_path)),
+        timeout=10,
+        what="the readings deleted once acknowledged",
+    )
+    wait_until(
+        lambda: (
+            unacked <= {r.id for m in watch.messages for r in parse_readings(m.payload, "dev-8")}
+        ),
+        timeout=10,
+        what="the readings delivered",
+    )
+
+
+def test_readings_the_broker_refuses_are_kept_not_deleted(running, broker, caplog):
+    """A refusing PUBACK is no delivery: the readings stay for the next start."""
+    # dev-1's credentials for device dev-2: the ACL refuses every publish (PUBACK 0x87)
+    wrong = {
+        "client_id": "dev-2",
+        "username": "dev-1",
+        "password_file": str(broker.files.password_file("dev-1")),
+    }
+    agent = running("dev-2", mqtt=wrong)
+
+    def refused() -> float:
+        value = agent.metrics.registry.get_sample_value(
+            "vigil_errors_total", {"service": "edge_agent", "kind": "refused"}
+        )
+        return value or 0.0
+
+    wait_until(lambda: refused() >= 6, timeout=10, what="refused publishes")
+    first, next_id = sequence(agent.config.outbox_path)
+    assert set(range(first, next_id)) <= set(outbox_ids(agent.config.outbox_path))
+    assert any(
+        "refused" in r.getMessage() and "Not authorized" in r.getMessage() for r in caplog.records
+    )

@@ -1,0 +1,107 @@
+"""Alert -> email, rendered from the Jinja2 templates, checked without any server."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+
+from notifier.render import fmt_duration, fmt_number, render_email, subject
+from vigil.messages import Alert
+
+T0 = 1_732_300_000_000
+
+
+def alert(state="firing", **kw) -> Alert:
+    base = dict(
+        alert_id="a1b2c3",
+        rule_id="high-temp",
+        rule="high-temp",
+        device="dev-1",
+        metric="temperature",
+        value=31.2,
+        threshold=30.0,
+        op="above",
+        state=state,
+        severity="critical",
+        started_at=T0,
+        ts=T0 + (0 if state == "firing" else 125_000),
+        resolved_at=None if state == "firing" else T0 + 125_000,
+        reading_id=42,
+    )
+    base.update(kw)
+    return Alert(**base)
+
+
+def parts(msg):
+    """(text, html) of a sent-and-parsed message."""
+    parsed = message_from_bytes(msg.as_bytes(), policy=default_policy)
+    return (parsed.get_body(("plain",)).get_content(), parsed.get_body(("html",)).get_content())
+
+
+def test_subject_names_state_severity_rule_device_metric_value_and_threshold():
+    assert subject(alert()) == "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"
+    assert subject(alert("resolved", value=29.5)) == (
+        "[RESOLVED critical] high-temp on dev-1: temperature 29.5 no longer above 30"
+    )
+
+
+def test_the_email_has_a_text_and_an_html_part_with_the_facts():
+    msg = render_email(
+        alert(rule="Lab too hot"),
+        sender="vigil@example.org",
+        recipients=["ops@example.org", "oncall@example.org"],
+    )
+    assert msg["From"] == "vigil@example.org"
+    assert msg["To"] == "ops@example.org, oncall@example.org"
+    assert msg["Message-ID"] == "<a1b2c3.firing@example.org>"
+    assert msg["X-Vigil-Alert-Id"] == "a1b2c3"
+    text, html = parts(msg)
+    for body in (text, html):
+        for fact in (
+            "Lab too hot",
+            "high-temp",
+            "dev-1",
+            "temperature",
+            "31.2",
+            "above 30",
+            "critical",
+            "a1b2c3",
+            "2024-11-22 18:26:40 UTC",
+        ):
+            assert fact in body, (fact, body)
+    assert "<table" in html and "<table" not in text
+
+
+def test_a_resolved_email_says_when_and_after_how_long():
+    text, html = parts(
+        render_email(alert("resolved", value=29.5), sender="v@x.org", recipients=["a@x.org"])
+    )
+    for body in (text, html):
+        assert "29.5" in body and "2024-11-22 18:28:45 UTC" in body and "2m 5s" in body
+
+
+def test_html_is_escaped_and_headers_cannot_be_injected():
+    evil = alert(rule="<script>alert(1)</script>\r\nBcc: x@evil.example", device="dev-1")
+    msg = render_email(evil, sender="v@x.org", recipients=["a@x.org"])
+    assert "\n" not in msg["Subject"] and msg["Bcc"] is None
+    text, html = parts(msg)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>" in text  # plain text is not HTML: shown as is
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(30.0, "30"), (31.2, "31.2"), (-0.5, "-0.5"), (1234567.25, "1234567.25"), (1e20, "1e+20")],
+)
+def test_numbers_are_shown_exactly_and_briefly(value, shown):
+    assert fmt_number(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("ms", "shown"),
+    [(250, "250ms"), (5_000, "5s"), (125_000, "2m 5s"), (90_061_000, "1d 1h 1m 1s")],
+)
+def test_durations(ms, shown):
+    assert fmt_duration(ms) == shown

@@ -1,0 +1,162 @@
+"""The notifier as a real process: alerts from a real Mosquitto, emails to a real aiosmtpd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+import yaml
+from support import unique, wait_until
+
+from notifier.__main__ import main
+from stack.mailsink import start_mailsink
+from stack.process import free_port
+from vigil.messages import Alert
+from vigil.mqtt import MqttClient
+from vigil.settings import StorageNode, StorageSettings
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_732_300_000_000
+
+
+@pytest.fixture
+def storage_settings() -> StorageSettings:
+    """The notifier never talks to InfluxDB: a placeholder instead of the real cluster."""
+    return StorageSettings(
+        replication_factor=1, nodes=[StorageNode(name="unused", url="http://127.0.0.1:9")]
+    )
+
+
+@contextmanager
+def alert_engine_client(broker) -> Iterator[MqttClient]:
+    """Publishing as the alert engine's user (the only one allowed on vigil/alerts/#)."""
+    client = MqttClient(broker.settings, broker.ident("vigil-alert-engine", unique("ae-")))
+    client.start()
+    assert client.wait_connected(10)
+    try:
+        yield client
+    finally:
+        client.stop()
+
+
+def alert(
+    alert_id: str, state: str = "firing", rule: str = "high-temp", value: float = 31.2
+) -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        rule_id=rule,
+        rule=rule,
+        device="dev-1",
+        metric="temperature",
+        value=value,
+        threshold=30.0,
+        op="above",
+        state=state,
+        severity="critical",
+        started_at=T0,
+        ts=T0 + (0 if state == "firing" else 60_000),
+        resolved_at=None if state == "firing" else T0 + 60_000,
+        reading_id=7,
+    )
+
+
+def publish(client: MqttClient, a: Alert) -> None:
+    client.publish_wait(f"vigil/alerts/{a.device}/{a.rule_id}", a.encode())
+
+
+def start_notifier(run_service, cloud_config, name: str = "notifier", env=None):
+    proc = run_service("notifier", "--config", str(cloud_config.path), name=name, env=env)
+    wait_until(
+        lambda: "subscribed to vigil/alerts/#" in proc.log_tail(100) or not proc.alive(),
+        20,
+        what="the notifier to subscribe",
+    )
+    assert proc.alive(), proc.log_tail()
+    return proc
+
+
+def subjects(messages) -> list[str]:
+    """Unfolded subjects (a long one is folded onto a continuation line, hence the strip)."""
+    return [
+        str(message_from_bytes(m.as_bytes(), policy=default_policy)["Subject"]).strip()
+        for m in messages
+    ]
+
+
+def test_one_email_per_alert_transition_and_none_for_a_redelivery(
+    broker, cloud_config, run_service, smtp_server
+):
+    notifier = start_notifier(run_service, cloud_config)
+    mail = smtp_server.sink.messages
+    first = alert("ep-1")
+    with alert_engine_client(broker) as ae:
+        publish(ae, first)
+        wait_until(lambda: mail, 15, what="the first email")
+        msg = message_from_bytes(mail[0].as_bytes(), policy=default_policy)
+        assert subjects(mail) == ["[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"]
+        assert msg["To"] == "ops@test.invalid" and msg["From"] == "vigil@test.invalid"
+        text = msg.get_body(("plain",)).get_content()
+        html = msg.get_body(("html",)).get_content()
+        for body in (text, html):
+            for fact in ("high-temp", "dev-1", "temperature", "31.2", "30", "ep-1"):
+                assert fact in body
+
+        publish(ae, first)  # redelivered / republished: same alert id and state
+        ae.publish_wait("vigil/alerts/dev-1/high-temp", b"not an alert")
+        publish(ae, alert("ep-1", "resolved", value=29.0))  # the same episode resolving
+        wait_until(lambda: len(mail) >= 2, 15, what="the resolved email")
+    assert "ignoring a bad alert message on vigil/alerts/dev-1/high-temp" in notifier.log_tail()
+    assert subjects(mail) == [
+        "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
+        "[RESOLVED critical] high-temp on dev-1: temperature 29 no longer above 30",
+    ]
+
+    # After a restart the sent-alert log still knows both; a new episode still gets through.
+    notifier.stop()
+    assert notifier.returncode() == 0
+    start_notifier(run_service, cloud_config, name="notifier-restarted")
+    with alert_engine_client(broker) as ae:
+        publish(ae, first)
+        publish(ae, alert("ep-2", value=35.0))
+        wait_until(lambda: len(mail) >= 3, 15, what="the second episode's email")
+    assert len(mail) == 3 and "35" in subjects(mail)[2]
+
+
+def test_emails_wait_for_the_smtp_server_and_none_is_lost(
+    broker, cloud_config, run_service, tmp_path
+):
+    port = free_port()  # nothing listens here yet
+    notifier = start_notifier(
+        run_service, cloud_config, env={"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
+    )
+    with alert_engine_client(broker) as ae:
+        publish(ae, alert("down-1"))
+        publish(ae, alert("down-2", rule="low-batt"))
+        wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
+    controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
+    try:
+        wait_until(lambda: len(sink.messages) >= 2, 20, what="both emails once SMTP is up")
+        assert sorted(subjects(sink.messages)) == [
+            "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
+            "[FIRING critical] low-batt on dev-1: temperature 31.2 above 30",
+        ]
+        assert "failed attempt(s)" in notifier.log_tail()
+    finally:
+        controller.stop()
+
+
+def test_validate_config_reports_a_missing_smtp_password_file(cloud_config, tmp_path, capsys):
+    assert main(["--config", str(cloud_config.path), "--validate-config"]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    bad = tmp_path / "bad.yaml"
+    missing = tmp_path / "nope.password"
+    data = yaml.safe_load(cloud_config.path.read_text())
+    data["notifier"]["smtp"].update(username="u", password_file=str(missing))
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(bad), "--validate-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: notifier.smtp.password_file: cannot read {missing}" in err
