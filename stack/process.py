@@ -64,6 +64,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env=None if self.env is None else {**os.environ, **self.env},
                 cwd=self.cwd,
+                start_new_session=True,  # Ctrl-C reaches the parent, which stops us in order
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks
             )
         return self

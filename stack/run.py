@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from broker.provision import provision
-from stack.process import ManagedProcess, port_open
+from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes.server import influxd_command
 from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
 
@@ -136,7 +136,7 @@ class Stack:
             host, port = _hostport(node.url)
             self._child(
                 node.name,
-                influxd_command(self.state / "influx" / node.name, port, port + 10000, host),
+                influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
                 host=host,
                 port=port,
             )

@@ -1,0 +1,200 @@
+"""`vigil run` (what `make run` starts): the whole stack as a user meets it, on free ports,
+driven the way the README says: watch with mosquitto_sub, publish with mosquitto_pub, query
+through the API, find the alert email in the mail folder; then Ctrl-C leaves no process, and a
+second run reuses the data and the credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from support import wait_until
+
+from stack.process import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_stack(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(workdir / "vigil-run.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "stack.cli", "run"],
+        cwd=workdir,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return (
+            "zombie"
+            not in Path(f"/proc/{pid}/status").read_text().lower().split("state:")[1].split("\n")[0]
+        )
+    except (OSError, IndexError):
+        return False
+
+
+def stop_stack(proc: subprocess.Popen[bytes], pids: list[int]) -> None:
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert proc.wait(60) == 0
+    wait_until(
+        lambda: not any(alive(p) for p in pids),
+        timeout=20,
+        what="every process of the stack to exit",
+    )
+
+
+@pytest.mark.integration
+def test_make_run_stack_as_the_readme_describes(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    broker_port, api_port, smtp_port = free_port(), free_port(), free_port()
+    influx = [free_port() for _ in range(3)]
+    nodes = ", ".join(
+        f"{{name: influx-{i + 1}, url: 'http://127.0.0.1:{p}'}}" for i, p in enumerate(influx)
+    )
+    env = {
+        "VIGIL__BROKER__PORT": str(broker_port),
+        "VIGIL__API__PORT": str(api_port),
+        "VIGIL__NOTIFIER__SMTP__PORT": str(smtp_port),
+        "VIGIL__STORAGE__NODES": f"[{nodes}]",
+        **{
+            f"VIGIL__{s}__METRICS_PORT": str(free_port())
+            for s in ("INGEST", "ALERT_ENGINE", "NOTIFIER", "API")
+        },
+        "VIGIL_AGENT__BROKER__PORT": str(broker_port),
+        "VIGIL_AGENT__METRICS_PORT": "0",
+        "VIGIL_AGENT__INTERVAL_S": "0.5",
+    }
+    proc = start_stack(tmp_path, env)
+    stack_json = tmp_path / ".vigil" / "stack.json"
+    try:
+        wait_until(
+            lambda: stack_json.exists() and stack_json.stat().st_size > 0,
+            timeout=90,
+            what=f"stack.json; log:\n{(tmp_path / 'vigil-run.log').read_text()}",
+        )
+        info = json.loads(stack_json.read_text())
+        b, api = info["broker"], info["api"]
+        assert b["port"] == broker_port and api["url"] == f"http://127.0.0.1:{api_port}"
+        assert sorted(info["influxdb"]["servers"]) == ["influx-1", "influx-2", "influx-3"]
+        mail = Path(info["mail_folder"])
+        view = ["-h", "127.0.0.1", "-p", str(broker_port), "-u", b["username"], "-P", b["password"]]
+
+        # Watch readings and status with mosquitto_sub.
+        out = subprocess.run(
+            ["mosquitto_sub", *view, "-t", "vigil/data/#", "-v", "-C", "3", "-W", "30"],
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+        assert out.returncode == 0 and out.stdout.count("vigil/data/demo-") == 3, out
+        status = subprocess.run(
+            ["mosquitto_sub", *view, "-t", "vigil/status/demo-1", "-C", "1", "-W", "10"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert json.loads(status.stdout)["state"] == "online"
+
+        # A rule, then a reading of one's own above it, with mosquitto_pub.
+        auth = {"Authorization": f"Bearer {api['admin_token']}"}
+        rule = {
+            "id": "too-hot",
+            "metric": "temperature",
+            "device": "my-device",
+            "op": "above",
+            "threshold": 30,
+            "severity": "critical",
+        }
+        created = requests.post(f"{api['url']}/rules", json=rule, headers=auth, timeout=10)
+        assert created.status_code == 201, created.text
+        wait_until(
+            lambda: "1 rule(s)" in (tmp_path / ".vigil/logs/alert-engine.log").read_text(),
+            what="the rule to reach the alert engine",
+        )
+        password = (tmp_path / ".vigil/secrets/my-device.password").read_text().strip()
+        now = int(time.time() * 1000)
+        body = {
+            "id": 1,
+            "device": "my-device",
+            "ts": now,
+            "kind": "sensor",
+            "metric": "temperature",
+            "value": 35.0,
+            "unit": "C",
+        }
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(broker_port),
+                "-u",
+                "my-device",
+                "-P",
+                password,
+                "-q",
+                "1",
+                "-t",
+                "vigil/data/my-device",
+                "-m",
+                json.dumps(body),
+            ],
+            check=True,
+            timeout=10,
+        )
+
+        # Query it through the API; find the alert email in the mail folder.
+        latest = f"{api['url']}/devices/my-device/metrics/temperature/latest"
+        wait_until(
+            lambda: requests.get(latest, headers=auth, timeout=5).status_code == 200,
+            what="the reading through the API",
+        )
+        assert requests.get(latest, headers=auth, timeout=5).json()["value"] == 35.0
+        wait_until(lambda: list(mail.glob("*.eml")), what="the alert email")
+        email = next(mail.glob("*.eml")).read_text()
+        assert "too-hot" in email and "my-device" in email
+
+        pids = list(info["pids"].values())
+        assert len(pids) == 12  # broker, 3 InfluxDB, mail sink, 4 services, 3 agents
+    except BaseException:
+        proc.kill()
+        print((tmp_path / "vigil-run.log").read_text())
+        raise
+    stop_stack(proc, pids)
+
+    # Again: same credentials, same data.
+    proc = start_stack(tmp_path, env)
+    try:
+        wait_until(
+            lambda: (
+                stack_json.exists() and json.loads(stack_json.read_text())["pids"] != info["pids"]
+            ),
+            timeout=90,
+            what="the second start",
+        )
+        again = json.loads(stack_json.read_text())
+        assert again["broker"]["password"] == b["password"]
+        assert again["api"]["admin_token"] == api["admin_token"]
+        resp = requests.get(latest, headers=auth, timeout=5)
+        assert resp.status_code == 200 and resp.json()["value"] == 35.0
+    except BaseException:
+        proc.kill()
+        print((tmp_path / "vigil-run.log").read_text())
+        raise
+    stop_stack(proc, list(again["pids"].values()))
