@@ -4,6 +4,10 @@ Each message is handed to paho once, at QoS 1. paho keeps it until the broker's 
 re-sends it (with DUP) after every reconnect, so waiting is all a retry needs: publishing
 again would only put a second copy on the wire. Confirmations arrive through
 ``MqttClient.on_published``, keyed by message id.
+
+This is what ``MqttClient.publish_wait(..., timeout=None, stop=...)`` is meant to do, one
+message at a time; it is kept until ``publish_wait`` can wait on a message published while
+disconnected (it raises paho's RuntimeError "not currently connected" instead).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The alert engine's I/O: readings and rule sets in from MQTT, alerts out, state in SQLite.
 
-paho's network thread only tags each message with the connection it came on and puts it on a
-queue; one worker thread does everything else, a batch at a time (whatever is queued, up to
-``MAX_BATCH`` messages):
+paho's network thread only tags each message with the connection it came on
+(``MqttClient.connection``) and puts it on a queue; one worker thread does everything else, a
+batch at a time (whatever is queued, up to ``MAX_BATCH`` messages):
 
 1. apply rule-set messages and evaluate readings, in arrival order;
 2. publish every transition at QoS 1 and wait until the broker confirmed each;
@@ -12,8 +12,8 @@ queue; one worker thread does everything else, a batch at a time (whatever is qu
 A message whose batch did not get through step 3 is never acknowledged, so the broker
 delivers it again (persistent session) and, since the state was not saved either, its
 transitions are computed again with the same alert ids. A message received on an earlier
-connection is not acknowledged (its packet id may belong to another message by now): the
-broker has re-sent it, and the evaluator skips it as already seen.
+connection is not acknowledged (``MqttClient.ack`` skips it: its packet id may belong to another
+message by now): the broker has re-sent it, and the evaluator skips it as already seen.
 """
 
 from __future__ import annotations
@@ -92,12 +92,10 @@ class AlertEngine:
         )
         self.publisher = ConfirmedPublisher(self.mqtt)
         self._queue: queue.Queue[Delivery] = queue.Queue()
-        self._connection = 0
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._run, name="alert-engine-worker", daemon=True)
         #: Set when the worker died of an unexpected error; main exits non-zero.
         self.failed = threading.Event()
-        self.mqtt.on_connected.append(self._on_connected)
         self.mqtt.subscribe(self.topics.data_filter, self._enqueue)
         self.mqtt.subscribe(self.topics.rules, self._enqueue)
         self._update_gauges()
@@ -123,11 +121,8 @@ class AlertEngine:
         log.info("stopped")
 
     # -- paho's thread ------------------------------------------------------------------
-    def _on_connected(self, _session_present: bool) -> None:
-        self._connection += 1
-
     def _enqueue(self, msg: paho.MQTTMessage) -> None:
-        self._queue.put(Delivery(msg, self._connection))
+        self._queue.put(Delivery(msg, self.mqtt.connection))
 
     # -- the worker ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -242,9 +237,9 @@ class AlertEngine:
             )
 
     def _ack(self, d: Delivery) -> None:
-        if d.connection == self._connection:
-            self.mqtt.ack(d.msg.mid, d.msg.qos)
-        # else: the broker re-sent it on the new connection; that copy gets acknowledged.
+        # Skipped if it came on an earlier connection: the broker re-sent it on the new
+        # one, and that copy gets acknowledged.
+        self.mqtt.ack(d.msg.mid, d.msg.qos, d.connection)
 
     def _retry(self, what: str, action: Callable[[], None]) -> bool:
         """Run ``action`` until it succeeds (capped backoff) or the engine stops."""

@@ -71,7 +71,7 @@ acl_file {acl_file}
 
 persistence true
 persistence_location {persistence_dir}/
-autosave_interval 10
+autosave_interval 2
 persistent_client_expiration 30d
 
 # Consumers acknowledge a message only once it is stored: let many wait at once, and

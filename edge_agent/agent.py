@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Unacknowledged data messages at a time (each up to batch_max readings).
 MAX_INFLIGHT = 20
+#: a refused publish (ACL, or no subscriber session to queue it) is retried with this backoff
+REFUSED_RETRY_MIN_S = 1.0
+REFUSED_RETRY_MAX_S = 60.0
 #: Longest the loop waits before it looks at the stop flag again.
 MAX_WAIT_S = 0.5
 Event = tuple[Literal["connected", "disconnected", "acked", "refused"], int]
@@ -66,7 +69,14 @@ class Agent:
         ).labels("edge_agent")
         self.outbox = Outbox(config.outbox_path, self.device, now_us=int(clock() * 1_000_000))
         will = DeviceStatus(self.device, "offline", None, "connection lost").encode()
-        self.client = MqttClient(config.broker, config.mqtt, will=Will(self.status_topic, will))
+        # "No matching subscribers" means no ingest session exists to queue the readings:
+        # not delivered, keep them (see MqttClient.unrouted_is_refused).
+        self.client = MqttClient(
+            config.broker,
+            config.mqtt,
+            will=Will(self.status_topic, will),
+            unrouted_is_refused=True,
+        )
         self._events: queue.Queue[Event] = queue.Queue()
         self.client.on_connected.append(lambda _sp: self._events.put(("connected", 0)))
         self.client.on_disconnected.append(lambda: self._events.put(("disconnected", 0)))
@@ -78,6 +88,8 @@ class Agent:
         self._stopping = False
         self._publish_failing = False
         self._refused = 0
+        self._retry_after = 0.0  # monotonic time before which refused readings wait
+        self._retry_delay = REFUSED_RETRY_MIN_S
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, ticks: int | None = None, drain_timeout_s: float = 10.0) -> None:
@@ -138,6 +150,8 @@ class Agent:
 
     def flush(self) -> None:
         """Publish readings never handed to paho yet, within the in-flight budget."""
+        if time.monotonic() < self._retry_after:
+            return
         while self.client.connected and len(self._inflight) < MAX_INFLIGHT:
             batch = self.outbox.pending(after_id=self._cursor, limit=self.config.batch_max)
             if not batch:
@@ -173,13 +187,18 @@ class Agent:
 
     def _handle(self, event: Event) -> None:
         kind, mid = event
-        if kind == "refused":  # not delivered: keep the readings, for the next start
+        if kind == "refused":  # not delivered: keep the readings and try them again later
             refused = self._inflight.pop(mid, [])
-            self._refused += len(refused)
-            self.metrics.error("refused", len(refused))
+            if refused:
+                self._refused += len(refused)
+                self.metrics.error("refused", len(refused))
+                self._cursor = min(self._cursor, min(refused) - 1)
+                self._retry_after = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, REFUSED_RETRY_MAX_S)
         elif kind == "acked":
             acked = self._inflight.pop(mid, [])
             if acked:
+                self._retry_delay = REFUSED_RETRY_MIN_S
                 self.outbox.delete(acked)
                 self.metrics.messages_out.inc(len(acked))
         elif kind == "connected":

@@ -5,11 +5,12 @@ so neither a lost connection nor a crash of the agent loses it (at-least-once: a
 acknowledged but not yet deleted when the agent dies is published again, with the same id,
 and the ingest service drops the duplicate).
 
-Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A committed
-transaction is in the WAL file before ``commit`` returns, so it survives the agent process
-being killed (SIGKILL, crash, OOM); only a power cut or kernel crash can lose the last few
-commits (never corrupt the file). That is the failure this outbox is for; ``FULL`` would
-add an fsync per reading.
+Durability: the database runs in WAL mode with ``synchronous=FULL``: a commit is fsynced
+before ``commit`` returns, so it survives the agent process being killed (SIGKILL, crash,
+OOM) and a power cut too. A round of readings is one transaction, so that is one fsync per
+round, not per reading. ``NORMAL`` would be cheaper but a power cut could then roll back the
+id sequence after its readings were published and acknowledged, and the next readings would
+reuse those ids: the ingest service would drop them as duplicates.
 
 Reading ids come from a persisted sequence. When an outbox is created the sequence starts at
 the wall clock in microseconds, then goes +1 per reading: a re-flashed device with a fresh
@@ -56,7 +57,7 @@ class Outbox:
         # One thread at a time (the agent's loop); it need not be the one that opened it.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._tx():
             for stmt in SCHEMA:

@@ -11,9 +11,11 @@ the persistent session.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 
@@ -63,6 +65,7 @@ class IngestService:
             receive_maximum=self.settings.receive_maximum,
         )
         self.mqtt.subscribe(self.topics.data_filter, self._on_message, qos=1)
+        self.on_fatal: Callable[[], None] = lambda: os._exit(70)
         self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -90,6 +93,20 @@ class IngestService:
 
     # -- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            # Crash-only: a process that keeps its MQTT session but no longer acknowledges
+            # anything would stall the pipeline silently. Exit; unacknowledged messages are
+            # redelivered to the restarted service.
+            log.critical(
+                "the writer thread failed; exiting so the service is restarted "
+                "(unacknowledged messages will be redelivered)",
+                exc_info=True,
+            )
+            self.on_fatal()
+
+    def _loop(self) -> None:
         batcher: Batcher[Inbound] = Batcher(
             self.settings.batch_max_messages, self.settings.batch_linger_ms / 1000
         )

@@ -1,7 +1,8 @@
 """The notifier's I/O: alert transitions in from MQTT, one email out per transition.
 
 paho's network thread hands each message to the asyncio loop (``call_soon_threadsafe``),
-tagged with the connection it came on. One consumer task handles them in order:
+tagged with the connection it came on (``MqttClient.connection``). One consumer task handles
+them in order:
 
 1. decode the alert (a bad one is logged with its topic, counted and acknowledged);
 2. skip it if (alert id, state) was already emailed (a redelivery);
@@ -9,8 +10,9 @@ tagged with the connection it came on. One consumer task handles them in order:
    accepts it; nothing is acknowledged meanwhile;
 4. record (alert id, state) as sent, then acknowledge the MQTT message.
 
-A message received on an earlier connection is not acknowledged (its packet id may name
-another message by now); the broker re-sends it and step 2 recognises it.
+A message received on an earlier connection is not acknowledged (``MqttClient.ack`` skips
+it: its packet id may name another message by now); the broker re-sends it and step 2
+recognises it.
 """
 
 from __future__ import annotations
@@ -70,8 +72,6 @@ class Notifier:
             manual_ack=True,
             receive_maximum=RECEIVE_MAXIMUM,
         )
-        self.mqtt.on_connected.append(self._on_connected)
-        self._connection = 0
         self._stopping = asyncio.Event()
         log.info(
             "sent-alert log %s: %d entries (%d old ones pruned)",
@@ -80,10 +80,6 @@ class Notifier:
             self.store.pruned,
         )
 
-    # -- paho's thread ------------------------------------------------------------------
-    def _on_connected(self, _session_present: bool) -> None:
-        self._connection += 1
-
     # -- the loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Consume alerts until ``stop`` is set (or the consumer fails: re-raised)."""
@@ -91,7 +87,7 @@ class Notifier:
         queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
 
         def hand_over(msg: paho.MQTTMessage) -> None:  # paho's thread
-            delivery = Delivery(msg, self._connection)
+            delivery = Delivery(msg, self.mqtt.connection)
             # RuntimeError: the loop is closed (stopping); the broker keeps the message.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, delivery)
@@ -206,5 +202,4 @@ class Notifier:
             return True
 
     def _ack(self, d: Delivery) -> None:
-        if d.connection == self._connection:
-            self.mqtt.ack(d.msg.mid, d.msg.qos)
+        self.mqtt.ack(d.msg.mid, d.msg.qos, d.connection)

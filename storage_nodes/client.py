@@ -1,8 +1,11 @@
 """HTTP client for one InfluxDB server, speaking the 1.x API (``/ping``, ``/write``,
 ``/query``), which InfluxDB 1.x serves natively and 2.x/3.x serve for compatibility.
 
-Errors are typed: :class:`RetriableStorageError` (server down, timeout, 5xx: try again) and
-:class:`FatalStorageError` (4xx: the data or query is wrong; retrying cannot help).
+Errors are typed: :class:`FatalStorageError` only when the server says the data or query
+itself is wrong (HTTP 400, 413): retrying cannot help. Everything else is
+:class:`RetriableStorageError` (server down, timeout, 5xx, and 4xx that mean the server is
+not ready for us, such as a missing database or refused credentials): nothing is given up on
+because of a server's state. :class:`DatabaseNotFound` says which.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ class FatalStorageError(StorageError):
     retriable = False
 
 
+class DatabaseNotFound(RetriableStorageError):
+    """The server is up but lacks the database (replaced, restored, or dropped)."""
+
+
+#: HTTP statuses that mean the request's content is wrong
+BAD_CONTENT = (400, 413)
+
+
 class InfluxNode:
     """One InfluxDB server: ``name`` on the ring, ``url`` of its HTTP API."""
 
@@ -46,11 +57,14 @@ class InfluxNode:
             resp = self._http.request(method, self.url + path, timeout=self.timeout_s, **kw)
         except requests.RequestException as exc:
             raise RetriableStorageError(self.name, f"{type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 500:
-            raise RetriableStorageError(self.name, f"HTTP {resp.status_code}: {resp.text[:300]}")
-        if resp.status_code >= 400:
-            raise FatalStorageError(self.name, f"HTTP {resp.status_code}: {resp.text[:300]}")
-        return resp
+        if resp.status_code < 400:
+            return resp
+        detail = f"HTTP {resp.status_code}: {resp.text[:300]}"
+        if resp.status_code == 404 and "database not found" in resp.text:
+            raise DatabaseNotFound(self.name, detail)
+        if resp.status_code in BAD_CONTENT:
+            raise FatalStorageError(self.name, detail)
+        raise RetriableStorageError(self.name, detail)
 
     def ping(self) -> bool:
         try:

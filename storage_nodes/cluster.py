@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage_nodes.client import (
+    DatabaseNotFound,
     FatalStorageError,
     InfluxNode,
     RetriableStorageError,
@@ -89,10 +90,18 @@ class StorageCluster:
         FatalStorageError if a server rejected the data."""
         self.write_plan(self.plan(readings))
 
+    def _write_node(self, name: str, lines: list[str]) -> None:
+        node = self.nodes[name]
+        try:
+            node.write(self.database, lines)
+        except DatabaseNotFound:
+            log.warning("server %s lacks database %s: creating it", name, self.database)
+            node.create_database(self.database)
+            node.write(self.database, lines)
+
     def write_plan(self, plan: dict[str, list[str]]) -> None:
         futures = {
-            name: self._pool.submit(self.nodes[name].write, self.database, lines)
-            for name, lines in plan.items()
+            name: self._pool.submit(self._write_node, name, lines) for name, lines in plan.items()
         }
         errors: list[StorageError] = []
         for fut in futures.values():

@@ -19,7 +19,8 @@ def _escape_measurement(s: str) -> str:
 
 
 def _escape_tag(s: str) -> str:
-    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    # InfluxDB 1.x does not unescape backslashes in tags: the contract refuses them instead.
+    return s.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def point_time_ns(reading: Reading) -> int:

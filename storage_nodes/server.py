@@ -25,6 +25,9 @@ bind-address = "{host}:{rpc_port}"
   wal-dir = "{d}/wal"
   wal-fsync-delay = "0s"
   index-version = "inmem"
+  # No silent caps on series or tag values: a reading past them would be refused.
+  max-series-per-database = 0
+  max-values-per-tag = 0
   query-log-enabled = false
   trace-logging-enabled = false
 

@@ -83,6 +83,8 @@ def test_the_documented_example_parses():
             "does not match",
         ),
         (b"x" * 300_000, "over"),
+        (json.dumps({**r(1).to_dict(), "tags": {"path": "C:\\data"}}).encode(), "backslash"),
+        (json.dumps({**r(1).to_dict(), "unit": "m\\"}).encode(), "backslash"),
     ],
 )
 def test_invalid_payloads_say_why(payload, reason):

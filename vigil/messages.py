@@ -105,6 +105,8 @@ def _check_str(value: object, where: str, max_len: int) -> str:
         raise InvalidMessage(f"{where} is longer than {max_len} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidMessage(f"{where} contains control characters")
+    if "\\" in value:
+        raise InvalidMessage(f"{where} contains a backslash, which InfluxDB tags cannot store")
     return value
 
 

@@ -31,6 +31,7 @@ from vigil.settings import BrokerSettings, MqttClientSettings
 log = logging.getLogger(__name__)
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+NO_MATCHING_SUBSCRIBERS = 0x10  # an MQTT 5 PUBACK reason code that is not a failure
 MessageHandler = Callable[[mqttc.MQTTMessage], None]
 
 
@@ -68,10 +69,16 @@ class MqttClient:
         max_inflight: int = 1000,
         will: Will | None = None,
         password: str | None = None,
+        unrouted_is_refused: bool = False,
     ) -> None:
+        """``unrouted_is_refused``: treat a PUBACK "No matching subscribers" (MQTT 5 reason
+        0x10) as a refusal. For publishers whose messages must reach a consumer's session
+        (readings): if no session exists yet, the broker accepted the message but will deliver
+        it to nobody, so the publisher must keep it and try again later."""
         self.broker = broker
         self.ident = ident
         self.persistent_session = persistent_session
+        self.unrouted_is_refused = unrouted_is_refused
         self._receive_maximum = receive_maximum
         self._client = mqttc.Client(
             CallbackAPIVersion.VERSION2,
@@ -102,7 +109,7 @@ class MqttClient:
         self.connection = 0
         self._waiting: set[int] = set()
         self._waiting_lock = threading.Lock()
-        self._refused_topics: set[str] = set()
+        self._refusal_logged = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -316,17 +323,24 @@ class MqttClient:
     def _on_publish(
         self, _c: mqttc.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
     ) -> None:
-        if _rc.is_failure:  # paho still marks it published: the refusal is only here
+        unrouted = _rc.value == NO_MATCHING_SUBSCRIBERS and self.unrouted_is_refused
+        if _rc.is_failure or unrouted:  # paho marks it published: the refusal is only here
             with self._waiting_lock:
                 if mid in self._waiting:
                     self._refused[mid] = str(_rc)
-            if self.ident.username not in self._refused_topics:
-                self._refused_topics.add(self.ident.username)
-                log.error(
-                    "broker refused a publish by %s: %s (logged once)", self.ident.username, _rc
-                )
+            if not self._refusal_logged:  # once until a publish goes through again
+                self._refusal_logged = True
+                if unrouted:
+                    log.warning(
+                        "broker has no subscriber for %s's messages yet (is the ingest service "
+                        "running?): keeping them to publish again",
+                        self.ident.username,
+                    )
+                else:
+                    log.error("broker refused a publish by %s: %s", self.ident.username, _rc)
             for rcb in self.on_refused:
                 rcb(mid, str(_rc))
             return
+        self._refusal_logged = False
         for cb in self.on_published:
             cb(mid)
