@@ -211,6 +211,34 @@ def test_invalid_readings_are_skipped_and_a_newer_rule_set_takes_over(
     )
 
 
+def test_readings_are_acknowledged_once_processed_also_after_a_broker_restart(
+    broker, cloud_config, run_service, probe
+):
+    publish_rules(broker, [HIGH], 1)
+    engine = start_engine(run_service, cloud_config)
+    port = cloud_config.config.alert_engine.metrics_port
+    broker.stop()
+    broker.start()  # the engine's next connection: acks must follow it
+    wait_until(
+        lambda: engine.log_tail(200).count(f"subscribed to {broker.topics.data_filter}") >= 2,
+        20,
+        what="the engine to reconnect",
+    )
+    watch = probe("vigil/alerts/#")
+    with connected(broker, "dev-1") as dev:
+        send(dev, "dev-1", temp(1, 35.0), temp(2, 20.0))
+        # The resolved alert is confirmed, then saved and acknowledged at once.
+        wait_until(lambda: len(alerts(watch)) >= 2, 15, what="a firing and a resolved alert")
+        engine.stop()
+        assert engine.returncode() == 0
+        start_engine(run_service, cloud_config, name="alert_engine-restarted")
+        send(dev, "dev-1", temp(3, 40.0))
+        wait_until(lambda: len(alerts(watch)) >= 3, 15, what="the next episode")
+    # Only the new reading reached the restarted engine: the others were acknowledged.
+    assert metric(port, "vigil_messages_in_total{") == 1
+    assert [a.state for a in alerts(watch)] == ["firing", "resolved", "firing"]
+
+
 def test_validate_config(cloud_config, tmp_path, capsys):
     assert main(["--config", str(cloud_config.path), "--validate-config"]) == 0
     assert capsys.readouterr().out.strip() == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes
@@ -145,6 +146,55 @@ def test_emails_wait_for_the_smtp_server_and_none_is_lost(
             "[FIRING critical] low-batt on dev-1: temperature 31.2 above 30",
         ]
         assert "failed attempt(s)" in notifier.log_tail()
+    finally:
+        controller.stop()
+
+
+def duplicates(port: int) -> float | None:
+    """The notifier's count of alert messages it had already emailed (redeliveries)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith("vigil_notifier_duplicates_total{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
+    broker, cloud_config, run_service, tmp_path
+):
+    """The copy received before the restart is emailed but not acknowledged (its packet id
+    belongs to the old connection); the copy the broker re-sends is recognised and
+    acknowledged, so a restarted notifier gets nothing again."""
+    port = free_port()  # no SMTP server yet: the alert stays unacknowledged
+    metrics_port = cloud_config.config.notifier.metrics_port
+    env = {"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
+    notifier = start_notifier(run_service, cloud_config, env=env)
+    with alert_engine_client(broker) as ae:
+        publish(ae, alert("held-1"))
+    wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
+    broker.stop()
+    broker.start()
+    wait_until(
+        lambda: notifier.log_tail(200).count("subscribed to vigil/alerts/#") >= 2,
+        20,
+        what="the notifier to reconnect",
+    )
+    controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
+    try:
+        wait_until(lambda: sink.messages, 30, what="the email once SMTP is up")
+        wait_until(lambda: duplicates(metrics_port) == 1, 15, what="the re-sent copy")
+        assert subjects(sink.messages) == [
+            "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"
+        ]
+
+        notifier.stop()
+        restarted = start_notifier(run_service, cloud_config, name="notifier-restarted", env=env)
+        with alert_engine_client(broker) as ae:
+            publish(ae, alert("after-1", rule="low-batt"))
+        wait_until(lambda: len(sink.messages) >= 2, 20, what="the next alert's email")
+        # Delivered in order: a redelivered held-1 would have come (and been counted) first.
+        assert duplicates(metrics_port) == 0, restarted.log_tail()
+        assert len(sink.messages) == 2
     finally:
         controller.stop()
 
