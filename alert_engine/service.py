@@ -5,7 +5,9 @@ paho's network thread only tags each message with the connection it came on
 batch at a time (whatever is queued, up to ``MAX_BATCH`` messages):
 
 1. apply rule-set messages and evaluate readings, in arrival order;
-2. publish every transition at QoS 1 and wait until the broker confirmed each;
+2. publish each transition once at QoS 1 and wait until the broker confirmed it
+   (``MqttClient.publish_wait``: paho re-sends it across reconnects, however long the broker
+   is away); one the broker refuses is published again with backoff;
 3. save the changed state (and the rule set) to SQLite;
 4. acknowledge the batch's messages.
 
@@ -23,17 +25,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 
 from alert_engine.evaluator import Evaluator, RuleSetChange
-from alert_engine.publisher import ConfirmedPublisher
 from alert_engine.store import StateStore
 from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
+from vigil.mqtt import MqttClient, PublishError
 from vigil.settings import AlertEngineSettings, BrokerSettings
 from vigil.topics import DATA
 
@@ -43,6 +44,9 @@ MAX_BATCH = 1000
 RECEIVE_MAXIMUM = 2000
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
+#: A batch of alerts confirmed later than this is logged (the outage itself is logged by
+#: ``vigil.mqtt`` when the connection drops).
+SLOW_CONFIRM_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,6 @@ class AlertEngine:
             manual_ack=True,
             receive_maximum=RECEIVE_MAXIMUM,
         )
-        self.publisher = ConfirmedPublisher(self.mqtt)
         self._queue: queue.Queue[Delivery] = queue.Queue()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._run, name="alert-engine-worker", daemon=True)
@@ -152,12 +155,8 @@ class AlertEngine:
                 new_rule_set = applied or new_rule_set
             else:
                 alerts.extend(self._evaluate(d.msg))
-        messages = [(self.topics.alert(a.device, a.rule_id), a.encode()) for a in alerts]
-        if not self.publisher.publish_all(messages, self._stopping):
+        if not self.publish_alerts(alerts):
             return
-        for alert in alerts:
-            log.info("%s", describe(alert))
-        self.metrics.messages_out.inc(len(alerts))
         changes = self.evaluator.take_changes()
         if not self._retry("save the alert state", lambda: self.store.save(changes, new_rule_set)):
             return
@@ -165,6 +164,38 @@ class AlertEngine:
             self._ack(d)
         if alerts or new_rule_set is not None:
             self._update_gauges()
+
+    def publish_alerts(self, alerts: Sequence[Alert]) -> bool:
+        """Publish ``alerts`` in order, each once, and wait until the broker confirmed each,
+        however long it is away. Returns False only if the engine is stopping first."""
+        started = time.monotonic()
+        for n, alert in enumerate(alerts):
+            topic, payload = self.topics.alert(alert.device, alert.rule_id), alert.encode()
+
+            def publish(topic: str = topic, payload: bytes = payload) -> None:
+                # No timeout: besides stopping, only a publish the broker refused (or paho
+                # did not queue) raises, so the broker has no copy and retrying cannot
+                # duplicate it.
+                self.mqtt.publish_wait(topic, payload, timeout=None, stop=self._stopping)
+
+            if not self._retry(
+                f"publish alert {alert.alert_id} to {topic}", publish, PublishError, "publish"
+            ):
+                log.warning(
+                    "stopping with %d alert(s) not confirmed by the broker; their "
+                    "readings stay unacknowledged and will be evaluated again",
+                    len(alerts) - n,
+                )
+                return False
+            log.info("%s", describe(alert))
+            self.metrics.messages_out.inc()
+        if alerts and time.monotonic() - started > SLOW_CONFIRM_S:
+            log.info(
+                "broker confirmed %d alert(s) after %.1fs",
+                len(alerts),
+                time.monotonic() - started,
+            )
+        return True
 
     def _evaluate(self, msg: paho.MQTTMessage) -> list[Alert]:
         self.metrics.messages_in.inc()
@@ -241,15 +272,24 @@ class AlertEngine:
         # one, and that copy gets acknowledged.
         self.mqtt.ack(d.msg.mid, d.msg.qos, d.connection)
 
-    def _retry(self, what: str, action: Callable[[], None]) -> bool:
-        """Run ``action`` until it succeeds (capped backoff) or the engine stops."""
+    def _retry(
+        self,
+        what: str,
+        action: Callable[[], None],
+        errors: type[Exception] | tuple[type[Exception], ...] = (sqlite3.Error, OSError),
+        kind: str = "store",
+    ) -> bool:
+        """Run ``action`` until it succeeds (capped backoff) or the engine stops; each
+        failure (one of ``errors``) is counted as an error of ``kind``."""
         delay, failures = RETRY_INITIAL_S, 0
         while True:
             try:
                 action()
-            except (sqlite3.Error, OSError) as exc:
+            except errors as exc:
+                if self._stopping.is_set():  # e.g. publish_wait gave up on being stopped
+                    return False
                 failures += 1
-                self.metrics.error("store")
+                self.metrics.error(kind)
                 if failures == 1:
                     log.error("cannot %s: %s; retrying", what, exc)
             else:

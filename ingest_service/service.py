@@ -25,7 +25,7 @@ from ingest_service.prepare import DeadLetter, Inbound, Prepared, prepare
 from storage_nodes import FatalStorageError, RetriableStorageError, StorageCluster
 from vigil.messages import encode_dead_letter
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
+from vigil.mqtt import MqttClient, PublishError
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,13 @@ class IngestService:
         self.metrics.messages_in.inc(len(batch))
         work = prepare(batch, self.topics, self.recent)
         self._store(work, batch)
-        self._publish_dead_letters(work.dead)
+        if not self._publish_dead_letters(work.dead):
+            log.info(
+                "stopping before the broker took %d dead letter(s): their messages stay "
+                "unacknowledged and come back after the restart",
+                len(work.dead),
+            )
+            return
         for msg in batch:
             self.mqtt.ack(msg.mid, msg.qos)
         for r in work.all_readings:
@@ -182,9 +188,11 @@ class IngestService:
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
-    def _publish_dead_letters(self, dead: list[DeadLetter]) -> None:
+    def _publish_dead_letters(self, dead: list[DeadLetter]) -> bool:
+        """Publish the dead letters and wait for the broker to have them all; False if the
+        service is stopping first."""
         if not dead:
-            return
+            return True
         pending = []
         for d in dead:
             device = self.topics.device_of(d.message.topic)
@@ -199,7 +207,12 @@ class IngestService:
         for topic, payload in pending:
             # Published once; paho re-sends it across reconnects (publishing again would
             # duplicate it), so wait as long as the broker is away.
-            self.mqtt.publish_wait(topic, payload, qos=1, timeout=None)
+            try:
+                self.mqtt.publish_wait(topic, payload, qos=1, timeout=None, stop=self._stop)
+            except PublishError:
+                if self._stop.is_set():
+                    return False
+                raise
         self.metrics.error("invalid_message", len(dead))
         self.dead_letters.inc(len(dead))
         log.info(
@@ -208,3 +221,4 @@ class IngestService:
             dead[0].message.topic,
             dead[0].reason,
         )
+        return True

@@ -56,11 +56,9 @@ class MqttProbe:
         probe = cls(MqttClient(broker, ident))
         for f in filters:
             probe.client.subscribe(f, probe._record)
-        subscribed = threading.Event()
-        probe.client.paho.on_subscribe = lambda *a: subscribed.set()
         probe.client.start()
         assert probe.client.wait_connected(10), "probe could not connect"
-        assert subscribed.wait(10), "probe could not subscribe"
+        assert probe.client.subscribed.wait(10), "probe could not subscribe"
         return probe
 
     def _record(self, msg: paho.MQTTMessage) -> None:

@@ -1,10 +1,12 @@
 """The alert engine as a real process against a real Mosquitto: rule sets in, readings in,
-alert transitions out, exactly once, across a crash."""
+alert transitions out, exactly once, across a crash; and its publishing step, in process,
+across a broker outage."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,9 +18,10 @@ import yaml
 from support import unique, wait_until
 
 from alert_engine.__main__ import main
+from alert_engine.service import AlertEngine
 from vigil.messages import Alert, Reading, Rule, encode_readings, encode_rules
 from vigil.mqtt import MqttClient
-from vigil.settings import StorageNode, StorageSettings
+from vigil.settings import AlertEngineSettings, StorageNode, StorageSettings
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +259,84 @@ def test_engine_stops_cleanly_on_sigterm(cloud_config, run_service):
     started = time.monotonic()
     proc.stop()
     assert proc.returncode() == 0 and time.monotonic() - started < 5
+
+
+# -- publishing across a broker outage (in process) ------------------------------------------
+@pytest.fixture
+def engine(broker, tmp_path) -> Iterator[AlertEngine]:
+    settings = AlertEngineSettings(
+        mqtt=broker.ident("vigil-alert-engine"),
+        state_path=tmp_path / "alert_engine" / "state.sqlite3",
+        metrics_port=0,
+    )
+    engine = AlertEngine(broker.settings, settings)
+    yield engine
+    engine.stop()
+
+
+def firing(device: str, n: int) -> Alert:
+    return Alert(
+        alert_id=f"{device}-{n}",
+        rule_id="r",
+        rule="r",
+        device=device,
+        metric="temperature",
+        value=31.0 + n,
+        threshold=30.0,
+        op="above",
+        state="firing",
+        severity="critical",
+        started_at=T0 + n,
+        ts=T0 + n,
+        resolved_at=None,
+        reading_id=n,
+    )
+
+
+def test_an_alert_published_while_the_broker_is_down_arrives_once_when_it_is_back(broker, engine):
+    # A persistent watcher, so that what is published after the restart is queued for it.
+    got: list[bytes] = []
+    watcher = MqttClient(
+        broker.settings, broker.ident("vigil-viewer", unique("watch-")), persistent_session=True
+    )
+    watcher.subscribe("vigil/alerts/#", lambda m: got.append(m.payload))
+    before, during_1, during_2 = firing("dev-1", 0), firing("dev-1", 1), firing("dev-2", 2)
+    try:
+        watcher.start()
+        engine.start()
+        for c in (watcher, engine.mqtt):
+            assert c.wait_connected(10)
+        assert watcher.subscribed.wait(10), "the watcher could not subscribe"
+        assert engine.publish_alerts([before])
+        wait_until(lambda: got == [before.encode()], 10, what="the watcher to get the first alert")
+
+        broker.stop()
+        wait_until(lambda: not engine.mqtt.connected, 10, what="the engine to notice")
+        result: list[bool] = []
+        worker = threading.Thread(
+            target=lambda: result.append(engine.publish_alerts([during_1, during_2]))
+        )
+        worker.start()
+        worker.join(1.5)
+        assert worker.is_alive(), "publish_alerts returned while the broker was down"
+
+        broker.start()
+        worker.join(20)
+        assert result == [True]
+        wait_until(lambda: len(got) >= 3, 15, what="the alerts published during the outage")
+        assert sorted(got) == sorted(a.encode() for a in (before, during_1, during_2))
+    finally:
+        watcher.stop()
+
+
+def test_publish_alerts_gives_up_only_when_the_engine_stops(broker, engine):
+    broker.stop()
+    engine.start()
+    stopper = threading.Timer(0.5, engine.stop)
+    stopper.start()
+    started = time.monotonic()
+    try:
+        assert engine.publish_alerts([firing("dev-1", 0)]) is False
+        assert time.monotonic() - started >= 0.4
+    finally:
+        stopper.join(20)  # before the fixture stops the engine again

@@ -107,8 +107,6 @@ class MqttClient:
         self._stopping = False
         #: counts successful connections; messages carry the number they arrived on
         self.connection = 0
-        self._waiting: set[int] = set()
-        self._waiting_lock = threading.Lock()
         self._refusal_logged = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -160,7 +158,9 @@ class MqttClient:
         self._subscriptions[topic_filter] = qos
         self._handlers.append((topic_filter, handler))
         if self.connected:
-            self._client.subscribe(topic_filter, qos)
+            _rc, mid = self._client.subscribe(topic_filter, qos)
+            if mid is not None:
+                self._pending_subs[mid] = topic_filter
 
     def _on_message(self, _c: mqttc.Client, _u: object, msg: mqttc.MQTTMessage) -> None:
         for topic_filter, handler in self._handlers:
@@ -198,30 +198,26 @@ class MqttClient:
         On a timeout the message is still queued: do not publish it again, or the broker
         gets two copies. A publish the broker refuses raises PublishError.
         """
-        with self._waiting_lock:
-            info = self.publish(topic, payload, qos=qos, retain=retain)
-            self._waiting.add(info.mid)
-        try:
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                raise PublishError(topic, mqttc.error_string(info.rc))
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not info.is_published():
-                if stop is not None and stop.is_set():
-                    raise PublishError(topic, "stopped before the broker acknowledged it")
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise PublishError(
-                        topic,
-                        f"not acknowledged within {timeout:g}s (still queued: paho sends "
-                        "it on reconnect)",
-                    )
-                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    info.wait_for_publish(0.1)  # wakes on the PUBACK
-                else:  # queued while disconnected: wait_for_publish refuses to wait on it
-                    time.sleep(0.01)
-        finally:
-            with self._waiting_lock:
-                self._waiting.discard(info.mid)
-                refused = self._refused.pop(info.mid, None)
+        info = self.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
+            # paho keeps it and sends it on reconnect, but its is_published() and
+            # wait_for_publish() raise RuntimeError for as long as rc says NO_CONN.
+            info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise PublishError(topic, mqttc.error_string(info.rc))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not info.is_published():
+            if stop is not None and stop.is_set():
+                raise PublishError(topic, "stopped before the broker acknowledged it")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise PublishError(
+                    topic,
+                    f"not acknowledged within {timeout:g}s (still queued: paho sends "
+                    "it on reconnect)",
+                )
+            info.wait_for_publish(0.1)  # wakes on the PUBACK
+        # paho calls on_publish (which records a refusal) before it marks it published.
+        refused = self._refused.pop(info.mid, None)
         if refused is not None:
             raise PublishError(topic, f"refused by the broker: {refused}")
 
@@ -310,6 +306,7 @@ class MqttClient:
         was = self._connected.is_set()
         self._connected.clear()
         self.subscribed.clear()
+        self._pending_subs.clear()  # a SUBACK lost with the connection never comes
         if was and not self._stopping:
             log.warning(
                 "disconnected from broker %s:%s (%s); reconnecting",
@@ -324,10 +321,9 @@ class MqttClient:
         self, _c: mqttc.Client, _u: object, mid: int, _rc: ReasonCode, _p: Properties | None
     ) -> None:
         unrouted = _rc.value == NO_MATCHING_SUBSCRIBERS and self.unrouted_is_refused
+        # paho holds its _out_message_mutex here: take no lock a publishing thread may hold.
         if _rc.is_failure or unrouted:  # paho marks it published: the refusal is only here
-            with self._waiting_lock:
-                if mid in self._waiting:
-                    self._refused[mid] = str(_rc)
+            self._refused[mid] = str(_rc)  # per mid: the latest PUBACK for that mid wins
             if not self._refusal_logged:  # once until a publish goes through again
                 self._refusal_logged = True
                 if unrouted:
@@ -341,6 +337,7 @@ class MqttClient:
             for rcb in self.on_refused:
                 rcb(mid, str(_rc))
             return
+        self._refused.pop(mid, None)
         self._refusal_logged = False
         for cb in self.on_published:
             cb(mid)
