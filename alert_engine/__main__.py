@@ -3,18 +3,16 @@ reading stream and publish alert transitions."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sqlite3
-import sys
 import threading
-from pathlib import Path
 
 from alert_engine.service import AlertEngine
+from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.metrics import ServiceMetrics
-from vigil.settings import ConfigError, VigilConfig, load_config, read_secret
+from vigil.settings import VigilConfig, load_config
 
 log = logging.getLogger("alert_engine")
 
@@ -22,33 +20,17 @@ log = logging.getLogger("alert_engine")
 def load(path: str) -> VigilConfig:
     """The validated configuration, including a readable MQTT password file."""
     config = load_config(path)
-    secret: Path | None = config.alert_engine.mqtt.password_file
-    try:
-        read_secret(secret)
-    except OSError as exc:
-        raise ConfigError(
-            path, "alert_engine.mqtt.password_file", f"cannot read {secret}: {exc.strerror}"
-        ) from exc
+    check_secret_files(
+        path, {"alert_engine.mqtt.password_file": config.alert_engine.mqtt.password_file}
+    )
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vigil-alert-engine", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="config/vigil.yaml", help="cloud configuration file")
-    ap.add_argument(
-        "--validate-config",
-        action="store_true",
-        help="check the configuration, print ok or the error, and exit",
-    )
-    args = ap.parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.validate_config:
-        print("ok")
-        return 0
+    args = service_parser("vigil-alert-engine", __doc__.splitlines()[0]).parse_args(argv)
+    config = load_or_exit(args, load)
+    if isinstance(config, int):
+        return config
 
     setup_logging("alert_engine")
     stop = threading.Event()

@@ -26,6 +26,7 @@ from api.db import DuplicateToken, Store
 from api.resources import EXTENSION, ApiResources
 from storage_nodes.client import StorageError
 from storage_nodes.cluster import StorageCluster
+from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.settings import ConfigError, VigilConfig, load_config
 from vigil.topics import NAME_RE
@@ -36,11 +37,7 @@ SERVER_THREADS = 8
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m api", description="Vigil's REST API")
-    p.add_argument("--config", default="config/vigil.yaml", help="the cloud-side config file")
-    p.add_argument(
-        "--validate-config", action="store_true", help="check the configuration, print ok, and exit"
-    )
+    p = service_parser("vigil-api", "Vigil's REST API")
     p.add_argument(
         "--create-token",
         metavar="NAME",
@@ -52,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 def load(path: str) -> VigilConfig:
     """The configuration, with the admin token digest file checked too."""
     config = load_config(path)
+    check_secret_files(path, {"api.mqtt.password_file": config.api.mqtt.password_file})
     digest_file = config.api.admin_token_sha256_file
     if digest_file is not None:
         try:
@@ -148,14 +146,9 @@ def serve(config: VigilConfig, config_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.validate_config:
-        print("ok")
-        return 0
+    config = load_or_exit(args, load)
+    if isinstance(config, int):
+        return config
     if args.create_token:
         return create_token(config, args.config, args.create_token)
     setup_logging("api")

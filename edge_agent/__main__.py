@@ -8,7 +8,6 @@ SIGTERM or SIGINT stops it cleanly: offline status published, outbox kept for th
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from types import FrameType
@@ -16,6 +15,7 @@ from types import FrameType
 from edge_agent.agent import Agent
 from edge_agent.outbox import OutboxError
 from edge_agent.quotes import metric_for
+from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.settings import AgentConfig, ConfigError, load_agent_config
 from vigil.topics import TopicError, Topics
@@ -44,23 +44,16 @@ def check_config(path: str, config: AgentConfig) -> None:
             raise ConfigError(path, f"quotes.symbols[{i}]", str(exc)) from exc
 
 
-def check_secrets(path: str, config: AgentConfig) -> None:
-    """The password file must be readable: checked at start, not by ``--validate-config``
-    (secrets are provisioned after the config files are written)."""
-    try:
-        config.mqtt.password  # noqa: B018 - reads password_file
-    except OSError as exc:
-        raise ConfigError(path, "mqtt.password_file", f"cannot read: {exc.strerror}") from exc
+def load(path: str) -> AgentConfig:
+    """The validated configuration, with a readable password file."""
+    config = load_agent_config(path)
+    check_config(path, config)
+    check_secret_files(path, {"mqtt.password_file": config.mqtt.password_file})
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent", description="Run one edge agent.")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
-    parser.add_argument(
-        "--validate-config",
-        action="store_true",
-        help="check the configuration, print ok or the error, exit",
-    )
+    parser = service_parser("vigil-agent", "Run one edge agent.", DEFAULT_CONFIG)
     parser.add_argument(
         "--ticks",
         type=int,
@@ -69,16 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         help="take N rounds of readings, wait until delivered, exit",
     )
     args = parser.parse_args(argv)
-    try:
-        config = load_agent_config(args.config)
-        check_config(args.config, config)
-        if args.validate_config:
-            print("ok")
-            return 0
-        check_secrets(args.config, config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_or_exit(args, load)
+    if isinstance(config, int):
+        return config
     setup_logging("edge_agent")
     try:
         agent = Agent(config)

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-import sys
 import threading
 
+from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
-from vigil.settings import ConfigError, load_config
+from vigil.settings import VigilConfig, load_config
 
 log = logging.getLogger("ingest_service")
 
 
+def load(path: str) -> VigilConfig:
+    """The validated configuration, including a readable MQTT password file."""
+    config = load_config(path)
+    check_secret_files(path, {"ingest.mqtt.password_file": config.ingest.mqtt.password_file})
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vigil-ingest", description=__doc__)
-    ap.add_argument("--config", default="config/vigil.yaml")
-    ap.add_argument(
-        "--validate-config", action="store_true", help="check the configuration and exit"
-    )
-    args = ap.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"vigil-ingest: {exc}", file=sys.stderr)
-        return 2
-    if args.validate_config:
-        print("ok")
-        return 0
+    args = service_parser("vigil-ingest", __doc__.splitlines()[0]).parse_args(argv)
+    config = load_or_exit(args, load)
+    if isinstance(config, int):
+        return config
     setup_logging("ingest")
     from ingest_service.service import IngestService
 

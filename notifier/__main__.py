@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sqlite3
-import sys
-from pathlib import Path
 
 from notifier.service import Notifier
+from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.metrics import ServiceMetrics
-from vigil.settings import ConfigError, VigilConfig, load_config, read_secret
+from vigil.settings import VigilConfig, load_config
 
 log = logging.getLogger("notifier")
 
@@ -21,15 +19,13 @@ log = logging.getLogger("notifier")
 def load(path: str) -> VigilConfig:
     """The validated configuration, including readable secret files."""
     config = load_config(path)
-    secrets: dict[str, Path | None] = {
-        "notifier.mqtt.password_file": config.notifier.mqtt.password_file,
-        "notifier.smtp.password_file": config.notifier.smtp.password_file,
-    }
-    for key, secret in secrets.items():
-        try:
-            read_secret(secret)
-        except OSError as exc:
-            raise ConfigError(path, key, f"cannot read {secret}: {exc.strerror}") from exc
+    check_secret_files(
+        path,
+        {
+            "notifier.mqtt.password_file": config.notifier.mqtt.password_file,
+            "notifier.smtp.password_file": config.notifier.smtp.password_file,
+        },
+    )
     return config
 
 
@@ -45,22 +41,10 @@ async def serve(config: VigilConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vigil-notifier", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="config/vigil.yaml", help="cloud configuration file")
-    ap.add_argument(
-        "--validate-config",
-        action="store_true",
-        help="check the configuration, print ok or the error, and exit",
-    )
-    args = ap.parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.validate_config:
-        print("ok")
-        return 0
+    args = service_parser("vigil-notifier", __doc__.splitlines()[0]).parse_args(argv)
+    config = load_or_exit(args, load)
+    if isinstance(config, int):
+        return config
     setup_logging("notifier")
     try:
         asyncio.run(serve(config))

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flask import Flask
+from flask.testing import FlaskClient
 from support import MqttProbe, unique, wait_until
 
+from api import close_app, create_app
 from broker.provision import BrokerFiles, provision
 from stack.mailsink import MailSink, start_mailsink
 from stack.process import ManagedProcess, free_port
+from storage_nodes import StorageCluster
 from storage_nodes.server import influxd_command
 from vigil.settings import (
     BrokerSettings,
@@ -261,6 +265,33 @@ def probe(broker: BrokerHandle) -> Iterator[Callable[..., MqttProbe]]:
     yield make
     for p in probes:
         p.stop()
+
+
+# -- the API in-process (Flask test client) -----------------------------------------------
+@pytest.fixture
+def cluster(cloud_config: CloudConfig) -> Iterator[StorageCluster]:
+    """The storage cluster of this test's database, created on every server."""
+    c = StorageCluster(cloud_config.config.storage)
+    c.ensure_database()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def app(cloud_config: CloudConfig, cluster: StorageCluster) -> Iterator[Flask]:
+    """The API app for this test's servers, connected to the broker."""
+    app = create_app(cloud_config.config, test_config={"TESTING": True})
+    assert app.extensions["vigil"].mqtt.wait_connected(10)
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def client(app: Flask, cloud_config: CloudConfig) -> FlaskClient:
+    """A test client sending the admin token."""
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
+    return c
 
 
 __all__ = ["BrokerHandle", "CloudConfig", "wait_until"]

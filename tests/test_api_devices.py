@@ -7,35 +7,12 @@ import pytest
 from support import wait_until
 
 from api import close_app, create_app
-from storage_nodes.cluster import StorageCluster
 from vigil.messages import DeviceStatus, Reading
 from vigil.mqtt import MqttClient
 from vigil.settings import DeviceEntry
 
 T0 = 1_700_000_000_000
 VALUES = [1.5, 2.5, 3.5, 4.5, 10.0]
-
-
-@pytest.fixture
-def cluster(cloud_config):
-    c = StorageCluster(cloud_config.config.storage)
-    c.ensure_database()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def app(cloud_config, cluster):
-    app = create_app(cloud_config.config, test_config={"TESTING": True})
-    yield app
-    close_app(app)
-
-
-@pytest.fixture
-def client(app, cloud_config):
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
-    return c
 
 
 @pytest.fixture

@@ -8,25 +8,9 @@ import pytest
 
 from api import close_app, create_app
 from stack.process import free_port
-from storage_nodes.cluster import StorageCluster
 from vigil.settings import StorageNode, StorageSettings
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
-
-
-@pytest.fixture
-def app(cloud_config):
-    StorageCluster(cloud_config.config.storage).ensure_database()
-    app = create_app(cloud_config.config, test_config={"TESTING": True})
-    yield app
-    close_app(app)
-
-
-@pytest.fixture
-def client(app, cloud_config):
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
-    return c
 
 
 def problem(resp, status):

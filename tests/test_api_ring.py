@@ -5,29 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from api import close_app, create_app
-from storage_nodes.cluster import StorageCluster
 from vigil.messages import Reading
 
 T0 = 1_700_000_000_000
 VALUES = [1.5, 2.5, 3.5, 4.5, 10.0]
-
-
-@pytest.fixture
-def cluster(cloud_config):
-    c = StorageCluster(cloud_config.config.storage)
-    c.ensure_database()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def client(cloud_config, cluster):
-    app = create_app(cloud_config.config, test_config={"TESTING": True})
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
-    yield c
-    close_app(app)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from support import wait_until
 
-from api import close_app, create_app
 from vigil.messages import decode_rules
 
 RULES_TOPIC = "vigil/config/rules"
@@ -19,21 +18,6 @@ HOT = {
     "threshold": 30,
     "severity": "critical",
 }
-
-
-@pytest.fixture
-def app(cloud_config):
-    app = create_app(cloud_config.config, test_config={"TESTING": True})
-    assert app.extensions["vigil"].mqtt.wait_connected(10)
-    yield app
-    close_app(app)
-
-
-@pytest.fixture
-def client(app, cloud_config):
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
-    return c
 
 
 def snapshots(watch):

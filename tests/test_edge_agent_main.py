@@ -53,10 +53,11 @@ def test_a_bad_config_names_file_key_and_reason(broker, tmp_path, capsys, monkey
         broker={**data["broker"], "topic_root": "a/+"},
     )
     path.write_text(yaml.safe_dump({**data, "mqtt": {**data["mqtt"], "password_file": "nope"}}))
-    assert main(["--config", str(path)]) == 2  # checked at start
-    assert capsys.readouterr().err.strip() == (
-        f"{path}: mqtt.password_file: cannot read: No such file or directory"
-    )
+    for extra in ([], ["--validate-config"]):  # checked at start and when validating
+        assert main(["--config", str(path), *extra]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"{path}: mqtt.password_file: cannot read nope: No such file or directory"
+        )
     path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("VIGIL_AGENT__INTERVAL_S", "-1")
     assert main(["--config", str(path)]) == 2

@@ -1,0 +1,60 @@
+"""The command-line prologue every service shares.
+
+``--config PATH`` and ``--validate-config``; a bad file is reported on stderr as
+``<file>: <key>: <reason>`` with exit status 2, a good one with ``ok`` (status 0) when only
+validating. Secret files named by the configuration are checked too: a configuration that
+names an unreadable password file is not valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from vigil.settings import ConfigError
+
+DEFAULT_CONFIG = "config/vigil.yaml"
+T = TypeVar("T")
+
+
+def service_parser(
+    prog: str, description: str, default_config: str = DEFAULT_CONFIG
+) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument(
+        "--config", default=default_config, help=f"configuration file (default {default_config})"
+    )
+    ap.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the configuration, print ok or the error, and exit",
+    )
+    return ap
+
+
+def check_secret_files(path: str, files: Mapping[str, Path | None]) -> None:
+    """Raise ConfigError naming the key of the first secret file that cannot be read."""
+    for key, secret in files.items():
+        if secret is None:
+            continue
+        try:
+            secret.read_bytes()
+        except OSError as exc:
+            raise ConfigError(path, key, f"cannot read {secret}: {exc.strerror}") from exc
+
+
+def load_or_exit(args: argparse.Namespace, load: Callable[[str], T]) -> T | int:
+    """The configuration, or the exit status to return: 2 for a bad file (reported on
+    stderr), 0 after ``--validate-config`` printed ``ok``."""
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.validate_config:
+        print("ok")
+        return 0
+    return config
