@@ -23,12 +23,12 @@ def hash64(key: str) -> int:
 @dataclass(frozen=True)
 class HashRing:
     nodes: tuple[str, ...]
-    vnodes: int = 64
+    vnodes: int = 256
     replication_factor: int = 2
     _points: tuple[int, ...] = field(init=False, repr=False)
     _owners: tuple[str, ...] = field(init=False, repr=False)
 
-    def __init__(self, nodes: Sequence[str], vnodes: int = 64, replication_factor: int = 2):
+    def __init__(self, nodes: Sequence[str], vnodes: int = 256, replication_factor: int = 2):
         if not nodes:
             raise ValueError("a ring needs at least one node")
         if len(set(nodes)) != len(nodes):

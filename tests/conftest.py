@@ -130,7 +130,7 @@ def storage_settings(influx_cluster: list[InfluxServerHandle]) -> StorageSetting
     return StorageSettings(
         database=unique("db"),
         replication_factor=2,
-        vnodes=64,
+        vnodes=256,
         timeout_s=10,
         nodes=[StorageNode(name=s.name, url=s.url) for s in influx_cluster],
     )

@@ -34,7 +34,7 @@ def test_replicas_are_the_two_servers_holding_the_series(client, stored, cluster
 
 def test_ring_lists_every_server_with_its_share(client, cluster):
     body = client.get("/ring").get_json()
-    assert body["replication_factor"] == 2 and body["vnodes"] == 64
+    assert body["replication_factor"] == 2 and body["vnodes"] == 256
     assert [n["name"] for n in body["nodes"]] == ["influx-1", "influx-2", "influx-3"]
     assert all(n["up"] for n in body["nodes"])
     assert sum(n["share"] for n in body["nodes"]) == pytest.approx(1.0, abs=1e-3)

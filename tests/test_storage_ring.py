@@ -72,3 +72,8 @@ def test_distinct_readings_in_one_millisecond_get_distinct_points():
     times = {point_time_ns(reading(i)) for i in range(1, 5001)}
     assert len(times) == 5000
     assert point_time_ns(reading(42)) == point_time_ns(reading(42))  # a resend: same point
+
+
+def test_the_default_ring_shares_the_space_evenly():
+    shares = HashRing(NODES).share()
+    assert all(0.3 < s < 0.37 for s in shares.values()), shares

@@ -109,7 +109,7 @@ class StorageSettings(Model):
 
     database: str = "vigil"
     replication_factor: int = Field(2, ge=1, le=5)
-    vnodes: int = Field(64, ge=1, le=4096, description="virtual nodes per server on the ring")
+    vnodes: int = Field(256, ge=1, le=4096, description="virtual nodes per server on the ring")
     timeout_s: float = Field(10.0, gt=0)
     nodes: list[StorageNode] = Field(min_length=1)
 
