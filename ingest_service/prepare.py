@@ -20,6 +20,7 @@ class Inbound:
     topic: str
     payload: bytes
     received_at: int  # epoch ms
+    connection: int = 0  # the MQTT connection it arrived on: its ack must go on that one
 
 
 @dataclass(frozen=True, slots=True)

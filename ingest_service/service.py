@@ -89,7 +89,9 @@ class IngestService:
 
     # -- paho thread: hand over, nothing else -------------------------------------------
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), now_ms()))
+        self._inbox.put(
+            Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), now_ms(), self.mqtt.connection)
+        )
 
     # -- writer thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -134,8 +136,11 @@ class IngestService:
                 len(work.dead),
             )
             return
+        # A message from an earlier connection is not acknowledged: the broker re-sent it on
+        # this one (its packet id may now name another message) and that copy, dropped as a
+        # duplicate, gets acknowledged.
         for msg in batch:
-            self.mqtt.ack(msg.mid, msg.qos)
+            self.mqtt.ack(msg.mid, msg.qos, msg.connection)
         for r in work.all_readings:
             self.recent.add((r.device, r.id))
         n = len(work.all_readings)

@@ -70,3 +70,14 @@ def test_concurrent_publish_wait_with_refusals_does_not_deadlock(broker):
         for t in threads:
             t.join(10)
         client.stop()
+
+
+def test_an_ack_from_an_earlier_connection_is_skipped(broker):
+    client = MqttClient(broker.settings, broker.ident("vigil-ingest"), manual_ack=True)
+    sent: list[int] = []
+    client.paho.ack = lambda mid, qos: sent.append(mid)  # what would go on the wire
+    client.connection = 2
+    assert client.ack(7, 1, connection=1) is False
+    assert client.ack(8, 1, connection=2) is True
+    assert client.ack(9, 0, connection=1) is True  # QoS 0 has nothing to acknowledge
+    assert sent == [8]
