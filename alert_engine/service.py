@@ -35,6 +35,7 @@ from alert_engine.store import StateStore
 from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError
+from vigil.retry import Backoff, retry_until
 from vigil.settings import AlertEngineSettings, BrokerSettings
 from vigil.topics import DATA
 
@@ -42,8 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 RECEIVE_MAXIMUM = 2000
-RETRY_INITIAL_S = 0.5
-RETRY_MAX_S = 10.0
+RETRY_BACKOFF = Backoff(initial_s=0.5, cap_s=10.0, jitter=0.0)
 #: A batch of alerts confirmed later than this is logged (the outage itself is logged by
 #: ``vigil.mqtt`` when the connection drops).
 SLOW_CONFIRM_S = 5.0
@@ -281,24 +281,18 @@ class AlertEngine:
     ) -> bool:
         """Run ``action`` until it succeeds (capped backoff) or the engine stops; each
         failure (one of ``errors``) is counted as an error of ``kind``."""
-        delay, failures = RETRY_INITIAL_S, 0
-        while True:
-            try:
-                action()
-            except errors as exc:
-                if self._stopping.is_set():  # e.g. publish_wait gave up on being stopped
-                    return False
-                failures += 1
-                self.metrics.error(kind)
-                if failures == 1:
-                    log.error("cannot %s: %s; retrying", what, exc)
-            else:
-                if failures:
-                    log.info("managed to %s after %d failure(s)", what, failures)
-                return True
-            if self._stopping.wait(delay):
-                return False
-            delay = min(delay * 2, RETRY_MAX_S)
+
+        def on_error(exc: Exception, failures: int) -> None:
+            self.metrics.error(kind)
+            if failures == 1:
+                log.error("cannot %s: %s; retrying", what, exc)
+
+        failures = retry_until(
+            action, errors, backoff=RETRY_BACKOFF, on_error=on_error, stop=self._stopping
+        )
+        if failures:
+            log.info("managed to %s after %d failure(s)", what, failures)
+        return failures is not None
 
     def _update_gauges(self) -> None:
         self._rules_gauge.set(len(self.evaluator.rules))

@@ -18,7 +18,7 @@ from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
-from storage_nodes.cluster import StorageCluster
+from storage_nodes import StorageCluster
 from vigil.messages import Rule
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient

@@ -24,8 +24,7 @@ from api import close_app, create_app
 from api.auth import hash_token, new_token, read_admin_digest
 from api.db import DuplicateToken, Store
 from api.resources import EXTENSION, ApiResources
-from storage_nodes.client import StorageError
-from storage_nodes.cluster import StorageCluster
+from storage_nodes import StorageCluster, StorageError
 from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.settings import ConfigError, VigilConfig, load_config

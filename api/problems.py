@@ -18,7 +18,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from api.validation import InvalidParameter
-from storage_nodes.client import FatalStorageError, RetriableStorageError
+from storage_nodes import FatalStorageError, RetriableStorageError
 
 log = logging.getLogger(__name__)
 

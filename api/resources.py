@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
-from storage_nodes.cluster import StorageCluster
+from storage_nodes import StorageCluster
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import VigilConfig

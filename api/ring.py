@@ -9,7 +9,7 @@ from flask import Blueprint
 
 from api.names import check_view_args
 from api.resources import resources
-from storage_nodes.cluster import series_key
+from storage_nodes import series_key
 
 bp = Blueprint("ring", __name__)
 bp.url_value_preprocessor(check_view_args)

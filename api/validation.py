@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from storage_nodes.cluster import MAX_QUERY_ROWS
+from storage_nodes import MAX_QUERY_ROWS
 from vigil.topics import NAME_RE
 
 #: Largest epoch-millisecond time InfluxDB can hold (its nanosecond times are int64).

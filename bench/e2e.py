@@ -28,11 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from broker.provision import provision
+from broker import provision
 from stack.process import ManagedProcess, free_port
-from storage_nodes import InfluxNode, StorageCluster
-from storage_nodes.lineproto import reading_to_line
-from storage_nodes.server import influxd_command
+from storage_nodes import InfluxNode, StorageCluster, influxd_command, reading_to_line
 from vigil.messages import Reading, encode_readings
 from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, MqttClientSettings, StorageNode, StorageSettings

@@ -10,8 +10,9 @@ message and at most ``MAX_INFLIGHT`` unacknowledged messages at a time; on start
 is 0, so whatever a previous run left in the outbox goes first. paho keeps an unacknowledged
 QoS 1 message across reconnects and resends it itself; readings taken while disconnected
 stay in the outbox and go out once the connection is back. A message the broker refuses
-(PUBACK reason code, e.g. not authorized) is not a delivery: its readings stay in the outbox
-and are tried again on the next start.
+(PUBACK reason code, e.g. not authorized, or "no matching subscribers" while no consumer
+session exists) is not a delivery: its readings stay in the outbox and are published again
+after a backoff (1 s doubling to 60 s).
 """
 
 from __future__ import annotations

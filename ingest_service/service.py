@@ -23,15 +23,16 @@ from ingest_service.batcher import Batcher
 from ingest_service.dedupe import RecentIds
 from ingest_service.prepare import DeadLetter, Inbound, Prepared, prepare
 from storage_nodes import FatalStorageError, RetriableStorageError, StorageCluster
-from vigil.messages import encode_dead_letter
+from vigil.messages import Reading, encode_dead_letter
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError
+from vigil.retry import Backoff, retry_until
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
-MAX_BACKOFF_S = 5.0
+STORAGE_BACKOFF = Backoff(initial_s=0.1, cap_s=5.0, jitter=0.0)
 
 
 def now_ms() -> int:
@@ -49,9 +50,6 @@ class IngestService:
         )
         self.dead_letters = self.metrics.counter(
             "vigil_ingest_dead_letters", "Messages sent to the dead-letter topic"
-        )
-        self.stored = self.metrics.counter(
-            "vigil_ingest_readings_stored", "Readings stored on all their replicas"
         )
         self.storage = StorageCluster(config.storage)
         self.recent = RecentIds(self.settings.dedupe_window)
@@ -143,9 +141,7 @@ class IngestService:
             self.mqtt.ack(msg.mid, msg.qos, msg.connection)
         for r in work.all_readings:
             self.recent.add((r.device, r.id))
-        n = len(work.all_readings)
-        self.metrics.messages_out.inc(n)
-        self.stored.inc(n)
+        self.metrics.messages_out.inc(len(work.all_readings))  # stored on all replicas
         if work.duplicates:
             self.duplicates.inc(work.duplicates)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
@@ -156,7 +152,7 @@ class IngestService:
         if not work.readings:
             return
         try:
-            self._retrying(lambda: self.storage.write(work.all_readings))
+            self._write(work.all_readings)
         except FatalStorageError as exc:
             log.error(
                 "storage rejected a batch of %d messages (%s); retrying one by one",
@@ -166,41 +162,36 @@ class IngestService:
             kept = []
             for index, readings in work.readings:
                 try:
-                    self._retrying(lambda rs=readings: self.storage.write(rs))
+                    self._write(readings)
                     kept.append((index, readings))
                 except FatalStorageError as one:
                     work.dead.append(DeadLetter(batch[index], f"storage rejected it: {one}"))
             work.readings = kept
 
-    def _retrying(self, action: object) -> None:
-        assert callable(action)
-        delay, failing_since = 0.1, None
-        while True:
-            try:
-                action()
-                if failing_since is not None:
-                    log.warning("storage is back after %.1fs", time.monotonic() - failing_since)
-                return
-            except RetriableStorageError as exc:
-                self.metrics.error("storage_unavailable")
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    log.warning(
-                        "storage node %s unreachable, holding the batch and retrying: %s",
-                        exc.node,
-                        exc,
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+    def _write(self, readings: list[Reading]) -> None:
+        """Store ``readings``, retrying while a server is unreachable (writes are idempotent,
+        so a retry after a partial success stores nothing twice)."""
+
+        def on_error(exc: Exception, failures: int) -> None:
+            self.metrics.error("storage_unavailable")
+            if failures == 1:
+                log.warning("storage unreachable, holding the batch and retrying: %s", exc)
+
+        failures = retry_until(
+            lambda: self.storage.write(readings),
+            RetriableStorageError,
+            backoff=STORAGE_BACKOFF,
+            on_error=on_error,
+        )
+        if failures:
+            log.warning("storage is back after %d failed attempt(s)", failures)
 
     def _publish_dead_letters(self, dead: list[DeadLetter]) -> bool:
         """Publish the dead letters and wait for the broker to have them all; False if the
         service is stopping first."""
         if not dead:
             return True
-        pending = []
         for d in dead:
-            device = self.topics.device_of(d.message.topic)
             payload = encode_dead_letter(
                 reason=d.reason,
                 topic=d.message.topic,
@@ -208,8 +199,7 @@ class IngestService:
                 received_at=d.message.received_at,
                 service=SERVICE,
             )
-            pending.append((self.topics.deadletter(device), payload))
-        for topic, payload in pending:
+            topic = self.topics.deadletter(self.topics.device_of(d.message.topic))
             # Published once; paho re-sends it across reconnects (publishing again would
             # duplicate it), so wait as long as the broker is away.
             try:

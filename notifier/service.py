@@ -26,13 +26,13 @@ from email.message import EmailMessage
 
 import paho.mqtt.client as paho
 
-from notifier.backoff import Backoff
 from notifier.mailer import Mailer, SendError
 from notifier.render import render_email, subject
 from notifier.store import SentStore
 from vigil.messages import Alert, InvalidMessage
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
+from vigil.retry import Backoff
 from vigil.settings import BrokerSettings, NotifierSettings
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,8 @@ vigil run                 start the local stack (make run)
 vigil ingest|alert-engine|notifier|api [--config ...]
 vigil agent --config config/agents/demo-1.yaml
 vigil validate-config     check config/vigil.yaml and config/agents/*.yaml
+    vigil admin-token --secrets DIR
+                              create the API admin token once (DIR/admin.token)
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             "--agents", type=Path, default=Path("config/agents"), help="folder of agent configs"
         )
     run_p.add_argument("--state", type=Path, default=Path(".vigil"))
+    tok_p = sub.add_parser(
+        "admin-token", help="create the API admin token once; write its SHA-256 beside it"
+    )
+    tok_p.add_argument("--secrets", type=Path, required=True, help="folder for the token")
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} (see vigil {name} --help)")
     args = ap.parse_args(argv)
@@ -51,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                 load_agent_config(path)
             print("ok")
             return 0
-        from stack.run import run
+        from stack.run import ensure_admin_token, run
 
+        if args.command == "admin-token":
+            token_file = args.secrets / "admin.token"
+            ensure_admin_token(token_file, args.secrets / "admin.token.sha256")
+            print(f"admin token in {token_file} (its SHA-256 in admin.token.sha256)")
+            return 0
         return run(args.config, args.agents, args.state)
     except ConfigError as exc:
         print(f"vigil: {exc}", file=sys.stderr)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from broker.provision import provision
+from broker import provision
 from stack.process import ManagedProcess, free_port, port_open
-from storage_nodes.server import influxd_command
+from storage_nodes import influxd_command
 from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
 
 log = logging.getLogger("vigil.stack")
@@ -61,18 +61,17 @@ def _hostport(url: str) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 80
 
 
-def ensure_admin_token(secrets_dir: Path, digest_file: Path) -> str:
-    """The API admin token: generated once; the API only ever sees its SHA-256."""
-    token_file = secrets_dir / "admin.token"
-    if token_file.exists():
-        token = token_file.read_text().strip()
-    else:
-        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = secrets.token_urlsafe(32)
+def ensure_admin_token(token_file: Path, digest_file: Path) -> str:
+    """The API admin token: generated once into ``token_file`` (for the user) and kept; its
+    SHA-256 is written to ``digest_file``, the only thing the API reads. Both mode 0600."""
+    if not token_file.exists():
+        token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         token_file.touch(mode=0o600)
-        token_file.write_text(token + "\n")
-    digest_file.parent.mkdir(parents=True, exist_ok=True)
-    digest_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+        token_file.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+    token = token_file.read_text(encoding="utf-8").strip()
+    digest_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    digest_file.touch(mode=0o600)
+    digest_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n", encoding="utf-8")
     return token
 
 
@@ -129,7 +128,7 @@ class Stack:
             topics=c.broker.topics,
         )
         assert c.api.admin_token_sha256_file is not None
-        token = ensure_admin_token(secrets_dir, c.api.admin_token_sha256_file)
+        token = ensure_admin_token(secrets_dir / "admin.token", c.api.admin_token_sha256_file)
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
         for node in c.storage.nodes:
@@ -176,13 +175,13 @@ class Stack:
         for path, agent in self.agents:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
 
-        info = self.describe(token, files.password_file("vigil-viewer"))
+        info = self.describe(token, files.creds["vigil-viewer"])
         out = self.state / "stack.json"
         out.touch(mode=0o600)
         out.write_text(json.dumps(info, indent=2) + "\n")
         return info
 
-    def describe(self, token: str, viewer_pw_file: Path) -> dict[str, Any]:
+    def describe(self, token: str, viewer_password: str) -> dict[str, Any]:
         c = self.config
         return {
             "broker": {
@@ -190,7 +189,7 @@ class Stack:
                 "port": c.broker.port,
                 "topic_root": c.broker.topic_root,
                 "username": "vigil-viewer",
-                "password": viewer_pw_file.read_text().strip(),
+                "password": viewer_password,
                 "device_credentials": str(self.state / "secrets" / "<device>.password"),
             },
             "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},

@@ -17,19 +17,17 @@ import requests
 
 
 class StorageError(Exception):
-    retriable = False
-
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"{node}: {message}")
         self.node = node
 
 
 class RetriableStorageError(StorageError):
-    retriable = True
+    """Try again: the server is down, slow, or not ready for us."""
 
 
 class FatalStorageError(StorageError):
-    retriable = False
+    """The server says the content is wrong: retrying cannot help."""
 
 
 class DatabaseNotFound(RetriableStorageError):

@@ -4,7 +4,7 @@ docker-compose.yml, deploy/ (Dockerfile, compose configs, Prometheus and Grafana
 the configs they name must agree with each other and with the code: every command names a
 real module, every config validates, every port a service listens on is the one compose
 exposes, Prometheus scrapes and the healthcheck probes, and no secret is written down.
-Also tests ``python -m broker`` and deploy/make_admin_token.py, which the `setup` service
+Also tests ``python -m broker`` and ``vigil admin-token``, which the `setup` service
 runs (real mosquitto_passwd; no broker is started).
 """
 
@@ -747,12 +747,10 @@ def test_broker_provision_rejects_bad_arguments(
     assert not (tmp_path / "s").exists(), "nothing may be written on bad arguments"
 
 
-def test_make_admin_token_keeps_the_token(tmp_path: Path) -> None:
-    script = DEPLOY / "make_admin_token.py"
-
+def test_admin_token_command_keeps_the_token(tmp_path: Path) -> None:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "s")],
+            [sys.executable, "-m", "stack.cli", "admin-token", "--secrets", str(tmp_path / "s")],
             capture_output=True,
             text=True,
             timeout=30,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from notifier.backoff import Backoff
 from notifier.store import SentStore, now_ms
+from vigil.retry import Backoff
 
 
 def test_a_sent_alert_is_remembered_per_state_across_restarts(tmp_path):

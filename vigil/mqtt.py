@@ -38,8 +38,6 @@ MessageHandler = Callable[[mqttc.MQTTMessage], None]
 class MqttError(Exception):
     """A broker operation that did not succeed."""
 
-    retriable = True
-
 
 class PublishError(MqttError):
     def __init__(self, topic: str, reason: str) -> None:
@@ -68,7 +66,6 @@ class MqttClient:
         receive_maximum: int | None = None,
         max_inflight: int = 1000,
         will: Will | None = None,
-        password: str | None = None,
         unrouted_is_refused: bool = False,
     ) -> None:
         """``unrouted_is_refused``: treat a PUBACK "No matching subscribers" (MQTT 5 reason
@@ -86,8 +83,7 @@ class MqttClient:
             protocol=MQTTProtocolVersion.MQTTv5,
             manual_ack=manual_ack,
         )
-        pw = password if password is not None else ident.password
-        self._client.username_pw_set(ident.username, pw)
+        self._client.username_pw_set(ident.username, ident.password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)

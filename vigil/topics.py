@@ -109,17 +109,3 @@ class Topics:
             return None
         device = parts[n + 1]
         return device if NAME_RE.match(device) else None
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (``+`` one level, ``#`` this level and below)."""
-    f_parts = topic_filter.split("/")
-    t_parts = topic.split("/")
-    for i, f in enumerate(f_parts):
-        if f == "#":
-            return True
-        if i >= len(t_parts):
-            return False
-        if f != "+" and f != t_parts[i]:
-            return False
-    return len(f_parts) == len(t_parts)

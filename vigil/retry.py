@@ -1,0 +1,58 @@
+"""Retrying with capped exponential backoff: the pure delay rule and a blocking loop.
+
+Services retry what must not be given up on (a storage write, an alert publish, an email)
+until it succeeds or the service stops; only the errors named as retriable are retried,
+anything else propagates.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial_s: float = 0.5
+    cap_s: float = 15.0
+    factor: float = 2.0
+    #: Each delay is spread over ``±jitter`` of itself so that retries do not align.
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rand: float = 0.5) -> float:
+        """Seconds to wait after the ``attempt``-th failure (1-based); ``rand`` in [0, 1)
+        picks the jitter (0.5: none)."""
+        base = min(self.cap_s, self.initial_s * self.factor ** max(0, attempt - 1))
+        return min(self.cap_s, base * (1 + self.jitter * (2 * rand - 1)))
+
+
+def retry_until(
+    action: Callable[[], object],
+    errors: type[Exception] | tuple[type[Exception], ...],
+    *,
+    backoff: Backoff,
+    on_error: Callable[[Exception, int], None],
+    stop: threading.Event | None = None,
+) -> int | None:
+    """Run ``action`` until it returns; after each failure with one of ``errors``, call
+    ``on_error(exc, failures)`` and wait ``backoff``. Returns how many attempts failed, or
+    None when ``stop`` was set first (an error raised while stopping ends it too)."""
+    failures = 0
+    while True:
+        try:
+            action()
+        except errors as exc:
+            if stop is not None and stop.is_set():
+                return None
+            failures += 1
+            on_error(exc, failures)
+        else:
+            return failures
+        delay = backoff.delay(failures, random.random())
+        if stop is None:
+            time.sleep(delay)
+        elif stop.wait(delay):
+            return None
