@@ -21,7 +21,7 @@ def load(path: str) -> VigilConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_parser("vigil-ingest", __doc__.splitlines()[0]).parse_args(argv)
+    args = service_parser("vigil-ingest", __doc__ or "").parse_args(argv)
     config = load_or_exit(args, load)
     if isinstance(config, int):
         return config

@@ -41,7 +41,7 @@ async def serve(config: VigilConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_parser("vigil-notifier", __doc__.splitlines()[0]).parse_args(argv)
+    args = service_parser("vigil-notifier", __doc__ or "").parse_args(argv)
     config = load_or_exit(args, load)
     if isinstance(config, int):
         return config

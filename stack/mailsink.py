@@ -58,7 +58,7 @@ def start_mailsink(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="vigil-mailsink", description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path(".vigil/mail"))
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=2525)

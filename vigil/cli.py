@@ -23,7 +23,9 @@ T = TypeVar("T")
 def service_parser(
     prog: str, description: str, default_config: str = DEFAULT_CONFIG
 ) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    """``description``: a docstring or text; its first paragraph is used."""
+    first = " ".join((description or "").strip().split("\n\n")[0].split())
+    ap = argparse.ArgumentParser(prog=prog, description=first)
     ap.add_argument(
         "--config", default=default_config, help=f"configuration file (default {default_config})"
     )

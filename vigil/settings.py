@@ -5,7 +5,7 @@ one per edge agent (``config/agents/*.yaml``). A bad file raises :class:`ConfigE
 naming the file, the key and the reason. Environment variables override any key:
 ``VIGIL__INGEST__BATCH_MAX_MESSAGES=500`` sets ``ingest.batch_max_messages`` (values are
 parsed as YAML scalars). Secrets are never in the YAML: ``password_file`` and
-``token_file`` keys point at files (kept under ``.vigil/secrets``).
+``admin_token_sha256_file`` keys point at files (kept under ``.vigil/secrets``).
 """
 
 from __future__ import annotations
