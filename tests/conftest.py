@@ -15,7 +15,7 @@ import pytest
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
-from support import MqttProbe, unique, wait_until
+from support import STORED_T0, STORED_VALUES, MqttProbe, unique, wait_until
 
 from api import close_app, create_app
 from broker.provision import BrokerFiles, provision
@@ -23,6 +23,7 @@ from stack.mailsink import MailSink, start_mailsink
 from stack.process import ManagedProcess, free_port
 from storage_nodes import StorageCluster
 from storage_nodes.server import influxd_command
+from vigil.messages import Reading
 from vigil.settings import (
     BrokerSettings,
     MqttClientSettings,
@@ -125,14 +126,20 @@ def influx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[In
 
 
 @pytest.fixture
-def storage_settings(influx_cluster: list[InfluxServerHandle]) -> StorageSettings:
-    """A fresh database on the three servers, replication factor 2."""
+def storage_settings(request: pytest.FixtureRequest) -> StorageSettings:
+    """A fresh database on the three servers, replication factor 2; for a test marked
+    ``no_influx`` (services that never talk to InfluxDB) a placeholder, and no server starts."""
+    if request.node.get_closest_marker("no_influx"):
+        return StorageSettings(
+            replication_factor=1, nodes=[StorageNode(name="unused", url="http://127.0.0.1:9")]
+        )
+    cluster: list[InfluxServerHandle] = request.getfixturevalue("influx_cluster")
     return StorageSettings(
         database=unique("db"),
         replication_factor=2,
         vnodes=256,
         timeout_s=10,
-        nodes=[StorageNode(name=s.name, url=s.url) for s in influx_cluster],
+        nodes=[StorageNode(name=s.name, url=s.url) for s in cluster],
     )
 
 
@@ -278,6 +285,19 @@ def cluster(cloud_config: CloudConfig) -> Iterator[StorageCluster]:
 
 
 @pytest.fixture
+def stored(cluster: StorageCluster) -> list[Reading]:
+    """Five temperature readings of dev-1 one second apart (STORED_T0, STORED_VALUES), and a
+    decoy of dev-2, written to the cluster."""
+    readings = [
+        Reading(i + 1, "dev-1", STORED_T0 + i * 1000, "sensor", "temperature", v, "C")
+        for i, v in enumerate(STORED_VALUES)
+    ]
+    readings.append(Reading(99, "dev-2", STORED_T0 + 9000, "sensor", "temperature", 1000.0, "C"))
+    cluster.write(readings)
+    return readings
+
+
+@pytest.fixture
 def app(cloud_config: CloudConfig, cluster: StorageCluster) -> Iterator[Flask]:
     """The API app for this test's servers, connected to the broker."""
     app = create_app(cloud_config.config, test_config={"TESTING": True})
@@ -292,6 +312,12 @@ def client(app: Flask, cloud_config: CloudConfig) -> FlaskClient:
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {cloud_config.admin_token}"
     return c
+
+
+@pytest.fixture
+def anon_client(app: Flask) -> FlaskClient:
+    """A test client sending no token."""
+    return app.test_client()
 
 
 __all__ = ["BrokerHandle", "CloudConfig", "wait_until"]

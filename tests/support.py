@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import yaml
 
 from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, MqttClientSettings
+
+#: the series the ``stored`` fixture writes: dev-1's temperature, one reading a second
+STORED_T0 = 1_700_000_000_000
+STORED_VALUES = [1.5, 2.5, 3.5, 4.5, 10.0]
 
 
 def wait_until(
@@ -27,6 +34,26 @@ def wait_until(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def scrape(port: int, name: str) -> float | None:
+    """The value of the first sample of metric ``name`` (with or without labels) that a
+    service serves on ``http://127.0.0.1:<port>/metrics``, or None if it has none."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    for line in body.decode().splitlines():
+        if line.startswith((f"{name} ", f"{name}{{")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def connected(broker: BrokerSettings, ident: MqttClientSettings, **kw: Any) -> MqttClient:
+    """A started MqttClient, connected (stop it when done)."""
+    client = MqttClient(broker, ident, **kw)
+    client.start()
+    assert client.wait_connected(10), f"{ident.username} could not connect"
+    return client
 
 
 def wait_subscribed(proc: Any, topic_filter: str, timeout: float = 30.0) -> None:
@@ -92,3 +119,58 @@ def publish_all(
             assert info.is_published(), "broker did not acknowledge a publish"
     finally:
         client.stop()
+
+
+# -- edge agents ------------------------------------------------------------------------
+def write_agent_config(folder: Path, broker: Any, device: str, **overrides: Any) -> Path:
+    """An agent YAML for ``device`` on the test broker: two sensors, a simulated quote,
+    a 0.1 s interval, metrics off."""
+    data: dict[str, Any] = {
+        "device_id": device,
+        "broker": broker.settings.model_dump(mode="json"),
+        "mqtt": {
+            "client_id": device,
+            "username": device,
+            "password_file": str(broker.files.password_file(device)),
+        },
+        "outbox_path": str(folder / f"{device}-outbox.sqlite3"),
+        "interval_s": 0.1,
+        "seed": 7,
+        "metrics_port": 0,
+        "sensors": [
+            {
+                "metric": "temperature",
+                "unit": "C",
+                "base": 20,
+                "amplitude": 4,
+                "period_s": 60,
+                "noise": 0.3,
+            },
+            {
+                "metric": "humidity",
+                "unit": "%",
+                "base": 45,
+                "amplitude": 10,
+                "period_s": 120,
+                "noise": 1,
+            },
+        ],
+        "quotes": {"symbols": ["AAPL"], "interval_s": 3600, "source": "simulated"},
+        **overrides,
+    }
+    path = folder / f"{device}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def outbox_ids(path: Path) -> list[int]:
+    """The ids in an agent's outbox, read (committed state only) on a connection of our own."""
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT id FROM readings ORDER BY id")]
+
+
+def sequence(path: Path) -> tuple[int, int]:
+    """(first id, next id) of an outbox: its agent took exactly the ids in between."""
+    with sqlite3.connect(path) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    return int(meta["first_id"]), int(meta["next_id"])

@@ -4,27 +4,14 @@ readings stored in the real InfluxDB ring."""
 from __future__ import annotations
 
 import pytest
+from support import STORED_T0 as T0
+from support import STORED_VALUES as VALUES
 from support import wait_until
 
 from api import close_app, create_app
 from vigil.messages import DeviceStatus, Reading
 from vigil.mqtt import MqttClient
 from vigil.settings import DeviceEntry
-
-T0 = 1_700_000_000_000
-VALUES = [1.5, 2.5, 3.5, 4.5, 10.0]
-
-
-@pytest.fixture
-def stored(cluster):
-    """Five temperature readings of dev-1 one second apart, and a decoy of dev-2."""
-    readings = [
-        Reading(i + 1, "dev-1", T0 + i * 1000, "sensor", "temperature", v, "C")
-        for i, v in enumerate(VALUES)
-    ]
-    readings.append(Reading(99, "dev-2", T0 + 9000, "sensor", "temperature", 1000.0, "C"))
-    cluster.write(readings)
-    return readings
 
 
 def test_latest_is_the_newest_reading(client, stored):

@@ -4,21 +4,7 @@ against where StorageCluster.write really put the readings)."""
 from __future__ import annotations
 
 import pytest
-
-from vigil.messages import Reading
-
-T0 = 1_700_000_000_000
-VALUES = [1.5, 2.5, 3.5, 4.5, 10.0]
-
-
-@pytest.fixture
-def stored(cluster):
-    readings = [
-        Reading(i + 1, "dev-1", T0 + i * 1000, "sensor", "temperature", v, "C")
-        for i, v in enumerate(VALUES)
-    ]
-    cluster.write(readings)
-    return readings
+from support import STORED_VALUES as VALUES
 
 
 def test_replicas_are_the_two_servers_holding_the_series(client, stored, cluster):

@@ -3,12 +3,15 @@ the retained rule-set snapshot on vigil/config/rules."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from support import wait_until
 
 from vigil.messages import decode_rules
+from vigil.topics import Topics
 
-RULES_TOPIC = "vigil/config/rules"
+RULES_TOPIC = Topics().rules
 HOT = {
     "id": "hot",
     "name": "Hot lab",
@@ -90,7 +93,8 @@ def test_invalid_rules_are_400_problems_naming_the_field(client, change, field):
     assert resp.status_code == 400 and resp.mimetype == "application/problem+json"
     body = resp.get_json()
     assert body["type"] == "urn:vigil:problem:invalid-rule" and body["instance"] == "/rules"
-    assert field in body["detail"]
+    # the field as a word of its own ("id" inside "invalid" does not count)
+    assert re.search(rf"(?<![A-Za-z_]){field}(?![A-Za-z_])", body["detail"]), body["detail"]
     assert client.get("/rules").get_json()["rules"] == []
 
 

@@ -11,8 +11,9 @@ from support import wait_until
 
 from api import close_app, create_app
 from vigil.messages import decode_rules
+from vigil.topics import Topics
 
-RULES_TOPIC = "vigil/config/rules"
+RULES_TOPIC = Topics().rules
 
 
 def rule(rule_id, threshold=30):
@@ -106,6 +107,7 @@ def test_concurrent_changes_end_with_the_newest_rule_set_retained(make_app, prob
         t.start()
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads), "a POST /rules did not return"
     assert all(results[i]["pushed"] for i in ids)
     versions = sorted(r["version"] for r in results.values())
     assert len(set(versions)) == len(ids)

@@ -11,8 +11,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import unique, wait_until
-from test_edge_agent_agent import outbox_ids, sequence, write_agent_config
+from support import outbox_ids, sequence, unique, wait_until, write_agent_config
 
 from edge_agent.agent import Agent
 from vigil.messages import parse_readings

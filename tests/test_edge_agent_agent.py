@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from support import wait_until
+from support import outbox_ids, sequence, wait_until, write_agent_config
 
 from edge_agent.agent import Agent
 from edge_agent.outbox import Outbox
@@ -24,60 +22,6 @@ from vigil.messages import DeviceStatus, parse_readings
 from vigil.settings import load_agent_config
 
 T0 = 1_700_000_000.0
-
-
-def write_agent_config(folder: Path, broker: Any, device: str, **overrides: Any) -> Path:
-    """An agent YAML for ``device`` on the test broker: two sensors, a simulated quote,
-    a 0.1 s interval, metrics off."""
-    data: dict[str, Any] = {
-        "device_id": device,
-        "broker": broker.settings.model_dump(mode="json"),
-        "mqtt": {
-            "client_id": device,
-            "username": device,
-            "password_file": str(broker.files.password_file(device)),
-        },
-        "outbox_path": str(folder / f"{device}-outbox.sqlite3"),
-        "interval_s": 0.1,
-        "seed": 7,
-        "metrics_port": 0,
-        "sensors": [
-            {
-                "metric": "temperature",
-                "unit": "C",
-                "base": 20,
-                "amplitude": 4,
-                "period_s": 60,
-                "noise": 0.3,
-            },
-            {
-                "metric": "humidity",
-                "unit": "%",
-                "base": 45,
-                "amplitude": 10,
-                "period_s": 120,
-                "noise": 1,
-            },
-        ],
-        "quotes": {"symbols": ["AAPL"], "interval_s": 3600, "source": "simulated"},
-        **overrides,
-    }
-    path = folder / f"{device}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def outbox_ids(path: Path) -> list[int]:
-    """The ids in an agent's outbox, read (committed state only) on a connection of our own."""
-    with sqlite3.connect(path) as db:
-        return [row[0] for row in db.execute("SELECT id FROM readings ORDER BY id")]
-
-
-def sequence(path: Path) -> tuple[int, int]:
-    """(first id, next id) of an outbox: its agent took exactly the ids in between."""
-    with sqlite3.connect(path) as db:
-        meta = dict(db.execute("SELECT key, value FROM meta"))
-    return int(meta["first_id"]), int(meta["next_id"])
 
 
 class FakeClock:

@@ -7,8 +7,7 @@ import json
 
 import requests
 import yaml
-from support import wait_until
-from test_edge_agent_agent import outbox_ids, write_agent_config
+from support import outbox_ids, wait_until, write_agent_config
 
 from edge_agent.__main__ import main
 from stack.process import free_port
@@ -115,7 +114,13 @@ def test_ticks_takes_that_many_rounds_and_exits_once_delivered(
     path = write_agent_config(tmp_path, broker, "dev-9", quotes={}, sensors=[{"metric": "t"}])
     watch = probe("vigil/data/dev-9")
     proc = run_service("edge_agent", "--config", str(path), "--ticks", "3")
-    wait_until(lambda: proc.returncode() == 0, timeout=15, what="the agent to exit")
+    wait_until(lambda: proc.returncode() is not None, timeout=15, what="the agent to exit")
+    assert proc.returncode() == 0
+    # the broker acknowledged all three before the agent exited; the probe may lag a little
+    wait_until(
+        lambda: sum(len(parse_readings(m.payload, "dev-9")) for m in watch.messages) >= 3,
+        what="the three readings at the probe",
+    )
     messages = list(watch.messages)
     batches = [parse_readings(m.payload, "dev-9") for m in messages]
     assert sum(len(b) for b in batches) == 3

@@ -44,13 +44,16 @@ def test_readings_nobody_could_receive_stay_in_the_outbox_until_someone_can(brok
             lambda m: received.extend(r.id for r in parse_readings(m.payload, "dev-4")),
         )
         consumer.start()
-        assert consumer.subscribed.wait(10)
-        wait_until(
-            lambda: set(range(agent.outbox.first_id, taken_before)) <= set(received),
-            timeout=90,
-            what="every reading taken before the consumer existed",
-        )
-        consumer.stop()
+        try:
+            assert consumer.subscribed.wait(10)
+            wait_until(
+                lambda: set(range(agent.outbox.first_id, taken_before)) <= set(received),
+                timeout=90,
+                what="every reading taken before the consumer existed",
+            )
+        finally:
+            consumer.stop()
     finally:
         agent.stop()
         runner.join(10)
+    assert not runner.is_alive()

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_committed_configs_validate():
     config = load_config(ROOT / "config/vigil.yaml", environ={})
     assert config.storage.replication_factor == 2 and len(config.storage.nodes) == 3
-    for path in sorted((ROOT / "config/agents").glob("*.yaml")):
+    agents = sorted((ROOT / "config/agents").glob("*.yaml"))
+    assert [p.stem for p in agents] == ["demo-1", "demo-2", "demo-3"]
+    for path in agents:
         assert load_agent_config(path, environ={}).device_id == path.stem
 
 

@@ -27,16 +27,23 @@ def test_bad_device_ids_are_refused(bad):
         Topics().data(bad)
 
 
+T = Topics()
+
+
 @pytest.mark.parametrize(
     ("flt", "topic", "expected"),
     [
-        ("vigil/data/+/#", "vigil/data/dev-1", True),
-        ("vigil/data/+/#", "vigil/data/dev-1/x/y", True),
-        ("vigil/data/+", "vigil/data/dev-1/x", False),
-        ("vigil/#", "vigil", True),
-        ("vigil/status/+", "vigil/alerts/x", False),
+        (T.data_filter, T.data("dev-1"), True),  # "#" also matches the parent level
+        (T.data_filter, T.data("dev-1") + "/more", True),
+        (T.data_filter, T.status("dev-1"), False),
+        (T.status_filter, T.status("dev-1"), True),
+        (T.status_filter, T.alert("dev-1", "hot"), False),
+        (T.alerts_filter, T.alert("dev-1", "hot"), True),
+        (T.alerts_filter, T.rules, False),
+        (T.deadletter_filter, T.deadletter(None), True),
+        (T.deadletter_filter, T.data("dev-1"), False),
     ],
 )
-def test_filter_matching(flt, topic, expected):
-    # the routing the services rely on (MqttClient uses paho's matcher)
+def test_each_subscription_filter_routes_its_own_subtree_only(flt, topic, expected):
+    # with paho's matcher, the one MqttClient routes messages with
     assert topic_matches_sub(flt, topic) is expected
