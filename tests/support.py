@@ -2,20 +2,75 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage, Message
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
 
+from vigil.messages import Alert, Reading
 from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, MqttClientSettings
+
+#: when the alert tests' readings and alerts happen (epoch ms)
+ALERT_T0 = 1_732_300_000_000
+
+
+def reading(value: float, n: int, device: str = "dev-1", metric: str = "temperature") -> Reading:
+    """The n-th reading of a series: ids and timestamps grow with n."""
+    return Reading(
+        id=1_000 + n,
+        device=device,
+        ts=ALERT_T0 + 1_000 * n,
+        kind="sensor",
+        metric=metric,
+        value=value,
+    )
+
+
+def alert(state: str = "firing", **fields: Any) -> Alert:
+    """Rule high-temp on dev-1: temperature 31.2 above 30 (critical), firing since ALERT_T0; a
+    resolved one ended 125 s later. ``fields`` override any field."""
+    resolved_at = None if state == "firing" else ALERT_T0 + 125_000
+    base: dict[str, Any] = {
+        "alert_id": "a1b2c3",
+        "rule_id": "high-temp",
+        "rule": "high-temp",
+        "device": "dev-1",
+        "metric": "temperature",
+        "value": 31.2,
+        "threshold": 30.0,
+        "op": "above",
+        "state": state,
+        "severity": "critical",
+        "started_at": ALERT_T0,
+        "ts": resolved_at or ALERT_T0,
+        "resolved_at": resolved_at,
+        "reading_id": 42,
+    }
+    return Alert(**{**base, **fields})
+
+
+def parsed(mail: Message) -> EmailMessage:
+    """A received email as the default policy reads it (unfolded headers, typed parts)."""
+    msg = message_from_bytes(mail.as_bytes(), policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def subjects(messages: list[Message]) -> list[str]:
+    return [str(parsed(m)["Subject"]).strip() for m in messages]
+
 
 #: the series the ``stored`` fixture writes: dev-1's temperature, one reading a second
 STORED_T0 = 1_700_000_000_000
@@ -36,23 +91,41 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
-def scrape(port: int, name: str) -> float | None:
-    """The value of the first sample of metric ``name`` (with or without labels) that a
-    service serves on ``http://127.0.0.1:<port>/metrics``, or None if it has none."""
+def scrape(port: int, name: str, **labels: str) -> float | None:
+    """The value of the first sample of metric ``name`` whose labels include ``labels``, as
+    a service serves it on ``http://127.0.0.1:<port>/metrics``; None if there is none."""
     import urllib.request
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     for line in body.decode().splitlines():
-        if line.startswith((f"{name} ", f"{name}{{")):
-            return float(line.rsplit(" ", 1)[1])
+        m = re.match(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
     return None
+
+
+def counted(port: int, n: int, name: str = "vigil_messages_in_total", **labels: str) -> None:
+    """Wait until a service's counter reaches ``n``, then check it did not pass it. Services
+    handle their messages in order: once one counted a sentinel sent last (one that must
+    cause nothing), all it was going to publish or send for what came before is done."""
+    wait_until(
+        lambda: (scrape(port, name, **labels) or 0) >= n,
+        15,
+        what=f"{name} {labels or ''} to reach {n}",
+    )
+    assert scrape(port, name, **labels) == n
 
 
 def connected(broker: BrokerSettings, ident: MqttClientSettings, **kw: Any) -> MqttClient:
     """A started MqttClient, connected (stop it when done)."""
     client = MqttClient(broker, ident, **kw)
     client.start()
-    assert client.wait_connected(10), f"{ident.username} could not connect"
+    if not client.wait_connected(10):
+        client.stop()
+        raise AssertionError(f"{ident.username} could not connect")
     return client
 
 
@@ -84,8 +157,9 @@ class MqttProbe:
         for f in filters:
             probe.client.subscribe(f, probe._record)
         probe.client.start()
-        assert probe.client.wait_connected(10), "probe could not connect"
-        assert probe.client.subscribed.wait(10), "probe could not subscribe"
+        if not (probe.client.wait_connected(10) and probe.client.subscribed.wait(10)):
+            probe.client.stop()
+            raise AssertionError("probe could not connect and subscribe")
         return probe
 
     def _record(self, msg: paho.MQTTMessage) -> None:

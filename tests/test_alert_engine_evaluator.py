@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ALERT_T0 as T0
+from support import reading
 
 from alert_engine.evaluator import Evaluator, SeriesState, alert_id_for
 from vigil.messages import Reading, Rule
 
-T0 = 1_732_300_000_000
 HIGH = Rule(
     id="high-temp",
     metric="temperature",
@@ -19,11 +20,11 @@ HIGH = Rule(
 )
 
 
-def reading(value: float, n: int, device: str = "dev-1", metric: str = "temperature") -> Reading:
-    """The n-th reading of a series: ids and timestamps grow with n."""
-    return Reading(
-        id=1_000 + n, device=device, ts=T0 + 1_000 * n, kind="sensor", metric=metric, value=value
-    )
+def evaluator(*rules: Rule) -> Evaluator:
+    """An evaluator with rule set version 1: ``rules``, or just HIGH."""
+    ev = Evaluator()
+    ev.replace_rules(list(rules) or [HIGH], 1)
+    return ev
 
 
 def run(ev: Evaluator, readings: list[Reading]) -> list:
@@ -31,8 +32,7 @@ def run(ev: Evaluator, readings: list[Reading]) -> list:
 
 
 def test_fires_once_when_crossing_and_resolves_once_with_the_same_id():
-    ev = Evaluator()
-    ev.replace_rules([HIGH], 1)
+    ev = evaluator()
     alerts = run(
         ev,
         [
@@ -76,15 +76,13 @@ def test_fires_once_when_crossing_and_resolves_once_with_the_same_id():
 
 
 def test_the_threshold_itself_is_inside():
-    ev = Evaluator()
-    ev.replace_rules([HIGH, Rule(id="low", metric="temperature", op="below", threshold=30.0)], 1)
+    ev = evaluator(HIGH, Rule(id="low", metric="temperature", op="below", threshold=30.0))
     assert run(ev, [reading(30, 0)]) == []
     assert [(a.rule_id, a.state) for a in run(ev, [reading(29.9, 1)])] == [("low", "firing")]
 
 
 def test_a_redelivered_or_older_reading_changes_nothing():
-    ev = Evaluator()
-    ev.replace_rules([HIGH], 1)
+    ev = evaluator()
     first = reading(31, 1)
     assert [a.state for a in ev.evaluate(first)] == ["firing"]
     assert ev.evaluate(first) == []  # redelivery
@@ -96,9 +94,8 @@ def test_a_redelivered_or_older_reading_changes_nothing():
 
 
 def test_a_rule_for_all_devices_keeps_one_state_per_device_and_a_device_rule_only_its_own():
-    ev = Evaluator()
     only_2 = Rule(id="dev2-hot", metric="temperature", op="above", threshold=20, device="dev-2")
-    ev.replace_rules([HIGH, only_2], 1)
+    ev = evaluator(HIGH, only_2)
     alerts = run(
         ev,
         [
@@ -119,9 +116,8 @@ def test_a_rule_for_all_devices_keeps_one_state_per_device_and_a_device_rule_onl
 
 
 def test_replacing_rules_drops_removed_rules_and_keeps_state_of_a_changed_threshold():
-    ev = Evaluator()
     other = Rule(id="low-batt", metric="battery", op="below", threshold=10)
-    ev.replace_rules([HIGH, other], 1)
+    ev = evaluator(HIGH, other)
     firing = run(ev, [reading(31, 1), reading(5, 1, metric="battery")])
     assert len(firing) == 2
     ev.take_changes()
@@ -160,8 +156,7 @@ def test_replacing_rules_drops_removed_rules_and_keeps_state_of_a_changed_thresh
 
 
 def test_narrowing_a_rule_to_one_device_drops_the_other_devices_state():
-    ev = Evaluator()
-    ev.replace_rules([HIGH], 1)
+    ev = evaluator()
     run(ev, [reading(31, 1, "dev-1"), reading(31, 1, "dev-2")])
     change = ev.replace_rules(
         [Rule(id="high-temp", metric="temperature", op="above", threshold=30, device="dev-2")], 2
@@ -171,8 +166,7 @@ def test_narrowing_a_rule_to_one_device_drops_the_other_devices_state():
 
 
 def test_take_changes_lists_written_series_once():
-    ev = Evaluator()
-    ev.replace_rules([HIGH], 1)
+    ev = evaluator()
     run(ev, [reading(1, 1), reading(2, 2, "dev-2")])
     changes = ev.take_changes()
     assert set(changes.upserts) == {("high-temp", "dev-1"), ("high-temp", "dev-2")}
@@ -210,8 +204,7 @@ def edges(vals: list[float], threshold: float = 30.0) -> int:
 @settings(max_examples=300, deadline=None)
 @given(values)
 def test_transitions_alternate_and_each_pair_shares_an_id(vals):
-    ev = Evaluator()
-    ev.replace_rules([HIGH], 1)
+    ev = evaluator()
     alerts = run(ev, [reading(v, i) for i, v in enumerate(vals)])
     assert [a.state for a in alerts] == ["firing", "resolved"] * (len(alerts) // 2) + (
         ["firing"] if len(alerts) % 2 else []
@@ -227,8 +220,7 @@ def test_transitions_alternate_and_each_pair_shares_an_id(vals):
 @given(values, st.data())
 def test_redeliveries_and_late_resends_never_change_the_transitions(vals, data):
     readings = [reading(v, i) for i, v in enumerate(vals)]
-    clean = Evaluator()
-    clean.replace_rules([HIGH], 1)
+    clean = evaluator()
     expected = run(clean, readings)
 
     # Deliver in order, but after each reading re-send any number of earlier ones.
@@ -236,8 +228,7 @@ def test_redeliveries_and_late_resends_never_change_the_transitions(vals, data):
     for i, r in enumerate(readings):
         delivered.append(r)
         delivered.extend(data.draw(st.lists(st.sampled_from(readings[: i + 1]), max_size=3)))
-    noisy = Evaluator()
-    noisy.replace_rules([HIGH], 1)
+    noisy = evaluator()
     assert run(noisy, delivered) == expected
 
 
@@ -245,13 +236,11 @@ def test_redeliveries_and_late_resends_never_change_the_transitions(vals, data):
 @given(values, st.data())
 def test_resuming_from_saved_state_gives_the_same_alerts(vals, data):
     readings = [reading(v, i) for i, v in enumerate(vals)]
-    whole = Evaluator()
-    whole.replace_rules([HIGH], 1)
+    whole = evaluator()
     expected = run(whole, readings)
 
     split = data.draw(st.integers(0, len(readings)))
-    first = Evaluator()
-    first.replace_rules([HIGH], 1)
+    first = evaluator()
     before = run(first, readings[:split])
     resumed = Evaluator.restore(first.rules, first.version, first.states)
     # A crash before the last batch was acknowledged: some readings come again.

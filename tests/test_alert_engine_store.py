@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from support import reading
+
 from alert_engine.evaluator import Evaluator
 from alert_engine.store import StateStore
-from vigil.messages import Reading, Rule
+from vigil.messages import Rule
 
-T0 = 1_732_300_000_000
 RULES = [
     Rule(id="high-temp", metric="temperature", op="above", threshold=30.0, name="Hot"),
     Rule(
@@ -21,10 +22,6 @@ RULES = [
 ]
 
 
-def r(value: float, n: int, device: str = "dev-1", metric: str = "temperature") -> Reading:
-    return Reading(id=n, device=device, ts=T0 + n, kind="sensor", metric=metric, value=value)
-
-
 def test_an_empty_store_has_no_rules_and_creates_its_folder(tmp_path):
     store = StateStore(tmp_path / "deep" / "state.sqlite3")
     assert store.load() == (0, [], {})
@@ -37,7 +34,7 @@ def test_state_and_rules_survive_a_reopen(tmp_path):
     ev.replace_rules(RULES, 7)
     fired = [
         a
-        for x in (r(31, 1), r(20, 2, "dev-3"), r(5, 3, "dev-2", "battery"))
+        for x in (reading(31, 1), reading(20, 2, "dev-3"), reading(5, 3, "dev-2", "battery"))
         for a in ev.evaluate(x)
     ]
     store = StateStore(path)
@@ -49,8 +46,8 @@ def test_state_and_rules_survive_a_reopen(tmp_path):
     assert states == ev.states
     resumed = Evaluator.restore(rules, version, states)
     assert resumed.firing_count() == 2
-    assert resumed.evaluate(r(40, 4)) == []  # still firing: no second alert
-    resolved = resumed.evaluate(r(10, 5))
+    assert resumed.evaluate(reading(40, 4)) == []  # still firing: no second alert
+    resolved = resumed.evaluate(reading(10, 5))
     assert [(a.state, a.alert_id) for a in resolved] == [("resolved", fired[0].alert_id)]
 
 
@@ -58,8 +55,8 @@ def test_removed_series_are_deleted(tmp_path):
     store = StateStore(tmp_path / "s.sqlite3")
     ev = Evaluator()
     ev.replace_rules(RULES, 1)
-    ev.evaluate(r(31, 1))
-    ev.evaluate(r(5, 2, "dev-2", "battery"))
+    ev.evaluate(reading(31, 1))
+    ev.evaluate(reading(5, 2, "dev-2", "battery"))
     store.save(ev.take_changes(), (1, ev.rules))
     ev.replace_rules(RULES[1:], 2)
     store.save(ev.take_changes(), (2, ev.rules))

@@ -6,32 +6,9 @@ from email import message_from_bytes
 from email.policy import default as default_policy
 
 import pytest
+from support import alert
 
 from notifier.render import fmt_duration, fmt_number, render_email, subject
-from vigil.messages import Alert
-
-T0 = 1_732_300_000_000
-
-
-def alert(state="firing", **kw) -> Alert:
-    base = dict(
-        alert_id="a1b2c3",
-        rule_id="high-temp",
-        rule="high-temp",
-        device="dev-1",
-        metric="temperature",
-        value=31.2,
-        threshold=30.0,
-        op="above",
-        state=state,
-        severity="critical",
-        started_at=T0,
-        ts=T0 + (0 if state == "firing" else 125_000),
-        resolved_at=None if state == "firing" else T0 + 125_000,
-        reading_id=42,
-    )
-    base.update(kw)
-    return Alert(**base)
 
 
 def parts(msg):

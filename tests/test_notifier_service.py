@@ -2,71 +2,29 @@
 
 from __future__ import annotations
 
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from email import message_from_bytes
-from email.policy import default as default_policy
-
 import pytest
 import yaml
-from support import unique, wait_until
+from support import alert, connected, counted, parsed, scrape, subjects, unique, wait_until
 
 from notifier.__main__ import main
 from stack.mailsink import start_mailsink
 from stack.process import free_port
 from vigil.messages import Alert
 from vigil.mqtt import MqttClient
-from vigil.settings import StorageNode, StorageSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_influx]
 
-T0 = 1_732_300_000_000
-
-
-@pytest.fixture
-def storage_settings() -> StorageSettings:
-    """The notifier never talks to InfluxDB: a placeholder instead of the real cluster."""
-    return StorageSettings(
-        replication_factor=1, nodes=[StorageNode(name="unused", url="http://127.0.0.1:9")]
-    )
+DUPLICATES = "vigil_notifier_duplicates_total"
 
 
-@contextmanager
-def alert_engine_client(broker) -> Iterator[MqttClient]:
-    """Publishing as the alert engine's user (the only one allowed on vigil/alerts/#)."""
-    client = MqttClient(broker.settings, broker.ident("vigil-alert-engine", unique("ae-")))
-    client.start()
-    assert client.wait_connected(10)
-    try:
-        yield client
-    finally:
-        client.stop()
+def alert_engine_client(broker) -> MqttClient:
+    """Connected as the alert engine's user (the only one allowed on vigil/alerts/#)."""
+    return connected(broker.settings, broker.ident("vigil-alert-engine", unique("ae-")))
 
 
-def alert(
-    alert_id: str, state: str = "firing", rule: str = "high-temp", value: float = 31.2
-) -> Alert:
-    return Alert(
-        alert_id=alert_id,
-        rule_id=rule,
-        rule=rule,
-        device="dev-1",
-        metric="temperature",
-        value=value,
-        threshold=30.0,
-        op="above",
-        state=state,
-        severity="critical",
-        started_at=T0,
-        ts=T0 + (0 if state == "firing" else 60_000),
-        resolved_at=None if state == "firing" else T0 + 60_000,
-        reading_id=7,
-    )
-
-
-def publish(client: MqttClient, a: Alert) -> None:
-    client.publish_wait(f"vigil/alerts/{a.device}/{a.rule_id}", a.encode())
+def publish(client: MqttClient, *alerts: Alert) -> None:
+    for a in alerts:
+        client.publish_wait(f"vigil/alerts/{a.device}/{a.rule_id}", a.encode())
 
 
 def start_notifier(run_service, cloud_config, name: str = "notifier", env=None):
@@ -80,24 +38,18 @@ def start_notifier(run_service, cloud_config, name: str = "notifier", env=None):
     return proc
 
 
-def subjects(messages) -> list[str]:
-    """Unfolded subjects (a long one is folded onto a continuation line, hence the strip)."""
-    return [
-        str(message_from_bytes(m.as_bytes(), policy=default_policy)["Subject"]).strip()
-        for m in messages
-    ]
-
-
 def test_one_email_per_alert_transition_and_none_for_a_redelivery(
     broker, cloud_config, run_service, smtp_server
 ):
     notifier = start_notifier(run_service, cloud_config)
+    port = cloud_config.config.notifier.metrics_port
     mail = smtp_server.sink.messages
-    first = alert("ep-1")
-    with alert_engine_client(broker) as ae:
+    first = alert(alert_id="ep-1")
+    ae = alert_engine_client(broker)
+    try:
         publish(ae, first)
         wait_until(lambda: mail, 15, what="the first email")
-        msg = message_from_bytes(mail[0].as_bytes(), policy=default_policy)
+        msg = parsed(mail[0])
         assert subjects(mail) == ["[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"]
         assert msg["To"] == "ops@test.invalid" and msg["From"] == "vigil@test.invalid"
         text = msg.get_body(("plain",)).get_content()
@@ -108,22 +60,32 @@ def test_one_email_per_alert_transition_and_none_for_a_redelivery(
 
         publish(ae, first)  # redelivered / republished: same alert id and state
         ae.publish_wait("vigil/alerts/dev-1/high-temp", b"not an alert")
-        publish(ae, alert("ep-1", "resolved", value=29.0))  # the same episode resolving
+        publish(ae, alert("resolved", alert_id="ep-1", value=29.0))  # the episode resolving
         wait_until(lambda: len(mail) >= 2, 15, what="the resolved email")
+        publish(ae, first)  # sentinel: already emailed
+        counted(port, 5)
+    finally:
+        ae.stop()
     assert "ignoring a bad alert message on vigil/alerts/dev-1/high-temp" in notifier.log_tail()
     assert subjects(mail) == [
         "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
         "[RESOLVED critical] high-temp on dev-1: temperature 29 no longer above 30",
     ]
+    assert scrape(port, DUPLICATES) == 2
 
     # After a restart the sent-alert log still knows both; a new episode still gets through.
     notifier.stop()
     assert notifier.returncode() == 0
     start_notifier(run_service, cloud_config, name="notifier-restarted")
-    with alert_engine_client(broker) as ae:
-        publish(ae, first)
-        publish(ae, alert("ep-2", value=35.0))
+    second = alert(alert_id="ep-2", value=35.0)
+    ae = alert_engine_client(broker)
+    try:
+        publish(ae, first, second)
         wait_until(lambda: len(mail) >= 3, 15, what="the second episode's email")
+        publish(ae, second)  # sentinel: already emailed
+        counted(port, 3)
+    finally:
+        ae.stop()
     assert len(mail) == 3 and "35" in subjects(mail)[2]
 
 
@@ -134,29 +96,26 @@ def test_emails_wait_for_the_smtp_server_and_none_is_lost(
     notifier = start_notifier(
         run_service, cloud_config, env={"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
     )
-    with alert_engine_client(broker) as ae:
-        publish(ae, alert("down-1"))
-        publish(ae, alert("down-2", rule="low-batt"))
-        wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
-    controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
+    down_1 = alert(alert_id="down-1")
+    down_2 = alert(alert_id="down-2", rule_id="low-batt", rule="low-batt")
+    ae = alert_engine_client(broker)
+    controller = None
     try:
+        publish(ae, down_1, down_2)
+        wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
+        controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
         wait_until(lambda: len(sink.messages) >= 2, 20, what="both emails once SMTP is up")
+        publish(ae, down_1)  # sentinel: already emailed
+        counted(cloud_config.config.notifier.metrics_port, 3)
         assert sorted(subjects(sink.messages)) == [
             "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
             "[FIRING critical] low-batt on dev-1: temperature 31.2 above 30",
         ]
         assert "failed attempt(s)" in notifier.log_tail()
     finally:
-        controller.stop()
-
-
-def duplicates(port: int) -> float | None:
-    """The notifier's count of alert messages it had already emailed (redeliveries)."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith("vigil_notifier_duplicates_total{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+        ae.stop()
+        if controller is not None:
+            controller.stop()
 
 
 def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
@@ -169,8 +128,11 @@ def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
     metrics_port = cloud_config.config.notifier.metrics_port
     env = {"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
     notifier = start_notifier(run_service, cloud_config, env=env)
-    with alert_engine_client(broker) as ae:
-        publish(ae, alert("held-1"))
+    ae = alert_engine_client(broker)
+    try:
+        publish(ae, alert(alert_id="held-1"))
+    finally:
+        ae.stop()
     wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
     broker.stop()
     broker.start()
@@ -182,18 +144,25 @@ def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
     controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
     try:
         wait_until(lambda: sink.messages, 30, what="the email once SMTP is up")
-        wait_until(lambda: duplicates(metrics_port) == 1, 15, what="the re-sent copy")
+        wait_until(lambda: scrape(metrics_port, DUPLICATES) == 1, 15, what="the re-sent copy")
         assert subjects(sink.messages) == [
             "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"
         ]
 
         notifier.stop()
         restarted = start_notifier(run_service, cloud_config, name="notifier-restarted", env=env)
-        with alert_engine_client(broker) as ae:
-            publish(ae, alert("after-1", rule="low-batt"))
-        wait_until(lambda: len(sink.messages) >= 2, 20, what="the next alert's email")
-        # Delivered in order: a redelivered held-1 would have come (and been counted) first.
-        assert duplicates(metrics_port) == 0, restarted.log_tail()
+        after = alert(alert_id="after-1", rule_id="low-batt", rule="low-batt")
+        ae = alert_engine_client(broker)
+        try:
+            publish(ae, after)
+            wait_until(lambda: len(sink.messages) >= 2, 20, what="the next alert's email")
+            publish(ae, after)  # sentinel: already emailed
+            # Delivered in order: a redelivered held-1 would have come (and been counted)
+            # first.
+            counted(metrics_port, 2)
+        finally:
+            ae.stop()
+        assert scrape(metrics_port, DUPLICATES) == 1, restarted.log_tail()
         assert len(sink.messages) == 2
     finally:
         controller.stop()
