@@ -27,8 +27,8 @@ from api.resources import EXTENSION, ApiResources
 from storage_nodes import StorageCluster, StorageError
 from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
+from vigil.names import NAME_RULE, is_name
 from vigil.settings import ConfigError, VigilConfig, load_config
-from vigil.topics import NAME_RE
 
 log = logging.getLogger("api")
 
@@ -59,8 +59,8 @@ def load(path: str) -> VigilConfig:
 
 
 def create_token(config: VigilConfig, config_path: str, name: str) -> int:
-    if not NAME_RE.match(name):
-        print(f"invalid token name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -", file=sys.stderr)
+    if not is_name(name):
+        print(f"invalid token name {name!r}: {NAME_RULE}", file=sys.stderr)
         return 2
     token = new_token()
     try:

@@ -6,7 +6,6 @@ change the whole rule set is published as the retained snapshot the alert engine
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -16,9 +15,11 @@ from api.names import check_view_args
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.validation import rule_id_from_name
+from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage, Rule
 
 bp = Blueprint("rules", __name__, url_prefix="/rules")
+MAX_RULE_BODY_BYTES = 64 * 1024
 bp.url_value_preprocessor(check_view_args)
 
 
@@ -31,9 +32,9 @@ def parse_rule_body() -> Rule:
     if not request.is_json:
         raise Problem(415, "send the rule as a JSON object with 'Content-Type: application/json'")
     try:
-        body = json.loads(request.get_data(cache=True))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid_rule(f"the body is not valid JSON: {exc}") from None
+        body = loads(request.get_data(cache=True), max_bytes=MAX_RULE_BODY_BYTES)
+    except JsonInputError as exc:
+        raise _invalid_rule(f"the body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise _invalid_rule("the body must be a JSON object")
     if "id" not in body:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from storage_nodes import MAX_QUERY_ROWS
-from vigil.topics import NAME_RE
+from vigil.names import NAME_RULE, is_name
 
 #: Largest epoch-millisecond time InfluxDB can hold (its nanosecond times are int64).
 MAX_TIME_MS = (2**63 - 1) // 1_000_000 - 1
@@ -35,12 +35,9 @@ class InvalidParameter(ValueError):
 
 def check_path_name(parameter: str, value: str) -> str:
     """``value`` if it is a valid device id, metric name or rule id, else InvalidParameter."""
-    if not NAME_RE.match(value):
-        raise InvalidParameter(
-            parameter,
-            f"{value!r} is not a valid {parameter}: use 1-64 characters from "
-            "A-Z a-z 0-9 _ . -, starting with a letter or digit",
-        )
+    if not is_name(value):
+        shown = repr(value) if len(value) <= 70 else repr(value[:67]) + "..."
+        raise InvalidParameter(parameter, f"{shown} is not a valid {parameter}: {NAME_RULE}")
     return value
 
 
@@ -114,6 +111,6 @@ def rule_id_from_name(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9_.]+", "-", ascii_name.lower())
     slug = slug.strip("-_.")[:64].rstrip("-_.")
-    if not slug or not NAME_RE.match(slug):
+    if not is_name(slug):
         raise ValueError(f"cannot derive a rule id from the name {name!r}")
     return slug

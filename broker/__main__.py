@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from broker.provision import SERVICE_ACCESS, BrokerFiles, provision, render_acl
-from vigil.topics import TopicError, Topics, check_name
+from vigil.names import InvalidName, check_name
+from vigil.topics import TopicError, Topics
 
 
 def _port(text: str) -> int:
@@ -37,7 +38,7 @@ def _topics(root: str) -> Topics:
 def _device(name: str) -> str:
     try:
         check_name(name, "device id")
-    except TopicError as exc:
+    except InvalidName as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if name in SERVICE_ACCESS:
         raise argparse.ArgumentTypeError(

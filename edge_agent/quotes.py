@@ -24,8 +24,8 @@ from collections.abc import Callable
 import pybreaker
 
 from edge_agent.samples import Sample
+from vigil.names import is_name
 from vigil.settings import QuoteSettings
-from vigil.topics import NAME_RE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 def metric_for(symbol: str) -> str:
     """``price_<SYMBOL>`` with every character a metric name cannot hold dropped."""
     metric = ("price_" + _NOT_NAME.sub("", symbol.upper()))[:64]
-    if metric == "price_" or not NAME_RE.match(metric):
+    if metric == "price_" or not is_name(metric):
         raise ValueError(f"quote symbol {symbol!r} gives no usable metric name")
     return metric
 

@@ -25,8 +25,8 @@ from storage_nodes.client import (
 from storage_nodes.lineproto import quote_ident, reading_to_line
 from storage_nodes.ring import HashRing
 from vigil.messages import Reading
+from vigil.names import is_name
 from vigil.settings import StorageSettings
-from vigil.topics import NAME_RE
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class StorageCluster:
     ) -> list[Point]:
         """Stored readings of one series. ``device`` and ``metric`` must be valid names
         (checked here: they are identifiers in the query); the values are bound."""
-        if not NAME_RE.match(device) or not NAME_RE.match(metric):
+        if not is_name(device) or not is_name(metric):
             raise ValueError("device and metric must be valid names")
         if not 1 <= limit <= MAX_QUERY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_QUERY_ROWS}")
@@ -180,7 +180,7 @@ class StorageCluster:
     def count_on(self, node_name: str, metric: str, device: str | None = None) -> int:
         """How many points of ``metric`` (optionally one device's) server ``node_name``
         holds: for checks that a series lives exactly on its replicas."""
-        if not NAME_RE.match(metric) or (device is not None and not NAME_RE.match(device)):
+        if not is_name(metric) or (device is not None and not is_name(device)):
             raise ValueError("invalid name")
         q = f"SELECT count(value) FROM {quote_ident(metric)}"  # noqa: S608 - quoted name
         params: dict[str, Any] = {}

@@ -9,17 +9,36 @@ redelivery can never store it twice.
 
 from __future__ import annotations
 
+import math
+
 from vigil.messages import Reading
 
 NS_PER_MS = 1_000_000
 
 
+class LineProtocolError(ValueError):
+    """A value that line protocol cannot carry as one line (a control character or, in a
+    tag, a backslash); the contract refuses these, so this is a last line of defence."""
+
+
+def _check(s: str, where: str, *, backslash_ok: bool) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in s):
+        raise LineProtocolError(f"{where} {s[:70]!r} holds a control character")
+    if not backslash_ok and "\\" in s:
+        raise LineProtocolError(f"{where} {s[:70]!r} holds a backslash")
+    if not s:
+        raise LineProtocolError(f"{where} is empty")
+    return s
+
+
 def _escape_measurement(s: str) -> str:
+    _check(s, "measurement", backslash_ok=True)
     return s.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
 
 
-def _escape_tag(s: str) -> str:
+def _escape_tag(s: str, where: str = "tag") -> str:
     # InfluxDB 1.x does not unescape backslashes in tags: the contract refuses them instead.
+    _check(s, where, backslash_ok=False)
     return s.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
@@ -28,10 +47,16 @@ def point_time_ns(reading: Reading) -> int:
 
 
 def reading_to_line(reading: Reading) -> str:
+    """One line of line protocol; LineProtocolError if any part cannot be one line."""
+    if not math.isfinite(reading.value):
+        raise LineProtocolError(f"value {reading.value!r} is not finite")
     tags = {"device": reading.device, "kind": reading.kind, **reading.tags}
     if reading.unit:
         tags["unit"] = reading.unit
-    tag_str = ",".join(f"{_escape_tag(k)}={_escape_tag(v)}" for k, v in sorted(tags.items()))
+    tag_str = ",".join(
+        f"{_escape_tag(k, 'tag key')}={_escape_tag(v, f'tag {k[:64]!r}')}"
+        for k, v in sorted(tags.items())
+    )
     return (
         f"{_escape_measurement(reading.metric)},{tag_str} "
         f"value={float(reading.value)!r},id={reading.id}i {point_time_ns(reading)}"

@@ -15,7 +15,7 @@ from api.validation import (
     reject_args,
     rule_id_from_name,
 )
-from vigil.topics import NAME_RE
+from vigil.names import is_name
 
 
 def test_mean_defaults_to_ten_and_accepts_the_bounds():
@@ -119,5 +119,5 @@ def test_a_derived_rule_id_is_always_a_valid_name(name):
         rule_id = rule_id_from_name(name)
     except ValueError:
         return
-    assert NAME_RE.match(rule_id)
+    assert is_name(rule_id)
     assert rule_id == rule_id_from_name(rule_id)  # stable: deriving again changes nothing

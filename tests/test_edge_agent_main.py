@@ -48,7 +48,8 @@ def test_a_bad_config_names_file_key_and_reason(broker, tmp_path, capsys, monkey
         mqtt={**data["mqtt"], "username": "dev-2"},
     )
     check(
-        "broker.topic_root: invalid topic root 'a/+'",
+        "broker.topic_root: invalid topic root 'a/+': one or more levels separated by /, "
+        "each a name (1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)",
         broker={**data["broker"], "topic_root": "a/+"},
     )
     path.write_text(yaml.safe_dump({**data, "mqtt": {**data["mqtt"], "password_file": "nope"}}))

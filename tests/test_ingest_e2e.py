@@ -104,7 +104,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     (
         "vigil/data/dev-0/extra",
         reading(value=float("inf")).replace(b"Infinity", b"1e999"),
-        "finite",
+        "out of range",
     ),
     ("vigil/data/dev-0", reading(unit="x" * 40), "longer than"),
 ]

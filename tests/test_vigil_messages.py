@@ -121,7 +121,7 @@ def test_rules_validate_and_round_trip():
     assert (version, rules) == (4, [rule])
     for bad, why in [
         ({"id": "x", "metric": "t", "op": "over", "threshold": 1}, "op must be"),
-        ({"id": "x", "metric": "t", "op": "above", "threshold": "1"}, "finite"),
+        ({"id": "x", "metric": "t", "op": "above", "threshold": "1"}, "must be a number"),
         ({"id": "x y", "metric": "t", "op": "above", "threshold": 1}, "rule id"),
         ({"id": "x", "op": "above", "threshold": 1}, "'metric'"),
     ]:

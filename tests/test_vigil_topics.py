@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
+from vigil.names import InvalidName
 from vigil.topics import TopicError, Topics
 
 
@@ -21,9 +22,11 @@ def test_tree_places_the_device_at_the_third_level():
     assert t.device_of("other/data/dev-1") is None
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "x" * 65, "-lead", "sp ace"])
+@pytest.mark.parametrize(
+    "bad", ["", "a/b", "+", "#", "x" * 65, "-lead", "sp ace", "dev-1\n", "dev\n-1", "é"]
+)
 def test_bad_device_ids_are_refused(bad):
-    with pytest.raises(TopicError):
+    with pytest.raises(InvalidName):
         Topics().data(bad)
 
 

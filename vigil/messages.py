@@ -25,12 +25,16 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from vigil.topics import NAME_RE
+from vigil.jsonin import JsonInputError, loads
+from vigil.names import NAME_RULE, is_name, is_tag_key
 
 KINDS = ("sensor", "quote")
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_STATUS_BYTES = 4 * 1024
+MAX_ALERT_BYTES = 16 * 1024
+MAX_RULESET_BYTES = 4 * 1024 * 1024
 MAX_BATCH = 1000
 MAX_TAGS = 16
 MAX_ID = 2**53 - 1  # exact in every JSON implementation
@@ -98,6 +102,32 @@ def encode_readings(device: str, readings: list[Reading]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _show(value: object, limit: int = 70) -> str:
+    """A value for an error message: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json(payload: bytes, what: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    try:
+        return loads(payload, max_bytes=max_bytes)
+    except JsonInputError as exc:
+        raise InvalidMessage(exc.reason if what == "payload" else f"{what}: {exc.reason}") from None
+
+
+def _check_number(value: object, where: str) -> float:
+    """A finite JSON number as a float (integers are bounded by the JSON loader, so the
+    conversion cannot overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{where} must be a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > 2**63:
+        raise InvalidMessage(f"{where} is out of range")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidMessage(f"{where} must be finite")
+    return number
+
+
 def _check_str(value: object, where: str, max_len: int) -> str:
     if not isinstance(value, str):
         raise InvalidMessage(f"{where} must be a string, got {type(value).__name__}")
@@ -126,26 +156,19 @@ def _parse_reading(obj: object, device: str, where: str) -> Reading:
     if unknown:
         raise InvalidMessage(f"{where} has unknown field(s): {', '.join(unknown)}")
     if obj.get("device", device) != device:
-        raise InvalidMessage(f"{where}.device {obj['device']!r} does not match {device!r}")
+        raise InvalidMessage(f"{where}.device {_show(obj['device'])} does not match {device!r}")
     for key in ("id", "ts", "kind", "metric", "value"):
         if key not in obj:
             raise InvalidMessage(f"{where} is missing required field '{key}'")
     rid = _check_int(obj["id"], f"{where}.id", 1, MAX_ID)
     ts = _check_int(obj["ts"], f"{where}.ts (epoch milliseconds)", MIN_TS_MS, MAX_TS_MS)
     kind = obj["kind"]
-    if kind not in KINDS:
-        raise InvalidMessage(f"{where}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InvalidMessage(f"{where}.kind must be one of {', '.join(KINDS)}, got {_show(kind)}")
     metric = obj["metric"]
-    if not isinstance(metric, str) or not NAME_RE.match(metric):
-        raise InvalidMessage(
-            f"{where}.metric {metric!r} is not a valid name (1-64 of A-Z a-z 0-9 _ . -)"
-        )
-    value = obj["value"]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidMessage(f"{where}.value must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidMessage(f"{where}.value must be finite")
+    if not is_name(metric):
+        raise InvalidMessage(f"{where}.metric {_show(metric)} is not a valid name: {NAME_RULE}")
+    value = _check_number(obj["value"], f"{where}.value")
     unit = _check_str(obj.get("unit", ""), f"{where}.unit", 32)
     raw_tags = obj.get("tags", {})
     if not isinstance(raw_tags, dict):
@@ -154,15 +177,18 @@ def _parse_reading(obj: object, device: str, where: str) -> Reading:
         raise InvalidMessage(f"{where}.tags has more than {MAX_TAGS} entries")
     tags: dict[str, str] = {}
     for key, val in raw_tags.items():
-        if not NAME_RE.match(key) or not key[0].isalpha():
-            raise InvalidMessage(f"{where}.tags key {key!r} is not a valid name")
+        if not is_tag_key(key):
+            raise InvalidMessage(
+                f"{where}.tags key {_show(key)} is not a valid name: {NAME_RULE}, "
+                "starting with a letter"
+            )
         if key in RESERVED_TAGS:
             raise InvalidMessage(f"{where}.tags key {key!r} is reserved")
         sval = _check_str(val, f"{where}.tags.{key}", 128)
         if not sval:
             raise InvalidMessage(f"{where}.tags.{key} must not be empty")
         tags[key] = sval
-    return Reading(rid, device, ts, kind, metric, value, unit, tags)
+    return Reading(rid, device, ts, cast(Kind, kind), metric, value, unit, tags)
 
 
 def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
@@ -170,23 +196,17 @@ def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
 
     Returns the readings in message order; raises InvalidMessage with the reason.
     """
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise InvalidMessage(f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
-    try:
-        obj = json.loads(payload)
-    except UnicodeDecodeError:
-        raise InvalidMessage("payload is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidMessage(f"payload is not JSON: {exc.msg} at char {exc.pos}") from None
+    obj = _json(payload, "payload")
     if not isinstance(obj, dict):
         raise InvalidMessage("payload must be a JSON object")
-    if obj.get("v", 1) != 1:
-        raise InvalidMessage(f"unsupported message version {obj.get('v')!r}")
+    version = obj.get("v", 1)
+    if isinstance(version, bool) or version != 1:
+        raise InvalidMessage(f"unsupported message version {_show(version)}")
     device = obj.get("device")
     if device is None:
         raise InvalidMessage("message is missing required field 'device'")
     if device != topic_device:
-        raise InvalidMessage(f"device {device!r} does not match the topic's {topic_device!r}")
+        raise InvalidMessage(f"device {_show(device)} does not match the topic's {topic_device!r}")
     if "readings" in obj:
         unknown = sorted(set(obj) - BATCH_KEYS)
         if unknown:
@@ -222,14 +242,21 @@ class DeviceStatus:
 
     @classmethod
     def decode(cls, payload: bytes) -> DeviceStatus:
-        try:
-            obj = json.loads(payload)
-            state = obj["state"]
-            if state not in ("online", "offline"):
-                raise ValueError(state)
-            return cls(str(obj["device"]), state, obj.get("ts"), str(obj.get("reason", "")))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidMessage(f"bad status message: {exc}") from None
+        """Validate a status message; InvalidMessage says what is wrong."""
+        obj = _json(payload, "status message", MAX_STATUS_BYTES)
+        if not isinstance(obj, dict):
+            raise InvalidMessage("status message must be a JSON object")
+        device, state, ts = obj.get("device"), obj.get("state"), obj.get("ts")
+        if not is_name(device):
+            raise InvalidMessage(f"status message device {_show(device)} is not a valid name")
+        if state not in ("online", "offline"):
+            raise InvalidMessage(
+                f"status message state must be online or offline, got {_show(state)}"
+            )
+        if ts is not None:
+            ts = _check_int(ts, "status message ts", 0, MAX_TS_MS)
+        reason = _check_str(obj.get("reason", "") or "", "status message reason", 200)
+        return cls(str(device), state, ts, reason)
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -271,26 +298,21 @@ class Rule:
             if key not in obj:
                 raise InvalidMessage(f"rule is missing required field '{key}'")
         rid, metric, device = obj["id"], obj["metric"], obj.get("device")
-        if not isinstance(rid, str) or not NAME_RE.match(rid):
-            raise InvalidMessage(f"rule id {rid!r} is not a valid name")
-        if not isinstance(metric, str) or not NAME_RE.match(metric):
-            raise InvalidMessage(f"metric {metric!r} is not a valid name")
-        if device is not None and (not isinstance(device, str) or not NAME_RE.match(device)):
-            raise InvalidMessage(f"device {device!r} is not a valid device id")
-        if obj["op"] not in RULE_OPS:
-            raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {obj['op']!r}")
-        threshold = obj["threshold"]
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not (math.isfinite(threshold))
-        ):
-            raise InvalidMessage("threshold must be a finite number")
+        if not is_name(rid):
+            raise InvalidMessage(f"rule id {_show(rid)} is not a valid name: {NAME_RULE}")
+        if not is_name(metric):
+            raise InvalidMessage(f"metric {_show(metric)} is not a valid name: {NAME_RULE}")
+        if device is not None and not is_name(device):
+            raise InvalidMessage(f"device {_show(device)} is not a valid device id: {NAME_RULE}")
+        if not isinstance(obj["op"], str) or obj["op"] not in RULE_OPS:
+            raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {_show(obj['op'])}")
+        threshold = _check_number(obj["threshold"], "threshold")
         severity = obj.get("severity", "warning")
-        if severity not in SEVERITIES:
+        if not isinstance(severity, str) or severity not in SEVERITIES:
             raise InvalidMessage(f"severity must be one of {', '.join(SEVERITIES)}")
         name = _check_str(obj.get("name", "") or "", "name", 200)
-        return cls(rid, metric, obj["op"], float(threshold), device, severity, name or rid)
+        op = cast(Literal["above", "below"], obj["op"])
+        return cls(rid, metric, op, threshold, device, severity, name or rid)
 
 
 def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
@@ -300,11 +322,21 @@ def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
 
 
 def decode_rules(payload: bytes) -> tuple[int, list[Rule]]:
-    try:
-        obj = json.loads(payload)
-        return int(obj["version"]), [Rule.from_dict(r) for r in obj["rules"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidMessage(f"bad rule set: {exc}") from None
+    """Validate a rule-set snapshot; InvalidMessage names the bad part."""
+    obj = _json(payload, "rule set", MAX_RULESET_BYTES)
+    if not isinstance(obj, dict):
+        raise InvalidMessage("rule set must be a JSON object")
+    version = _check_int(obj.get("version"), "rule set version", 0, MAX_ID * 1024)
+    rules = obj.get("rules")
+    if not isinstance(rules, list):
+        raise InvalidMessage("rule set 'rules' must be an array")
+    out = []
+    for i, r in enumerate(rules):
+        try:
+            out.append(Rule.from_dict(r))
+        except InvalidMessage as exc:
+            raise InvalidMessage(f"rule set rules[{i}]: {exc.reason}") from None
+    return version, out
 
 
 # -- alerts ------------------------------------------------------------------------------
@@ -353,28 +385,47 @@ class Alert:
 
     @classmethod
     def decode(cls, payload: bytes) -> Alert:
-        try:
-            obj = json.loads(payload)
-            if obj["state"] not in ALERT_STATES:
-                raise ValueError(f"state {obj['state']!r}")
-            return cls(
-                alert_id=str(obj["alert_id"]),
-                rule_id=str(obj["rule_id"]),
-                rule=str(obj.get("rule", obj["rule_id"])),
-                device=str(obj["device"]),
-                metric=str(obj["metric"]),
-                value=float(obj["value"]),
-                threshold=float(obj["threshold"]),
-                op=str(obj["op"]),
-                state=obj["state"],
-                severity=str(obj["severity"]),
-                started_at=int(obj["started_at"]),
-                ts=int(obj["ts"]),
-                resolved_at=None if obj.get("resolved_at") is None else int(obj["resolved_at"]),
-                reading_id=None if obj.get("reading_id") is None else int(obj["reading_id"]),
+        """Validate an alert message; InvalidMessage names the bad field."""
+        obj = _json(payload, "alert message", MAX_ALERT_BYTES)
+        if not isinstance(obj, dict):
+            raise InvalidMessage("alert message must be a JSON object")
+        for key in (
+            "alert_id", "rule_id", "device", "metric", "value", "threshold", "op", "state",
+            "severity", "started_at", "ts",
+        ):  # fmt: skip
+            if key not in obj:
+                raise InvalidMessage(f"alert message is missing required field '{key}'")
+        if obj["state"] not in ALERT_STATES:
+            raise InvalidMessage(
+                f"alert state must be firing or resolved, got {_show(obj['state'])}"
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidMessage(f"bad alert message: {exc}") from None
+
+        def name(key: str) -> str:
+            if not is_name(obj[key]):
+                raise InvalidMessage(f"alert {key} {_show(obj[key])} is not a valid name")
+            return str(obj[key])
+
+        def opt_int(key: str) -> int | None:
+            value = obj.get(key)
+            return None if value is None else _check_int(value, f"alert {key}", 0, 2**63 - 1)
+
+        rule_id = name("rule_id")
+        return cls(
+            alert_id=_check_str(obj["alert_id"], "alert alert_id", 200),
+            rule_id=rule_id,
+            rule=_check_str(obj.get("rule", rule_id), "alert rule", 200),
+            device=name("device"),
+            metric=name("metric"),
+            value=_check_number(obj["value"], "alert value"),
+            threshold=_check_number(obj["threshold"], "alert threshold"),
+            op=_check_str(obj["op"], "alert op", 32),
+            state=obj["state"],
+            severity=_check_str(obj["severity"], "alert severity", 32),
+            started_at=_check_int(obj["started_at"], "alert started_at", 0, 2**63 - 1),
+            ts=_check_int(obj["ts"], "alert ts", 0, 2**63 - 1),
+            resolved_at=opt_int("resolved_at"),
+            reading_id=opt_int("reading_id"),
+        )
 
 
 # -- dead letters ------------------------------------------------------------------------

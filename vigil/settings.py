@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from vigil.topics import NAME_RE, TopicError, Topics
+from vigil.names import NAME_RULE, is_name
+from vigil.topics import TopicError, Topics
 
 ENV_PREFIX = "VIGIL__"
 
@@ -43,8 +44,8 @@ class Model(BaseModel):
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError("must be 1-64 characters from A-Z a-z 0-9 _ . -")
+    if not is_name(value):
+        raise ValueError(f"{value!r} is not a valid name: {NAME_RULE}")
     return value
 
 

@@ -13,14 +13,12 @@ confine a device to its own subtrees. Everything here is pure and tested directl
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from vigil.names import check_name, is_name
 
 DEFAULT_ROOT = "vigil"
 
-#: Device ids, metric names, rule ids and tag keys share this shape: safe in a topic
-#: level, an InfluxDB identifier and a file name.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 DATA = "data"
 STATUS = "status"
@@ -36,16 +34,6 @@ class TopicError(ValueError):
     """A topic or topic level that does not fit the tree."""
 
 
-def check_name(value: str, what: str = "name") -> str:
-    """Return ``value`` if it is a valid name (device, metric, rule id), else raise."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise TopicError(
-            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
-            "starting with a letter or digit"
-        )
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Builds and parses the topics under one root (``vigil`` unless configured)."""
@@ -53,8 +41,13 @@ class Topics:
     root: str = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
-        if not self.root or any(c in self.root for c in "+#") or self.root.startswith("$"):
-            raise TopicError(f"invalid topic root {self.root!r}")
+        if not isinstance(self.root, str) or not all(
+            is_name(level) for level in self.root.split("/")
+        ):
+            raise TopicError(
+                f"invalid topic root {self.root!r}: one or more levels separated by /, "
+                "each a name (1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
+            )
 
     # -- builders ---------------------------------------------------------------------
     def data(self, device: str) -> str:
@@ -77,7 +70,7 @@ class Topics:
         )
 
     def deadletter(self, device: str | None) -> str:
-        level = device if device and NAME_RE.match(device) else UNKNOWN_DEVICE
+        level = device if is_name(device) else UNKNOWN_DEVICE
         return f"{self.root}/{DEADLETTER}/{level}"
 
     # -- subscription filters ---------------------------------------------------------
@@ -108,4 +101,4 @@ class Topics:
         if parts[:n] != root_parts or len(parts) < n + 2 or parts[n] != subtree:
             return None
         device = parts[n + 1]
-        return device if NAME_RE.match(device) else None
+        return device if is_name(device) else None
