@@ -9,7 +9,10 @@ batch at a time (whatever is queued, up to ``MAX_BATCH`` messages):
    (``MqttClient.publish_wait``: paho re-sends it across reconnects, however long the broker
    is away); one the broker refuses is published again with backoff;
 3. save the changed state (and the rule set) to SQLite;
-4. acknowledge the batch's messages.
+4. publish a dead letter for each message whose handling raised (``vigil.contain``: a
+   payload can never stop the engine; invalid readings are only counted here, since the
+   ingest service dead-letters them);
+5. acknowledge the batch's messages.
 
 A message whose batch did not get through step 3 is never acknowledged, so the broker
 delivers it again (persistent session) and, since the state was not saved either, its
@@ -32,6 +35,8 @@ import paho.mqtt.client as paho
 
 from alert_engine.evaluator import Evaluator, RuleSetChange
 from alert_engine.store import StateStore
+from vigil.contain import Failed, contain
+from vigil.deadletter import DeadLetter, DeadLetters
 from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError
@@ -47,6 +52,10 @@ RETRY_BACKOFF = Backoff(initial_s=0.5, cap_s=10.0, jitter=0.0)
 #: A batch of alerts confirmed later than this is logged (the outage itself is logged by
 #: ``vigil.mqtt`` when the connection drops).
 SLOW_CONFIRM_S = 5.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,9 @@ class AlertEngine:
         self._worker = threading.Thread(target=self._run, name="alert-engine-worker", daemon=True)
         #: Set when the worker died of an unexpected error; main exits non-zero.
         self.failed = threading.Event()
+        self.dead_letters = DeadLetters(
+            self.mqtt, self.topics, "alert_engine", self.metrics, self._stopping
+        )
         self.mqtt.subscribe(self.topics.data_filter, self._enqueue)
         self.mqtt.subscribe(self.topics.rules, self._enqueue)
         self._update_gauges()
@@ -149,16 +161,38 @@ class AlertEngine:
     def _process(self, batch: list[Delivery]) -> None:
         alerts: list[Alert] = []
         new_rule_set: tuple[int, list[Rule]] | None = None
+        dead: list[DeadLetter] = []
         for d in batch:
+            failed: Failed | None = None
             if d.msg.topic == self.topics.rules:
-                applied = self._apply_rules(d.msg)
-                new_rule_set = applied or new_rule_set
+                applied = contain(
+                    lambda: self._apply_rules(d.msg),  # noqa: B023 - called at once
+                    what="applying the rule set",
+                    subject=d.msg.topic,
+                )
+                if isinstance(applied, Failed):
+                    failed = applied
+                else:
+                    new_rule_set = applied or new_rule_set
             else:
-                alerts.extend(self._evaluate(d.msg))
+                found = contain(
+                    lambda: self._evaluate(d.msg),  # noqa: B023 - called at once
+                    what="evaluating the readings",
+                    subject=d.msg.topic,
+                )
+                if isinstance(found, Failed):
+                    failed = found
+                else:
+                    alerts.extend(found)
+            if failed is not None:  # only an exception: invalid content is skipped
+                self.metrics.error("unprocessable")
+                dead.append(DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), failed.reason))
         if not self.publish_alerts(alerts):
             return
         changes = self.evaluator.take_changes()
         if not self._retry("save the alert state", lambda: self.store.save(changes, new_rule_set)):
+            return
+        if not self.dead_letters.publish(dead):
             return
         for d in batch:
             self._ack(d)

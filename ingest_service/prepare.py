@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ingest_service.dedupe import RecentIds
-from vigil.messages import InvalidMessage, Reading, parse_readings
+from vigil.contain import Failed, contain
+from vigil.deadletter import DeadLetter
+from vigil.messages import Reading, parse_readings
 from vigil.topics import Topics
 
 
@@ -23,10 +25,8 @@ class Inbound:
     connection: int = 0  # the MQTT connection it arrived on: its ack must go on that one
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    message: Inbound
-    reason: str
+def dead_letter(msg: Inbound, reason: str, reading_id: int | None = None) -> DeadLetter:
+    return DeadLetter(msg.topic, msg.payload, msg.received_at, reason, reading_id)
 
 
 @dataclass
@@ -43,19 +43,24 @@ class Prepared:
 
 def prepare(batch: list[Inbound], topics: Topics, recent: RecentIds) -> Prepared:
     """Validate each message and drop readings already stored (``recent``) or already seen
-    earlier in this batch."""
+    earlier in this batch. A message that breaks the contract, or whose parsing raises
+    anything at all, becomes a dead letter with the reason."""
     out = Prepared()
     in_batch: set[tuple[str, int]] = set()
     for index, msg in enumerate(batch):
         device = topics.device_of(msg.topic)
         if device is None:
-            out.dead.append(DeadLetter(msg, f"topic {msg.topic!r} names no valid device"))
+            out.dead.append(dead_letter(msg, f"topic {msg.topic[:200]!r} names no valid device"))
             continue
-        try:
-            readings = parse_readings(msg.payload, device)
-        except InvalidMessage as exc:
-            out.dead.append(DeadLetter(msg, exc.reason))
+        parsed = contain(
+            lambda: parse_readings(msg.payload, device),  # noqa: B023 - called at once
+            what="validating the reading",
+            subject=msg.topic,
+        )
+        if isinstance(parsed, Failed):
+            out.dead.append(dead_letter(msg, parsed.reason))
             continue
+        readings = parsed
         fresh = []
         for r in readings:
             key = (r.device, r.id)

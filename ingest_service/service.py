@@ -21,11 +21,13 @@ import paho.mqtt.client as paho
 
 from ingest_service.batcher import Batcher
 from ingest_service.dedupe import RecentIds
-from ingest_service.prepare import DeadLetter, Inbound, Prepared, prepare
-from storage_nodes import FatalStorageError, RetriableStorageError, StorageCluster
-from vigil.messages import Reading, encode_dead_letter
+from ingest_service.prepare import Inbound, Prepared, dead_letter, prepare
+from storage_nodes import Rejected, RetriableStorageError, StorageCluster
+from vigil.contain import Failed, contain
+from vigil.deadletter import DeadLetters
+from vigil.messages import Reading
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient, PublishError
+from vigil.mqtt import MqttClient
 from vigil.retry import Backoff, retry_until
 from vigil.settings import VigilConfig
 
@@ -48,9 +50,6 @@ class IngestService:
         self.duplicates = self.metrics.counter(
             "vigil_ingest_duplicates_dropped", "Redelivered readings dropped by message id"
         )
-        self.dead_letters = self.metrics.counter(
-            "vigil_ingest_dead_letters", "Messages sent to the dead-letter topic"
-        )
         self.storage = StorageCluster(config.storage)
         self.recent = RecentIds(self.settings.dedupe_window)
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
@@ -63,6 +62,7 @@ class IngestService:
             receive_maximum=self.settings.receive_maximum,
         )
         self.mqtt.subscribe(self.topics.data_filter, self._on_message, qos=1)
+        self.dead_letters = DeadLetters(self.mqtt, self.topics, SERVICE, self.metrics, self._stop)
         self.on_fatal: Callable[[], None] = lambda: os._exit(70)
         self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
 
@@ -127,12 +127,7 @@ class IngestService:
         self.metrics.messages_in.inc(len(batch))
         work = prepare(batch, self.topics, self.recent)
         self._store(work, batch)
-        if not self._publish_dead_letters(work.dead):
-            log.info(
-                "stopping before the broker took %d dead letter(s): their messages stay "
-                "unacknowledged and come back after the restart",
-                len(work.dead),
-            )
+        if not self.dead_letters.publish(work.dead):
             return
         # A message from an earlier connection is not acknowledged: the broker re-sent it on
         # this one (its packet id may now name another message) and that copy, dropped as a
@@ -147,73 +142,79 @@ class IngestService:
         self.metrics.step_seconds.observe(time.perf_counter() - started)
 
     def _store(self, work: Prepared, batch: list[Inbound]) -> None:
-        """Write the batch; retry while servers are unreachable; on a rejection, find the
-        messages the servers reject and dead-letter them instead."""
+        """Write the batch, retrying while servers are unreachable. A reading a server
+        refuses becomes a dead letter of its own (the rest of its message counts as
+        stored); if writing the batch raises anything else, the messages are written one
+        by one and the ones that raise are dead-lettered with the exception."""
         if not work.readings:
             return
-        try:
-            self._write(work.all_readings)
-        except FatalStorageError as exc:
-            log.error(
-                "storage rejected a batch of %d messages (%s); retrying one by one",
-                len(work.readings),
-                exc,
+        stored = contain(
+            lambda: self._write(work.all_readings),
+            what="storing a batch",
+            subject=f"{len(work.readings)} message(s)",
+            passthrough=(RetriableStorageError,),
+        )
+        rejected = self._store_one_by_one(work, batch) if isinstance(stored, Failed) else stored
+        if not rejected:
+            return
+        index_of = {(r.device, r.id): index for index, readings in work.readings for r in readings}
+        refused = {(x.reading.device, x.reading.id) for x in rejected}
+        for x in rejected:
+            msg = batch[index_of[(x.reading.device, x.reading.id)]]
+            where = f" by {x.node}" if x.node else ""
+            work.dead.append(
+                dead_letter(
+                    msg,
+                    f"reading {x.reading.id} ({x.reading.metric}) was refused{where}: {x.reason}",
+                    x.reading.id,
+                )
             )
-            kept = []
-            for index, readings in work.readings:
-                try:
-                    self._write(readings)
-                    kept.append((index, readings))
-                except FatalStorageError as one:
-                    work.dead.append(DeadLetter(batch[index], f"storage rejected it: {one}"))
-            work.readings = kept
+        work.readings = [
+            (index, kept)
+            for index, readings in work.readings
+            if (kept := [r for r in readings if (r.device, r.id) not in refused])
+        ]
+        log.warning(
+            "storage refused %d reading(s) of this batch; dead-lettered (first: %s)",
+            len(rejected),
+            rejected[0].reason,
+        )
 
-    def _write(self, readings: list[Reading]) -> None:
+    def _store_one_by_one(self, work: Prepared, batch: list[Inbound]) -> list[Rejected]:
+        rejected: list[Rejected] = []
+        kept = []
+        for index, readings in work.readings:
+            result = contain(
+                lambda: self._write(readings),  # noqa: B023 - called at once
+                what="storing the readings",
+                subject=batch[index].topic,
+                passthrough=(RetriableStorageError,),
+            )
+            if isinstance(result, Failed):
+                work.dead.append(dead_letter(batch[index], result.reason))
+            else:
+                rejected.extend(result)
+                kept.append((index, readings))
+        work.readings = kept
+        return rejected
+
+    def _write(self, readings: list[Reading]) -> list[Rejected]:
         """Store ``readings``, retrying while a server is unreachable (writes are idempotent,
-        so a retry after a partial success stores nothing twice)."""
+        so a retry after a partial success stores nothing twice); returns the refused."""
 
         def on_error(exc: Exception, failures: int) -> None:
             self.metrics.error("storage_unavailable")
             if failures == 1:
                 log.warning("storage unreachable, holding the batch and retrying: %s", exc)
 
+        result: list[Rejected] = []
+
+        def attempt() -> None:
+            result[:] = self.storage.write(readings)
+
         failures = retry_until(
-            lambda: self.storage.write(readings),
-            RetriableStorageError,
-            backoff=STORAGE_BACKOFF,
-            on_error=on_error,
+            attempt, RetriableStorageError, backoff=STORAGE_BACKOFF, on_error=on_error
         )
         if failures:
             log.warning("storage is back after %d failed attempt(s)", failures)
-
-    def _publish_dead_letters(self, dead: list[DeadLetter]) -> bool:
-        """Publish the dead letters and wait for the broker to have them all; False if the
-        service is stopping first."""
-        if not dead:
-            return True
-        for d in dead:
-            payload = encode_dead_letter(
-                reason=d.reason,
-                topic=d.message.topic,
-                payload=d.message.payload,
-                received_at=d.message.received_at,
-                service=SERVICE,
-            )
-            topic = self.topics.deadletter(self.topics.device_of(d.message.topic))
-            # Published once; paho re-sends it across reconnects (publishing again would
-            # duplicate it), so wait as long as the broker is away.
-            try:
-                self.mqtt.publish_wait(topic, payload, qos=1, timeout=None, stop=self._stop)
-            except PublishError:
-                if self._stop.is_set():
-                    return False
-                raise
-        self.metrics.error("invalid_message", len(dead))
-        self.dead_letters.inc(len(dead))
-        log.info(
-            "sent %d invalid message(s) to the dead-letter topic (first: %s: %s)",
-            len(dead),
-            dead[0].message.topic,
-            dead[0].reason,
-        )
-        return True
+        return result

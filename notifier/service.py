@@ -4,7 +4,9 @@ paho's network thread hands each message to the asyncio loop (``call_soon_thread
 tagged with the connection it came on (``MqttClient.connection``). One consumer task handles
 them in order:
 
-1. decode the alert (a bad one is logged with its topic, counted and acknowledged);
+1. decode the alert; a bad one, or one whose handling raises anything but a failure of the
+   sent log's disk, goes to the dead-letter topic with the reason (``vigil.contain``) and
+   is acknowledged;
 2. skip it if (alert id, state) was already emailed (a redelivery);
 3. render the email and send it, retrying with capped backoff until the SMTP server
    accepts it; nothing is acknowledged meanwhile;
@@ -21,6 +23,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
+import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -29,7 +34,9 @@ import paho.mqtt.client as paho
 from notifier.mailer import Mailer, SendError
 from notifier.render import render_email, subject
 from notifier.store import SentStore
-from vigil.messages import Alert, InvalidMessage
+from vigil.contain import Failed, contain_async
+from vigil.deadletter import DeadLetter, DeadLetters
+from vigil.messages import Alert
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.retry import Backoff
@@ -40,6 +47,10 @@ log = logging.getLogger(__name__)
 RECEIVE_MAXIMUM = 100
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,10 @@ class Notifier:
             receive_maximum=RECEIVE_MAXIMUM,
         )
         self._stopping = asyncio.Event()
+        self._stopping_thread = threading.Event()  # for the dead-letter publisher's thread
+        self.dead_letters = DeadLetters(
+            self.mqtt, self.topics, "notifier", self.metrics, self._stopping_thread
+        )
         log.info(
             "sent-alert log %s: %d entries (%d old ones pruned)",
             settings.state_path,
@@ -106,6 +121,7 @@ class Notifier:
             await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._stopping.set()
+            self._stopping_thread.set()
             queue.put_nowait(None)
             stopper.cancel()
             done, _ = await asyncio.wait({consumer}, timeout=STOP_GRACE_S)
@@ -133,13 +149,20 @@ class Notifier:
 
     async def _handle(self, d: Delivery) -> None:
         self.metrics.messages_in.inc()
-        try:
-            alert = Alert.decode(bytes(d.msg.payload))
-        except InvalidMessage as exc:
+        outcome = await contain_async(
+            lambda: self._handle_alert(d),
+            what="emailing the alert",
+            subject=d.msg.topic,
+            passthrough=(sqlite3.Error, OSError),  # the sent log's disk: crash-only
+        )
+        if isinstance(outcome, Failed):
             self.metrics.error("invalid_alert")
-            log.warning("ignoring a bad alert message on %s: %s", d.msg.topic, exc.reason)
-            self._ack(d)
-            return
+            dead = DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), outcome.reason)
+            if await asyncio.to_thread(self.dead_letters.publish, [dead]):
+                self._ack(d)
+
+    async def _handle_alert(self, d: Delivery) -> None:
+        alert = Alert.decode(bytes(d.msg.payload))
         if self.store.seen(alert.alert_id, alert.state):
             self._duplicates.inc()
             log.debug("alert %s %s already emailed; acknowledging", alert.alert_id, alert.state)

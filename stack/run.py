@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from broker import provision
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import influxd_command
+from vigil.atomic import write_atomic
 from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
 
 log = logging.getLogger("vigil.stack")
@@ -66,12 +67,10 @@ def ensure_admin_token(token_file: Path, digest_file: Path) -> str:
     SHA-256 is written to ``digest_file``, the only thing the API reads. Both mode 0600."""
     if not token_file.exists():
         token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token_file.touch(mode=0o600)
-        token_file.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+        write_atomic(token_file, secrets.token_urlsafe(32) + "\n")
     token = token_file.read_text(encoding="utf-8").strip()
     digest_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    digest_file.touch(mode=0o600)
-    digest_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n", encoding="utf-8")
+    write_atomic(digest_file, hashlib.sha256(token.encode()).hexdigest() + "\n")
     return token
 
 
@@ -85,6 +84,7 @@ class Stack:
         self.state = state
         self.children: list[Child] = []
         self._stop = threading.Event()
+        self._token = self._viewer_password = ""
 
     # -- start ----------------------------------------------------------------------------
     def _check_ports_free(self) -> None:
@@ -175,10 +175,14 @@ class Stack:
         for path, agent in self.agents:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
 
-        info = self.describe(token, files.creds["vigil-viewer"])
-        out = self.state / "stack.json"
-        out.touch(mode=0o600)
-        out.write_text(json.dumps(info, indent=2) + "\n")
+        self._token, self._viewer_password = token, files.creds["vigil-viewer"]
+        return self.write_info()
+
+    def write_info(self) -> dict[str, Any]:
+        """Write ``stack.json`` (atomically: a reader never sees it half-written) with the
+        current pids; called at start and after every restart of a child."""
+        info = self.describe(self._token, self._viewer_password)
+        write_atomic(self.state / "stack.json", json.dumps(info, indent=2) + "\n")
         return info
 
     def describe(self, token: str, viewer_password: str) -> dict[str, Any]:
@@ -234,6 +238,8 @@ class Stack:
                     except (RuntimeError, TimeoutError) as exc:
                         log.error("restarting %s failed: %s", ch.proc.name, exc)
                         ch.died_at = time.monotonic()
+                    self.write_info()  # the restarted child has a new pid
+                    log.info("restarted %s (pid %d)", ch.proc.name, ch.proc.pid)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -12,7 +12,7 @@ from storage_nodes.client import (
     RetriableStorageError,
     StorageError,
 )
-from storage_nodes.cluster import MAX_QUERY_ROWS, Point, StorageCluster, series_key
+from storage_nodes.cluster import MAX_QUERY_ROWS, Point, Rejected, StorageCluster, series_key
 from storage_nodes.lineproto import reading_to_line
 from storage_nodes.ring import HashRing
 from storage_nodes.server import influxd_command
@@ -24,6 +24,7 @@ __all__ = [
     "HashRing",
     "InfluxNode",
     "Point",
+    "Rejected",
     "RetriableStorageError",
     "StorageCluster",
     "StorageError",

@@ -20,6 +20,7 @@ class StorageError(Exception):
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"{node}: {message}")
         self.node = node
+        self.reason = message
 
 
 class RetriableStorageError(StorageError):
@@ -36,6 +37,17 @@ class DatabaseNotFound(RetriableStorageError):
 
 #: HTTP statuses that mean the request's content is wrong
 BAD_CONTENT = (400, 413)
+
+
+def _error_text(resp: requests.Response) -> str:
+    """InfluxDB's ``{"error": "..."}`` message, or the start of the body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])[:500]
+    return resp.text[:300]
 
 
 class InfluxNode:
@@ -57,7 +69,7 @@ class InfluxNode:
             raise RetriableStorageError(self.name, f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code < 400:
             return resp
-        detail = f"HTTP {resp.status_code}: {resp.text[:300]}"
+        detail = f"HTTP {resp.status_code}: {_error_text(resp)}"
         if resp.status_code == 404 and "database not found" in resp.text:
             raise DatabaseNotFound(self.name, detail)
         if resp.status_code in BAD_CONTENT:

@@ -22,7 +22,7 @@ from storage_nodes.client import (
     RetriableStorageError,
     StorageError,
 )
-from storage_nodes.lineproto import quote_ident, reading_to_line
+from storage_nodes.lineproto import LineProtocolError, quote_ident, reading_to_line
 from storage_nodes.ring import HashRing
 from vigil.messages import Reading
 from vigil.names import is_name
@@ -35,6 +35,15 @@ MAX_QUERY_ROWS = 10_000
 
 def series_key(device: str, metric: str) -> str:
     return f"{device}/{metric}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A reading a server refused to store, with the server's reason."""
+
+    reading: Reading
+    node: str  # the server that refused it ("" if it could not even be written)
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +72,25 @@ class StorageCluster:
 
     def plan(self, readings: Iterable[Reading]) -> dict[str, list[str]]:
         """Line-protocol lines per server name, each reading on each of its replicas."""
-        by_node: dict[str, list[str]] = defaultdict(list)
-        for r in readings:
-            line = reading_to_line(r)
+        return {
+            name: [line for line, _ in entries]
+            for name, entries in self._plan(list(readings), []).items()
+        }
+
+    def _plan(
+        self, readings: Sequence[Reading], rejected: list[Rejected]
+    ) -> dict[str, list[tuple[str, int]]]:
+        """(line, index into ``readings``) per server; a reading that cannot be a line is
+        added to ``rejected`` instead."""
+        by_node: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for index, r in enumerate(readings):
+            try:
+                line = reading_to_line(r)
+            except LineProtocolError as exc:
+                rejected.append(Rejected(r, "", f"cannot be written as line protocol: {exc}"))
+                continue
             for name in self.ring.replicas(r.series_key):
-                by_node[name].append(line)
+                by_node[name].append((line, index))
         return dict(by_node)
 
     # -- writes -----------------------------------------------------------------------
@@ -84,11 +107,68 @@ class StorageCluster:
                         raise
                     time.sleep(0.2)
 
-    def write(self, readings: Sequence[Reading]) -> None:
-        """Store ``readings`` on all their replicas. Raises RetriableStorageError if a server
-        could not be reached (nothing is lost by trying again: writes are idempotent), or
-        FatalStorageError if a server rejected the data."""
-        self.write_plan(self.plan(readings))
+    def write(self, readings: Sequence[Reading]) -> list[Rejected]:
+        """Store ``readings`` on all their replicas.
+
+        Returns the readings a server refused, each with the server's reason; every other
+        reading is stored on all its replicas. A refusal (HTTP 400, including InfluxDB's
+        "partial write", where the server stored some points and dropped others without
+        saying which) is narrowed down by writing halves of that server's lines again
+        (idempotent: a stored point is rewritten in place) until the refused lines are
+        found one by one. Raises RetriableStorageError if a server could not be reached
+        (nothing is lost by trying again).
+        """
+        rejected: list[Rejected] = []
+        plan = self._plan(readings, rejected)
+        futures = {
+            name: self._pool.submit(self._write_node_narrowing, name, entries)
+            for name, entries in plan.items()
+        }
+        errors: list[StorageError] = []
+        refused: dict[int, Rejected] = {}
+        for name, fut in futures.items():
+            exc = fut.exception()
+            if isinstance(exc, StorageError):
+                errors.append(exc)
+            elif exc is not None:
+                raise exc
+            else:
+                for index, reason in fut.result():
+                    refused.setdefault(index, Rejected(readings[index], name, reason))
+        if errors:
+            raise errors[0]
+        return rejected + [refused[i] for i in sorted(refused)]
+
+    def _write_node_narrowing(
+        self, name: str, entries: list[tuple[str, int]]
+    ) -> list[tuple[int, str]]:
+        """Write ``entries`` to one server; the (index, reason) of each line it refuses."""
+        try:
+            self._write_node(name, [line for line, _ in entries])
+            return []
+        except FatalStorageError as exc:
+            if len(entries) == 1:
+                return [(entries[0][1], exc.reason)]
+            if len(entries) > 1:
+                log.warning(
+                    "server %s refused part of a batch of %d points (%s): finding which",
+                    name,
+                    len(entries),
+                    exc.reason,
+                )
+        return self._narrow(name, entries)
+
+    def _narrow(self, name: str, entries: list[tuple[str, int]]) -> list[tuple[int, str]]:
+        mid = len(entries) // 2
+        out: list[tuple[int, str]] = []
+        for half in (entries[:mid], entries[mid:]):
+            try:
+                self._write_node(name, [line for line, _ in half])
+            except FatalStorageError as exc:
+                out.extend(
+                    [(half[0][1], exc.reason)] if len(half) == 1 else self._narrow(name, half)
+                )
+        return out
 
     def _write_node(self, name: str, lines: list[str]) -> None:
         node = self.nodes[name]
@@ -100,6 +180,7 @@ class StorageCluster:
             node.write(self.database, lines)
 
     def write_plan(self, plan: dict[str, list[str]]) -> None:
+        """Write prepared lines per server as they are (benchmarks: the raw reference)."""
         futures = {
             name: self._pool.submit(self._write_node, name, lines) for name, lines in plan.items()
         }

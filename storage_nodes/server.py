@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vigil.atomic import write_atomic
+
 INFLUXD = "influxd"
 
 
@@ -61,5 +63,5 @@ def influxd_command(
     """Write the server's config into ``data_dir`` and return the command that runs it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "influxd.conf"
-    conf.write_text(render_influxd_conf(data_dir, http_port, rpc_port, host))
+    write_atomic(conf, render_influxd_conf(data_dir, http_port, rpc_port, host))
     return [INFLUXD, "run", "-config", str(conf)]

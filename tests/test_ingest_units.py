@@ -67,7 +67,34 @@ def test_prepare_sorts_good_bad_and_duplicate():
     out = prepare(batch, Topics(), recent)
     assert [(i, [r.id for r in rs]) for i, rs in out.readings] == [(0, [2]), (4, [3])]
     assert out.duplicates == 2
-    assert [(d.message.mid, d.reason) for d in out.dead] == [
-        (3, "payload is not JSON: Expecting value at char 0"),
-        (4, "topic 'vigil/data/bad level' names no valid device"),
+    assert [(d.payload, d.reason) for d in out.dead] == [
+        (b"junk", "payload is not JSON: Expecting value at char 0"),
+        (batch[3].payload, "topic 'vigil/data/bad level' names no valid device"),
+    ]
+
+
+def test_prepare_dead_letters_a_message_whose_parsing_raises_anything(monkeypatch):
+    """The containment policy, not a list of exception types: whatever parsing raises
+    becomes that message's dead letter, and the other messages go on."""
+    import ingest_service.prepare as prepare_module
+
+    real = prepare_module.parse_readings
+
+    def parse(payload: bytes, device: str):
+        if payload == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(payload, device)
+
+    monkeypatch.setattr(prepare_module, "parse_readings", parse)
+    batch = [
+        msg(1, "vigil/data/dev-1", b"boom"),
+        msg(2, "vigil/data/dev-1", encode_readings("dev-1", [reading(7)])),
+    ]
+    out = prepare(batch, Topics(), RecentIds(10))
+    assert [(i, [r.id for r in rs]) for i, rs in out.readings] == [(1, [7])]
+    assert [(d.payload, d.reason) for d in out.dead] == [
+        (
+            b"boom",
+            "validating the reading failed: RecursionError: maximum recursion depth exceeded",
+        )
     ]

@@ -66,7 +66,10 @@ def test_one_email_per_alert_transition_and_none_for_a_redelivery(
         counted(port, 5)
     finally:
         ae.stop()
-    assert "ignoring a bad alert message on vigil/alerts/dev-1/high-temp" in notifier.log_tail()
+    assert (
+        "sent 1 message(s) to the dead-letter topic (first: vigil/alerts/dev-1/high-temp: "
+        "alert message: payload is not JSON" in notifier.log_tail()
+    )
     assert subjects(mail) == [
         "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
         "[RESOLVED critical] high-temp on dev-1: temperature 29 no longer above 30",

@@ -172,6 +172,23 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
 
         pids = list(info["pids"].values())
         assert len(pids) == 12  # broker, 3 InfluxDB, mail sink, 4 services, 3 agents
+
+        # A child killed outright is restarted, and stack.json names its new pid.
+        os.kill(info["pids"]["notifier"], signal.SIGKILL)
+        restarted = wait_until(
+            lambda: (
+                (now_pids := json.loads(stack_json.read_text())["pids"])["notifier"]
+                != info["pids"]["notifier"]
+                and now_pids
+            ),
+            timeout=60,
+            what="the notifier's new pid in stack.json",
+        )
+        assert alive(restarted["notifier"])
+        assert {k: v for k, v in restarted.items() if k != "notifier"} == {
+            k: v for k, v in info["pids"].items() if k != "notifier"
+        }
+        pids = list(restarted.values())
     except BaseException:
         proc.kill()
         print((tmp_path / "vigil-run.log").read_text())
@@ -182,9 +199,7 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
     proc = start_stack(tmp_path, env)
     try:
         wait_until(
-            lambda: (
-                stack_json.exists() and json.loads(stack_json.read_text())["pids"] != info["pids"]
-            ),
+            lambda: stack_json.exists() and json.loads(stack_json.read_text())["pids"] != restarted,
             timeout=90,
             what="the second start",
         )

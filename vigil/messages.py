@@ -430,10 +430,17 @@ class Alert:
 
 # -- dead letters ------------------------------------------------------------------------
 def encode_dead_letter(
-    *, reason: str, topic: str, payload: bytes, received_at: int, service: str
+    *,
+    reason: str,
+    topic: str,
+    payload: bytes,
+    received_at: int,
+    service: str,
+    reading_id: int | None = None,
 ) -> bytes:
     """A dead letter: the reason, the original topic and the original payload (as text when
-    it is UTF-8, else base64), so nothing of the rejected message is lost."""
+    it is UTF-8, else base64), so nothing of the rejected message is lost; ``reading_id``
+    when only that reading of the message was refused."""
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -446,4 +453,6 @@ def encode_dead_letter(
         "received_at": received_at,
         "service": service,
     }
+    if reading_id is not None:  # one reading of a batch was refused, the rest were stored
+        body["reading_id"] = reading_id
     return json.dumps(body, separators=(",", ":")).encode()

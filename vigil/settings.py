@@ -113,6 +113,16 @@ class StorageSettings(Model):
     vnodes: int = Field(256, ge=1, le=4096, description="virtual nodes per server on the ring")
     timeout_s: float = Field(10.0, gt=0)
     nodes: list[StorageNode] = Field(min_length=1)
+    username: str = Field(
+        "vigil-service", description="InfluxDB user of the services (ALL on the database)"
+    )
+    password_file: Path | None = Field(
+        None, description="file holding that user's InfluxDB password"
+    )
+
+    @property
+    def password(self) -> str | None:
+        return read_secret(self.password_file)
 
     @field_validator("database")
     @classmethod
