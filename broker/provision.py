@@ -23,8 +23,14 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 #: The service users and what each may do, as (access, topic-under-root) pairs.
 SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "vigil-ingest": (("read", "data/#"), ("write", "deadletter/#")),
-    "vigil-alert-engine": (("read", "data/#"), ("read", "config/rules"), ("write", "alerts/#")),
-    "vigil-notifier": (("read", "alerts/#"),),
+    # Every consumer dead-letters what it cannot process (vigil.contain).
+    "vigil-alert-engine": (
+        ("read", "data/#"),
+        ("read", "config/rules"),
+        ("write", "alerts/#"),
+        ("write", "deadletter/#"),
+    ),
+    "vigil-notifier": (("read", "alerts/#"), ("write", "deadletter/#")),
     "vigil-api": (("readwrite", "config/#"), ("read", "status/#")),
     # The credential handed to users for watching: reads everything, writes nothing.
     "vigil-viewer": (("read", "#"),),
