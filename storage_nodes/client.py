@@ -116,9 +116,15 @@ class InfluxNode:
             resp = self._request("GET", "/query", params=args)
         else:
             resp = self._request("POST", "/query", data=args)
-        body = resp.json()
-        results = body.get("results") or [{}]
-        first = results[0]
+        try:
+            body = resp.json()
+            first = (body.get("results") or [{}])[0]
+            series = list(first.get("series", []))
+        except (ValueError, AttributeError, TypeError, IndexError) as exc:
+            raise RetriableStorageError(self.name, f"unreadable query answer: {exc}") from None
         if "error" in first:
-            raise FatalStorageError(self.name, f"query error: {first['error']}")
-        return list(first.get("series", []))
+            error = str(first["error"])
+            if error.startswith("database not found"):
+                raise DatabaseNotFound(self.name, error)
+            raise FatalStorageError(self.name, f"query error: {error}")
+        return series

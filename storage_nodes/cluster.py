@@ -199,15 +199,19 @@ class StorageCluster:
     def _query_series(
         self, device: str, metric: str, q: str, params: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        last: StorageError | None = None
+        errors: list[StorageError] = []
         for node in self.replicas(device, metric):
             try:
                 return node.query(q, self.database, params)
-            except RetriableStorageError as exc:
+            except StorageError as exc:
+                # Any replica error fails over: unreachable, timeout, a missing database
+                # (a replaced server), an error inside a 200 answer.
                 log.warning("query on %s failed, trying the next replica: %s", node.name, exc)
-                last = exc
-        assert last is not None
-        raise last
+                errors.append(exc)
+        if all(isinstance(e, DatabaseNotFound) for e in errors):
+            return []  # no replica has the database yet: nothing is stored
+        retriable = [e for e in errors if isinstance(e, RetriableStorageError)]
+        raise (retriable or errors)[0]
 
     def points(
         self,

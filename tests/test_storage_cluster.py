@@ -58,3 +58,55 @@ def test_content_the_server_rejects_is_fatal(storage_settings):
     node.write(cluster.database, [f'temperature,device=dev-1,kind=sensor value="text" {TS}'])
     with pytest.raises(FatalStorageError, match="field type conflict"):
         node.write(cluster.database, ["temperature,device=dev-1,kind=sensor value=1.5 1"])
+
+
+@pytest.mark.integration
+def test_reads_fail_over_when_a_replica_lacks_the_database(storage_settings):
+    cluster = StorageCluster(storage_settings)
+    cluster.ensure_database()
+    assert cluster.write([reading(i) for i in range(1, 6)]) == []
+    primary, _secondary = cluster.replicas("dev-1", "temperature")
+    primary.query(f"DROP DATABASE {cluster.database}", None, method="POST")
+    # InfluxDB answers 200 with "database not found" inside: the next replica answers.
+    assert [p.id for p in cluster.points("dev-1", "temperature", limit=10)] == [5, 4, 3, 2, 1]
+    assert cluster.latest("dev-1", "temperature").id == 5
+
+
+@pytest.mark.integration
+def test_no_replica_with_the_database_reads_as_no_data(storage_settings):
+    cluster = StorageCluster(storage_settings)  # the database was never created
+    assert cluster.points("dev-1", "temperature") == []
+
+
+@pytest.mark.integration
+def test_a_partial_write_stores_the_rest_and_names_the_refused_points(storage_settings):
+    """InfluxDB's "partial write": some points were stored, some refused. The refused ones
+    come back one by one with InfluxDB's reason; the others are on all their replicas."""
+    cluster = StorageCluster(storage_settings)
+    cluster.ensure_database()
+    node = cluster.replicas("dev-1", "humidity")[0]
+    # Someone made "humidity"'s value a string on one replica: floats now conflict there.
+    node.write(cluster.database, [f'humidity,device=dev-0,kind=sensor value="wet" {TS * 10**6}'])
+    good = [reading(i) for i in range(1, 40)]
+    bad = [reading(100, metric="humidity"), reading(101, metric="humidity", ts=TS + 1)]
+    rejected = cluster.write([*good[:20], bad[0], *good[20:], bad[1]])
+    assert [(r.reading.id, r.node) for r in rejected] == [(100, node.name), (101, node.name)]
+    assert all("field type conflict" in r.reason for r in rejected)
+    for name in cluster.nodes:
+        in_replicas = name in [n.name for n in cluster.replicas("dev-1", "temperature")]
+        assert cluster.count_on(name, "temperature", "dev-1") == (39 if in_replicas else 0)
+
+
+def test_a_reading_line_protocol_cannot_carry_is_refused_not_split():
+    from storage_nodes.lineproto import LineProtocolError, reading_to_line
+
+    for bad in (
+        reading(1, tags={"z\n": "v"}),
+        reading(1, tags={"room": "a\nb"}),
+        reading(1, unit="C\r"),
+        reading(1, metric="t\n"),
+        reading(1, value=float("inf")),
+    ):
+        with pytest.raises(LineProtocolError):
+            reading_to_line(bad)
+    assert "\n" not in reading_to_line(reading(1, tags={"room": "a b,c=d"}))
