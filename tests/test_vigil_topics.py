@@ -50,3 +50,9 @@ T = Topics()
 def test_each_subscription_filter_routes_its_own_subtree_only(flt, topic, expected):
     # with paho's matcher, the one MqttClient routes messages with
     assert topic_matches_sub(flt, topic) is expected
+
+
+@pytest.mark.parametrize("root", ["", "a/+", "#", "$SYS", "vigil\n", "a//b", "a/ b"])
+def test_bad_topic_roots_are_refused(root):
+    with pytest.raises(TopicError):
+        Topics(root)
