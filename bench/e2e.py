@@ -30,7 +30,19 @@ import yaml
 
 from broker import provision
 from stack.process import ManagedProcess, free_port
-from storage_nodes import InfluxNode, StorageCluster, influxd_command, reading_to_line
+from storage_nodes import (
+    ADMIN_USER,
+    SERVICE_USER,
+    Credential,
+    InfluxNode,
+    StorageCluster,
+    admin_node,
+    grant_database,
+    influxd_command,
+    provision_server,
+    reading_to_line,
+)
+from vigil.atomic import load_or_create_secret
 from vigil.messages import Reading, encode_readings
 from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, MqttClientSettings, StorageNode, StorageSettings
@@ -124,7 +136,23 @@ class Bench:
             self.procs.append(p.start())
             p.wait_port("127.0.0.1", http, 60)
             nodes.append(StorageNode(name=f"influx-{i}", url=f"http://127.0.0.1:{http}"))
-        self.storage = StorageSettings(database="bench", nodes=nodes)
+        # Authenticated like the real stack: admin provisions, the services' user writes.
+        secrets = self.work / "secrets"
+        self.admin = Credential(
+            ADMIN_USER, load_or_create_secret(secrets / f"influxdb-{ADMIN_USER}.password")
+        )
+        service_file = secrets / f"influxdb-{SERVICE_USER}.password"
+        service = Credential(SERVICE_USER, load_or_create_secret(service_file))
+        for n in nodes:
+            provision_server(
+                n.url, name=n.name, admin=self.admin, database="bench", service=service
+            )
+            admin = admin_node(n.name, n.url, self.admin)
+            grant_database(admin, "rawref", SERVICE_USER)
+            admin.close()
+        self.storage = StorageSettings(
+            database="bench", nodes=nodes, username=SERVICE_USER, password_file=service_file
+        )
         self.cluster = StorageCluster(self.storage)
         self.cluster.ensure_database()
 
@@ -175,8 +203,12 @@ class Bench:
 
     # -- 1. reference -------------------------------------------------------------------
     def raw_write_rate(self, points: int, batch: int = 5000) -> float:
-        node = InfluxNode("ref", self.storage.nodes[0].url)
-        node.create_database("rawref")
+        node = InfluxNode(
+            "ref",
+            self.storage.nodes[0].url,
+            username=self.storage.username,
+            password=self.storage.password,
+        )
         lines = [reading_to_line(reading(99, i)) for i in range(points)]
         t0 = time.perf_counter()
         for i in range(0, points, batch):

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,16 @@ from urllib.parse import urlparse
 
 from broker import provision
 from stack.process import ManagedProcess, free_port, port_open
-from storage_nodes import influxd_command
-from vigil.atomic import write_atomic
-from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
+from storage_nodes import (
+    ADMIN_USER,
+    VIEWER_USER,
+    Credential,
+    RetriableStorageError,
+    influxd_command,
+    provision_server,
+)
+from vigil.atomic import load_or_create_secret, write_atomic
+from vigil.settings import AgentConfig, StorageNode, VigilConfig, load_agent_config, load_config
 
 log = logging.getLogger("vigil.stack")
 
@@ -40,6 +48,8 @@ class Child:
     host: str | None = None
     port: int | None = None
     ready_log: str | None = None  # a log line that says the child is ready
+    #: run once the child listens, at every (re)start (e.g. provision an InfluxDB server)
+    after_start: Callable[[], None] | None = None
     restarts: int = 0
     died_at: float = 0.0
 
@@ -47,6 +57,8 @@ class Child:
         self.proc.start()
         if self.port is not None and self.host is not None:
             self.proc.wait_port(self.host, self.port, timeout)
+        if self.after_start is not None:
+            self.after_start()
         if self.ready_log:
             deadline = time.monotonic() + timeout
             while self.ready_log not in self.proc.log_tail(200):
@@ -85,6 +97,7 @@ class Stack:
         self.children: list[Child] = []
         self._stop = threading.Event()
         self._token = self._viewer_password = ""
+        self._influx_viewer = Credential(VIEWER_USER, "")
 
     # -- start ----------------------------------------------------------------------------
     def _check_ports_free(self) -> None:
@@ -131,6 +144,7 @@ class Stack:
         token = ensure_admin_token(secrets_dir / "admin.token", c.api.admin_token_sha256_file)
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
+        influx = self.influx_credentials(secrets_dir)
         for node in c.storage.nodes:
             host, port = _hostport(node.url)
             self._child(
@@ -138,6 +152,7 @@ class Stack:
                 influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
                 host=host,
                 port=port,
+                after_start=lambda node=node: self._provision_influx(node, influx),
             )
         smtp = c.notifier.smtp
         py = [sys.executable, "-m"]
@@ -176,7 +191,45 @@ class Stack:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
 
         self._token, self._viewer_password = token, files.creds["vigil-viewer"]
+        self._influx_viewer = influx["viewer"]
         return self.write_info()
+
+    def influx_credentials(self, secrets_dir: Path) -> dict[str, Credential]:
+        """The InfluxDB admin, services' and viewer credentials, generated once: the
+        services' password where ``storage.password_file`` says, the others beside it."""
+        storage = self.config.storage
+        service_file = (
+            storage.password_file or secrets_dir / f"influxdb-{storage.username}.password"
+        )
+
+        def cred(user: str, path: Path) -> Credential:
+            return Credential(user, load_or_create_secret(path))
+
+        return {
+            "admin": cred(ADMIN_USER, secrets_dir / f"influxdb-{ADMIN_USER}.password"),
+            "service": cred(storage.username, service_file),
+            "viewer": cred(VIEWER_USER, secrets_dir / f"influxdb-{VIEWER_USER}.password"),
+        }
+
+    def _provision_influx(self, node: StorageNode, creds: dict[str, Credential]) -> None:
+        """Users, database and grants on one server; at every start of it, so a server that
+        comes back empty gets them again."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                provision_server(
+                    node.url,
+                    name=node.name,
+                    admin=creds["admin"],
+                    database=self.config.storage.database,
+                    service=creds["service"],
+                    viewer=creds["viewer"],
+                )
+                return
+            except RetriableStorageError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cannot provision {node.name}: {exc}") from exc
+                time.sleep(0.2)
 
     def write_info(self) -> dict[str, Any]:
         """Write ``stack.json`` (atomically: a reader never sees it half-written) with the
@@ -200,6 +253,9 @@ class Stack:
             "influxdb": {
                 "database": c.storage.database,
                 "servers": {n.name: n.url for n in c.storage.nodes},
+                # Read-only: for looking at the data (influx -username ... -password ...).
+                "username": self._influx_viewer.username,
+                "password": self._influx_viewer.password,
             },
             "mail_folder": str((self.state / "mail").resolve()),
             "metrics": {
@@ -263,6 +319,8 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
             f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
             for name, url in info["influxdb"]["servers"].items()
         ],
+        f"                 (authenticated: read-only user {info['influxdb']['username']}, "
+        f"password in {state}/stack.json)",
         f"  Emails         {info['mail_folder']}",
         "  Metrics        " + ", ".join(f"{k}:{v}" for k, v in info["metrics"].items()),
         f"  Logs           {info['logs']}",

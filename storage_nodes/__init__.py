@@ -13,22 +13,39 @@ from storage_nodes.client import (
     StorageError,
 )
 from storage_nodes.cluster import MAX_QUERY_ROWS, Point, Rejected, StorageCluster, series_key
-from storage_nodes.lineproto import reading_to_line
+from storage_nodes.lineproto import LineProtocolError, reading_to_line
+from storage_nodes.provision import (
+    ADMIN_USER,
+    SERVICE_USER,
+    VIEWER_USER,
+    Credential,
+    admin_node,
+    grant_database,
+    provision_server,
+)
 from storage_nodes.ring import HashRing
 from storage_nodes.server import influxd_command
 
 __all__ = [
+    "ADMIN_USER",
     "MAX_QUERY_ROWS",
+    "SERVICE_USER",
+    "VIEWER_USER",
+    "Credential",
     "DatabaseNotFound",
     "FatalStorageError",
     "HashRing",
     "InfluxNode",
+    "LineProtocolError",
     "Point",
     "Rejected",
     "RetriableStorageError",
     "StorageCluster",
     "StorageError",
+    "admin_node",
+    "grant_database",
     "influxd_command",
+    "provision_server",
     "reading_to_line",
     "series_key",
 ]

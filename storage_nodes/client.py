@@ -53,11 +53,25 @@ def _error_text(resp: requests.Response) -> str:
 class InfluxNode:
     """One InfluxDB server: ``name`` on the ring, ``url`` of its HTTP API."""
 
-    def __init__(self, name: str, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.name = name
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.username = username
         self._http = requests.Session()
+        if username is not None:
+            self._http.auth = (username, password or "")  # HTTP Basic, as InfluxDB 1.x takes
+
+    def close(self) -> None:
+        self._http.close()
 
     def __repr__(self) -> str:
         return f"InfluxNode({self.name!r}, {self.url!r})"

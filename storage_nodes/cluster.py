@@ -57,7 +57,13 @@ class StorageCluster:
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
         self.database = settings.database
-        self.nodes = {n.name: InfluxNode(n.name, n.url, settings.timeout_s) for n in settings.nodes}
+        password = settings.password
+        self.nodes = {
+            n.name: InfluxNode(
+                n.name, n.url, settings.timeout_s, username=settings.username, password=password
+            )
+            for n in settings.nodes
+        }
         self.ring = HashRing(list(self.nodes), settings.vnodes, settings.replication_factor)
         self._pool = ThreadPoolExecutor(
             max_workers=len(self.nodes), thread_name_prefix="influx-write"
@@ -95,17 +101,33 @@ class StorageCluster:
 
     # -- writes -----------------------------------------------------------------------
     def ensure_database(self, timeout_s: float = 30.0) -> None:
-        """Create the database on every server, waiting for servers still starting."""
+        """Wait until every server answers and has the database (provisioned by
+        ``storage_nodes.provision`` with the admin credential; created here only if this
+        cluster's user may). Raises the last StorageError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         for node in self.nodes.values():
             while True:
                 try:
-                    node.create_database(self.database)
+                    self._check_database(node)
                     break
                 except RetriableStorageError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
+
+    def _check_database(self, node: InfluxNode) -> None:
+        series = node.query("SHOW DATABASES", None)
+        names = {row[0] for s in series for row in s.get("values") or []}
+        if self.database in names:
+            return
+        try:
+            node.create_database(self.database)
+        except StorageError as exc:
+            raise DatabaseNotFound(
+                node.name,
+                f"database {self.database} does not exist and {node.username} may not create "
+                f"it ({exc.reason}); provision the server (vigil run does)",
+            ) from exc
 
     def write(self, readings: Sequence[Reading]) -> list[Rejected]:
         """Store ``readings`` on all their replicas.
@@ -175,8 +197,8 @@ class StorageCluster:
         try:
             node.write(self.database, lines)
         except DatabaseNotFound:
-            log.warning("server %s lacks database %s: creating it", name, self.database)
-            node.create_database(self.database)
+            self._check_database(node)  # creates it if this user may; else DatabaseNotFound
+            log.warning("server %s lacked database %s: created it", name, self.database)
             node.write(self.database, lines)
 
     def write_plan(self, plan: dict[str, list[str]]) -> None:

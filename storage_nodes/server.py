@@ -12,8 +12,9 @@ INFLUXD = "influxd"
 def render_influxd_conf(
     data_dir: Path, http_port: int, rpc_port: int, host: str = "127.0.0.1"
 ) -> str:
-    """An influxd.conf for one ring server: its own directories and loopback ports, WAL
-    fsynced on every write (a 204 from /write means on disk), no phoning home."""
+    """An influxd.conf for one ring server: its own directories, the backup RPC service on
+    a private loopback port (InfluxDB 1.6 cannot switch it off), authentication on, pprof
+    off, WAL fsynced on every write (a 204 from /write means on disk), no phoning home."""
     d = data_dir.resolve()
     return f"""reporting-disabled = true
 bind-address = "{host}:{rpc_port}"
@@ -42,7 +43,10 @@ bind-address = "{host}:{rpc_port}"
 [http]
   enabled = true
   bind-address = "{host}:{http_port}"
-  auth-enabled = false
+  # No anonymous access: every request needs a user (storage_nodes/provision.py makes
+  # them). The first admin can be created without credentials only while none exists.
+  auth-enabled = true
+  pprof-enabled = false
   log-enabled = false
   write-tracing = false
 

@@ -21,8 +21,19 @@ from api import close_app, create_app
 from broker.provision import BrokerFiles, provision
 from stack.mailsink import MailSink, start_mailsink
 from stack.process import ManagedProcess, free_port
-from storage_nodes import StorageCluster
+from storage_nodes import (
+    ADMIN_USER,
+    SERVICE_USER,
+    VIEWER_USER,
+    Credential,
+    InfluxNode,
+    StorageCluster,
+    admin_node,
+    grant_database,
+    provision_server,
+)
 from storage_nodes.server import influxd_command
+from vigil.atomic import load_or_create_secret
 from vigil.messages import Reading
 from vigil.settings import (
     BrokerSettings,
@@ -103,26 +114,84 @@ class InfluxServerHandle:
     name: str
     url: str
     proc: ManagedProcess
+    admin: Credential
+
+    def as_admin(self) -> InfluxNode:
+        """A client of this server with the admin credential (drop databases, forge...)."""
+        return admin_node(self.name, self.url, self.admin)
+
+
+@dataclass
+class InfluxCredentials:
+    admin: Credential
+    service: Credential
+    viewer: Credential
+    service_password_file: Path
 
 
 @pytest.fixture(scope="session")
-def influx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[InfluxServerHandle]]:
-    """Three InfluxDB servers shared by the session; tests isolate by database."""
+def influx_credentials(tmp_path_factory: pytest.TempPathFactory) -> InfluxCredentials:
+    """Generated like the launcher's: one file per user."""
+    secrets_dir = tmp_path_factory.mktemp("influx-secrets")
+
+    def cred(user: str) -> Credential:
+        return Credential(user, load_or_create_secret(secrets_dir / f"influxdb-{user}.password"))
+
+    return InfluxCredentials(
+        cred(ADMIN_USER),
+        cred(SERVICE_USER),
+        cred(VIEWER_USER),
+        secrets_dir / f"influxdb-{SERVICE_USER}.password",
+    )
+
+
+@pytest.fixture(scope="session")
+def influx_cluster(
+    tmp_path_factory: pytest.TempPathFactory, influx_credentials: InfluxCredentials
+) -> Iterator[list[InfluxServerHandle]]:
+    """Three InfluxDB servers with authentication, shared by the session; tests isolate by
+    database (see ``storage_settings``)."""
     _need("influxd")
     base = tmp_path_factory.mktemp("influx")
+    creds = influx_credentials
     servers = []
     for i in range(1, 4):
         http, rpc = free_port(), free_port()
         proc = ManagedProcess(
             f"influx-{i}", influxd_command(base / f"n{i}", http, rpc), base / f"n{i}.log"
         ).start()
-        servers.append(InfluxServerHandle(f"influx-{i}", f"http://127.0.0.1:{http}", proc))
+        servers.append(
+            InfluxServerHandle(f"influx-{i}", f"http://127.0.0.1:{http}", proc, creds.admin)
+        )
     for s in servers:
         host, port = s.url.removeprefix("http://").split(":")
         s.proc.wait_port(host, int(port), 60)
+        provision_server(
+            s.url,
+            name=s.name,
+            admin=creds.admin,
+            database="vigil",
+            service=creds.service,
+            viewer=creds.viewer,
+        )
     yield servers
     for s in servers:
         s.proc.stop()
+
+
+@pytest.fixture
+def influx_admin(influx_cluster: list[InfluxServerHandle]) -> Iterator[Callable[[str], InfluxNode]]:
+    """``influx_admin(name)``: a client of server ``name`` with the admin credential."""
+    made: list[InfluxNode] = []
+
+    def get(name: str) -> InfluxNode:
+        node = next(s for s in influx_cluster if s.name == name).as_admin()
+        made.append(node)
+        return node
+
+    yield get
+    for node in made:
+        node.close()
 
 
 @pytest.fixture
@@ -134,12 +203,20 @@ def storage_settings(request: pytest.FixtureRequest) -> StorageSettings:
             replication_factor=1, nodes=[StorageNode(name="unused", url="http://127.0.0.1:9")]
         )
     cluster: list[InfluxServerHandle] = request.getfixturevalue("influx_cluster")
+    creds: InfluxCredentials = request.getfixturevalue("influx_credentials")
+    database = unique("db")
+    for s in cluster:
+        admin = s.as_admin()
+        grant_database(admin, database, creds.service.username, creds.viewer.username)
+        admin.close()
     return StorageSettings(
-        database=unique("db"),
+        database=database,
         replication_factor=2,
         vnodes=256,
         timeout_s=10,
         nodes=[StorageNode(name=s.name, url=s.url) for s in cluster],
+        username=creds.service.username,
+        password_file=creds.service_password_file,
     )
 
 

@@ -166,6 +166,33 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
             what="the reading through the API",
         )
         assert requests.get(latest, headers=auth, timeout=5).json()["value"] == 35.0
+
+        # InfluxDB: the read-only user of stack.json reads with the `influx` CLI; anonymous
+        # access and writes by that user are refused.
+        influx = info["influxdb"]
+        port = influx["servers"]["influx-1"].rsplit(":", 1)[1]
+        cli = ["influx", "-host", "127.0.0.1", "-port", port, "-database", "vigil"]
+        who = ["-username", influx["username"], "-password", influx["password"]]
+        shown = subprocess.run(
+            [*cli, *who, "-execute", "SHOW MEASUREMENTS"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert shown.returncode == 0 and "temperature" in shown.stdout, shown
+        anonymous = subprocess.run(
+            [*cli, "-execute", "SHOW MEASUREMENTS"], capture_output=True, text=True, timeout=20
+        )
+        assert (
+            "temperature" not in anonymous.stdout and "auth" in anonymous.stdout + anonymous.stderr
+        )
+        forged = subprocess.run(
+            [*cli, *who, "-execute", "INSERT temperature,device=my-device value=99"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert "not authorized" in forged.stdout + forged.stderr, forged
         wait_until(lambda: list(mail.glob("*.eml")), what="the alert email")
         email = next(mail.glob("*.eml")).read_text()
         assert "too-hot" in email and "my-device" in email

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from storage_nodes import FatalStorageError, StorageCluster
+from storage_nodes import (
+    DatabaseNotFound,
+    FatalStorageError,
+    InfluxNode,
+    StorageCluster,
+    StorageError,
+)
+from storage_nodes.provision import grant_database
 from vigil.messages import Reading
 
 TS = 1_763_800_000_000
+CREATE_ADMIN = "CREATE USER \"x\" WITH PASSWORD 'p' WITH ALL PRIVILEGES"
 
 
 def reading(i: int, **kw) -> Reading:
@@ -41,13 +49,54 @@ def test_rewrites_are_idempotent_and_same_millisecond_readings_distinct(storage_
 
 
 @pytest.mark.integration
-def test_a_server_that_lost_the_database_gets_it_back_and_the_write_goes_through(storage_settings):
+def test_a_server_that_lost_the_database_holds_writes_until_it_is_provisioned_again(
+    storage_settings, influx_admin
+):
+    """The services' user may not create databases: a server that lost its database refuses
+    the write as retriable (ingest holds the batch) until the admin provisions it again."""
     cluster = StorageCluster(storage_settings)
     cluster.ensure_database()
     primary = cluster.replicas("dev-1", "temperature")[0]
-    primary.query(f"DROP DATABASE {cluster.database}", None, method="POST")
-    cluster.write([reading(1)])  # not a dead letter: the database is created again
+    admin = influx_admin(primary.name)
+    admin.query(f"DROP DATABASE {cluster.database}", None, method="POST")
+    with pytest.raises(DatabaseNotFound, match="may not create it"):
+        cluster.write([reading(1)])
+    grant_database(admin, cluster.database, storage_settings.username)
+    assert cluster.write([reading(1)]) == []
     assert cluster.count_on(primary.name, "temperature", "dev-1") == 1
+
+
+@pytest.mark.integration
+def test_every_server_refuses_anonymous_access_and_users_get_only_their_grants(
+    storage_settings, influx_cluster, influx_credentials
+):
+    cluster = StorageCluster(storage_settings)
+    db = cluster.database
+    cluster.write([reading(1)])
+    creds = influx_credentials
+    for server in influx_cluster:
+        anonymous = InfluxNode(server.name, server.url)
+        viewer = InfluxNode(
+            server.name, server.url, username=creds.viewer.username, password=creds.viewer.password
+        )
+        service = cluster.nodes[server.name]
+        assert anonymous.ping()  # /ping stays open: health checks need no secret
+        forged = [f"forged,device=dev-1 value=1 {TS * 10**6}"]
+        attempts = [
+            (anonymous, "query", ("SHOW DATABASES", None)),
+            (anonymous, "write", (db, forged)),
+            (anonymous, "query", (CREATE_ADMIN, None, {}, "POST")),
+            (viewer, "write", (db, forged)),
+            (service, "query", ("CREATE DATABASE other", None, {}, "POST")),
+            (service, "query", (f"DROP DATABASE {db}", None, {}, "POST")),
+            (service, "query", (CREATE_ADMIN, None, {}, "POST")),
+        ]
+        for node, method, args in attempts:
+            with pytest.raises(StorageError, match=r"HTTP 40[13]|authoriz"):
+                getattr(node, method)(*args)
+        viewer.query('SELECT count(value) FROM "temperature"', db)  # reading is allowed
+        anonymous.close()
+        viewer.close()
 
 
 @pytest.mark.integration
@@ -61,12 +110,12 @@ def test_content_the_server_rejects_is_fatal(storage_settings):
 
 
 @pytest.mark.integration
-def test_reads_fail_over_when_a_replica_lacks_the_database(storage_settings):
+def test_reads_fail_over_when_a_replica_lacks_the_database(storage_settings, influx_admin):
     cluster = StorageCluster(storage_settings)
     cluster.ensure_database()
     assert cluster.write([reading(i) for i in range(1, 6)]) == []
     primary, _secondary = cluster.replicas("dev-1", "temperature")
-    primary.query(f"DROP DATABASE {cluster.database}", None, method="POST")
+    influx_admin(primary.name).query(f"DROP DATABASE {cluster.database}", None, method="POST")
     # InfluxDB answers 200 with "database not found" inside: the next replica answers.
     assert [p.id for p in cluster.points("dev-1", "temperature", limit=10)] == [5, 4, 3, 2, 1]
     assert cluster.latest("dev-1", "temperature").id == 5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The secret kept in ``path`` (stripped), generated on first use (URL-safe, 192 bits),
+    written atomically with mode 0600 in a folder of mode 0700."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(24)
+    write_atomic(path, value + "\n")
+    return value
