@@ -26,16 +26,9 @@ from urllib.parse import urlparse
 
 from broker import provision
 from stack.process import ManagedProcess, free_port, port_open
-from storage_nodes import (
-    ADMIN_USER,
-    VIEWER_USER,
-    Credential,
-    RetriableStorageError,
-    influxd_command,
-    provision_server,
-)
-from vigil.atomic import load_or_create_secret, write_atomic
-from vigil.settings import AgentConfig, StorageNode, VigilConfig, load_agent_config, load_config
+from storage_nodes import VIEWER_USER, Credential, credentials, influxd_command, provision_node
+from vigil.atomic import write_atomic
+from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
 
 log = logging.getLogger("vigil.stack")
 
@@ -144,7 +137,7 @@ class Stack:
         token = ensure_admin_token(secrets_dir / "admin.token", c.api.admin_token_sha256_file)
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
-        influx = self.influx_credentials(secrets_dir)
+        influx = credentials(c.storage, secrets_dir)
         for node in c.storage.nodes:
             host, port = _hostport(node.url)
             self._child(
@@ -152,7 +145,8 @@ class Stack:
                 influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
                 host=host,
                 port=port,
-                after_start=lambda node=node: self._provision_influx(node, influx),
+                # At every (re)start, so a server that came back empty gets its users again.
+                after_start=lambda node=node: provision_node(node, c.storage, influx),
             )
         smtp = c.notifier.smtp
         py = [sys.executable, "-m"]
@@ -191,45 +185,8 @@ class Stack:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
 
         self._token, self._viewer_password = token, files.creds["vigil-viewer"]
-        self._influx_viewer = influx["viewer"]
+        self._influx_viewer = influx.viewer
         return self.write_info()
-
-    def influx_credentials(self, secrets_dir: Path) -> dict[str, Credential]:
-        """The InfluxDB admin, services' and viewer credentials, generated once: the
-        services' password where ``storage.password_file`` says, the others beside it."""
-        storage = self.config.storage
-        service_file = (
-            storage.password_file or secrets_dir / f"influxdb-{storage.username}.password"
-        )
-
-        def cred(user: str, path: Path) -> Credential:
-            return Credential(user, load_or_create_secret(path))
-
-        return {
-            "admin": cred(ADMIN_USER, secrets_dir / f"influxdb-{ADMIN_USER}.password"),
-            "service": cred(storage.username, service_file),
-            "viewer": cred(VIEWER_USER, secrets_dir / f"influxdb-{VIEWER_USER}.password"),
-        }
-
-    def _provision_influx(self, node: StorageNode, creds: dict[str, Credential]) -> None:
-        """Users, database and grants on one server; at every start of it, so a server that
-        comes back empty gets them again."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                provision_server(
-                    node.url,
-                    name=node.name,
-                    admin=creds["admin"],
-                    database=self.config.storage.database,
-                    service=creds["service"],
-                    viewer=creds["viewer"],
-                )
-                return
-            except RetriableStorageError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cannot provision {node.name}: {exc}") from exc
-                time.sleep(0.2)
 
     def write_info(self) -> dict[str, Any]:
         """Write ``stack.json`` (atomically: a reader never sees it half-written) with the

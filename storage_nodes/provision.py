@@ -17,11 +17,15 @@ database names are checked names.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from storage_nodes.client import InfluxNode, StorageError
+from storage_nodes.client import InfluxNode, RetriableStorageError, StorageError
+from vigil.atomic import load_or_create_secret
 from vigil.names import check_name
+from vigil.settings import StorageNode, StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +113,50 @@ def grant_database(
     _run(as_admin, f"GRANT ALL ON {_ident(database)} TO {_ident(service_user)}")
     if viewer_user:
         _run(as_admin, f"GRANT READ ON {_ident(database)} TO {_ident(viewer_user)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterCredentials:
+    admin: Credential
+    service: Credential
+    viewer: Credential
+
+
+def credentials(storage: StorageSettings, secrets_dir: Path) -> ClusterCredentials:
+    """The admin, services' and viewer credentials, generated once: the services' password
+    where ``storage.password_file`` says, the others as ``influxdb-<user>.password`` in
+    ``secrets_dir``."""
+    service_file = storage.password_file or secrets_dir / f"influxdb-{storage.username}.password"
+
+    def cred(user: str, path: Path) -> Credential:
+        return Credential(user, load_or_create_secret(path))
+
+    return ClusterCredentials(
+        admin=cred(ADMIN_USER, secrets_dir / f"influxdb-{ADMIN_USER}.password"),
+        service=cred(storage.username, service_file),
+        viewer=cred(VIEWER_USER, secrets_dir / f"influxdb-{VIEWER_USER}.password"),
+    )
+
+
+def provision_node(
+    node: StorageNode, storage: StorageSettings, creds: ClusterCredentials, timeout_s: float = 30
+) -> None:
+    """:func:`provision_server` for one node of the ring, waiting up to ``timeout_s`` for a
+    server that is still starting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            provision_server(
+                node.url,
+                name=node.name,
+                admin=creds.admin,
+                database=storage.database,
+                service=creds.service,
+                viewer=creds.viewer,
+                timeout_s=storage.timeout_s,
+            )
+            return
+        except RetriableStorageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

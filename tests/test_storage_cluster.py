@@ -3,6 +3,8 @@ recovery from a server that lost its database."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from storage_nodes import (
@@ -159,3 +161,47 @@ def test_a_reading_line_protocol_cannot_carry_is_refused_not_split():
         with pytest.raises(LineProtocolError):
             reading_to_line(bad)
     assert "\n" not in reading_to_line(reading(1, tags={"room": "a b,c=d"}))
+
+
+@pytest.mark.integration
+def test_the_provision_command_is_idempotent_and_keeps_the_password_files(
+    tmp_path, influx_cluster, influx_credentials
+):
+    """``python -m storage_nodes provision`` (what compose's setup runs) on servers that are
+    already provisioned: same passwords, the new database granted, twice in a row."""
+    import yaml
+
+    from storage_nodes.__main__ import main
+    from vigil.settings import load_config
+
+    base = yaml.safe_load((Path(__file__).parent.parent / "config" / "vigil.yaml").read_text())
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for cred in (influx_credentials.admin, influx_credentials.viewer):
+        user = cred.username
+        (secrets / f"influxdb-{user}.password").write_text(cred.password + "\n")
+    base["storage"]["database"] = "provisioned"
+    base["storage"]["nodes"] = [{"name": s.name, "url": s.url} for s in influx_cluster]
+    base["storage"]["password_file"] = str(influx_credentials.service_password_file)
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump(base))
+    assert main(["provision", "--config", str(path), "--secrets", str(secrets)]) == 0
+    assert main(["provision", "--config", str(path), "--secrets", str(secrets)]) == 0
+    cluster = StorageCluster(load_config(path, environ={}).storage)
+    assert cluster.write([reading(1)]) == []
+    for cred in (influx_credentials.admin, influx_credentials.viewer):
+        kept = (secrets / f"influxdb-{cred.username}.password").read_text().strip()
+        assert kept == cred.password  # set again from the files, never regenerated
+    viewer = InfluxNode(
+        "influx-1", influx_cluster[0].url, username="vigil-viewer", password=cred.password
+    )
+    assert viewer.query("SHOW MEASUREMENTS", "provisioned") is not None
+
+
+def test_the_provision_command_names_a_bad_config(tmp_path, capsys):
+    from storage_nodes.__main__ import main
+
+    path = tmp_path / "vigil.yaml"
+    path.write_text("storage: {nodes: []}\n")
+    assert main(["provision", "--config", str(path), "--secrets", str(tmp_path)]) == 2
+    assert str(path) in capsys.readouterr().err
