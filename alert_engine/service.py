@@ -163,30 +163,19 @@ class AlertEngine:
         new_rule_set: tuple[int, list[Rule]] | None = None
         dead: list[DeadLetter] = []
         for d in batch:
-            failed: Failed | None = None
-            if d.msg.topic == self.topics.rules:
-                applied = contain(
-                    lambda: self._apply_rules(d.msg),  # noqa: B023 - called at once
-                    what="applying the rule set",
-                    subject=d.msg.topic,
-                )
-                if isinstance(applied, Failed):
-                    failed = applied
-                else:
-                    new_rule_set = applied or new_rule_set
-            else:
-                found = contain(
-                    lambda: self._evaluate(d.msg),  # noqa: B023 - called at once
-                    what="evaluating the readings",
-                    subject=d.msg.topic,
-                )
-                if isinstance(found, Failed):
-                    failed = found
-                else:
-                    alerts.extend(found)
-            if failed is not None:  # only an exception: invalid content is skipped
+            rules = d.msg.topic == self.topics.rules
+            result = contain(
+                lambda: self._apply_rules(d.msg) if rules else self._evaluate(d.msg),  # noqa: B023
+                what="applying the rule set" if rules else "evaluating the readings",
+                subject=d.msg.topic,
+            )
+            if isinstance(result, Failed):  # only an exception: invalid content is skipped
                 self.metrics.error("unprocessable")
-                dead.append(DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), failed.reason))
+                dead.append(DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), result.reason))
+            elif isinstance(result, list):
+                alerts.extend(result)
+            elif result is not None:
+                new_rule_set = result
         if not self.publish_alerts(alerts):
             return
         changes = self.evaluator.take_changes()

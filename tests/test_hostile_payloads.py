@@ -72,15 +72,21 @@ def good(i: int) -> Reading:
     return Reading(500 + i, "dev-1", TS + i, "sensor", "humidity", float(i), "%")
 
 
-@pytest.mark.integration
-def test_hostile_payloads_are_dead_lettered_and_ingest_goes_on(
-    cloud_config, broker, run_service, probe
-):
+def ingesting(cloud_config, run_service, probe):
+    """A probe on the dead-letter topics, ingest running and subscribed, its cluster."""
     dead = probe("vigil/deadletter/#")
     ingest = run_service("ingest_service", "--config", str(cloud_config.path))
     cluster = StorageCluster(cloud_config.config.storage)
     cluster.ensure_database()
     wait_subscribed(ingest, "vigil/data/+/#")
+    return dead, ingest, cluster
+
+
+@pytest.mark.integration
+def test_hostile_payloads_are_dead_lettered_and_ingest_goes_on(
+    cloud_config, broker, run_service, probe
+):
+    dead, ingest, cluster = ingesting(cloud_config, run_service, probe)
     pid = ingest.pid
 
     # The hostile device and an honest one, interleaved.
@@ -125,11 +131,7 @@ def test_hostile_payloads_are_dead_lettered_and_ingest_goes_on(
 def test_a_partial_write_dead_letters_the_refused_reading_and_stores_the_rest(
     cloud_config, broker, run_service, probe
 ):
-    dead = probe("vigil/deadletter/#")
-    ingest = run_service("ingest_service", "--config", str(cloud_config.path))
-    cluster = StorageCluster(cloud_config.config.storage)
-    cluster.ensure_database()
-    wait_subscribed(ingest, "vigil/data/+/#")
+    dead, ingest, cluster = ingesting(cloud_config, run_service, probe)
     node = cluster.replicas("dev-2", "co2")[0]
     node.write(cluster.database, [f'co2,device=dev-9,kind=sensor value="x" {TS * 10**6}'])
     batch = [

@@ -64,19 +64,23 @@ def _log_unexpected(exc: Exception, what: str, subject: str) -> None:
     log.error("%s failed on a message on %s; dead-lettering it", what, subject, exc_info=exc)
 
 
+def _failed(exc: Exception, what: str, subject: str, passthrough: Errors) -> Failed:
+    if isinstance(exc, passthrough):
+        raise exc
+    result = failure(exc, what)
+    if result.unexpected:
+        _log_unexpected(exc, what, subject)
+    return result
+
+
 def contain(
     work: Callable[[], T], *, what: str, subject: str = "?", passthrough: Errors = ()
 ) -> T | Failed:
     """``work()``, or Failed if it raised anything but one of ``passthrough``."""
     try:
         return work()
-    except passthrough:
-        raise
-    except Exception as exc:
-        result = failure(exc, what)
-        if result.unexpected:
-            _log_unexpected(exc, what, subject)
-        return result
+    except Exception as exc:  # the point: nothing a message does escapes
+        return _failed(exc, what, subject, passthrough)
 
 
 async def contain_async(
@@ -85,10 +89,5 @@ async def contain_async(
     """:func:`contain` for a coroutine function."""
     try:
         return await work()
-    except passthrough:
-        raise
     except Exception as exc:
-        result = failure(exc, what)
-        if result.unexpected:
-            _log_unexpected(exc, what, subject)
-        return result
+        return _failed(exc, what, subject, passthrough)
