@@ -1,9 +1,11 @@
 """Command line of the broker's provisioning.
 
 ``python -m broker provision --dir DIR --secrets DIR --host H --port P --device ID ...``
-writes Mosquitto's files (hashed password file, ACL, mosquitto.conf) into ``--dir`` and one
-password file per user into ``--secrets``, generating each password once and keeping it on
-later runs. ``python -m broker acl [--topic-root R]`` prints the ACL (nothing is written).
+writes Mosquitto's files (hashed password file, ACL, reserved client ids, mosquitto.conf) into
+``--dir`` and one password file per user into ``--secrets``, generating each password once and
+keeping it on later runs. The broker loads Vigil's client-id plugin, built here (cached in
+build/mosquitto/) unless ``--plugin PATH`` names where the broker's image has it.
+``python -m broker acl [--topic-root R]`` prints the ACL (nothing is written).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from broker.plugin_build import PluginBuildError
 from broker.provision import SERVICE_ACCESS, BrokerFiles, provision, render_acl
 from vigil.names import InvalidName, check_name
 from vigil.topics import TopicError, Topics
@@ -45,6 +48,13 @@ def _device(name: str) -> str:
             f"device id {name!r} is a service user: a device cannot take its rights"
         )
     return name
+
+
+def _plugin(text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        raise argparse.ArgumentTypeError(f"invalid plugin path {text!r}: must be absolute")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Mosquitto logs to stderr instead of DIR/mosquitto.log (containers)",
     )
+    p.add_argument(
+        "--plugin",
+        type=_plugin,
+        metavar="PATH",
+        help="absolute path the broker loads Vigil's client-id plugin from, as built into "
+        "its image (default: build it here with cc, cached in build/mosquitto/)",
+    )
 
     a = sub.add_parser("acl", help="print the ACL for a topic root")
     a.add_argument(
@@ -109,6 +126,7 @@ def _provision(args: argparse.Namespace) -> BrokerFiles:
         topics=args.topics,
         run_as=args.run_as,
         log_to_file=not args.log_stderr,
+        plugin=args.plugin,
     )
 
 
@@ -119,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         files = _provision(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PluginBuildError) as exc:
         print(f"broker provision: {exc}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as exc:
@@ -132,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mosquitto.conf  {files.conf.resolve()}")
     print(f"password file   {files.passwd.resolve()}")
     print(f"acl             {files.acl.resolve()}")
+    print(f"client ids      {files.client_ids.resolve()}")
+    print(f"plugin          {files.plugin}")
     print(f"persistence     {files.persistence_dir.resolve()}")
     print(
         f"secrets         {files.secrets_dir.resolve()} ({len(files.creds)} users: "

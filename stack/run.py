@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from broker import provision
+from broker import PluginBuildError, provision
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import VIEWER_USER, Credential, credentials, influxd_command, provision_node
 from vigil.atomic import write_atomic
@@ -298,6 +298,9 @@ def run(config_path: Path, agents_dir: Path, state: Path) -> int:
         info = stack.start()
         print_summary(info, state)
         stack.supervise()
+    except PluginBuildError as exc:  # names the Debian package to install
+        print(f"vigil run: {exc}", file=sys.stderr)
+        return 1
     finally:
         stack.stop()
     return 0

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from broker.__main__ import main as broker_main
+from broker.plugin_build import CFLAGS
 from broker.provision import SERVICE_ACCESS, render_acl
 from vigil.settings import (
     AgentConfig,
@@ -45,6 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
 VIGIL_IMAGE = "vigil:local"
+VIGIL_DOCKERFILE = "deploy/Dockerfile"
+#: the broker's image: eclipse-mosquitto:2 with Vigil's client-id plugin built in
+BROKER_DOCKERFILE = "deploy/mosquitto/Dockerfile"
+BROKER_BASE = "eclipse-mosquitto:2"
+PLUGIN_SOURCE = "broker/plugin/vigil_clientid.c"
 
 #: compose service -> (Python module, section of vigil.yaml)
 CLOUD_SERVICES = {
@@ -67,7 +73,6 @@ EXPECTED_SERVICES = {
 }
 ONE_SHOT = {"setup"}
 IMAGES = {
-    "mosquitto": "eclipse-mosquitto:2",
     "mailpit": "axllent/mailpit",
     "prometheus": "prom/prometheus",
     "grafana": "grafana/grafana",
@@ -184,8 +189,18 @@ def command_lines(svc: Mapping[str, Any]) -> list[list[str]]:
     return [parts] if parts else []
 
 
+def dockerfile_of(svc: Mapping[str, Any]) -> str | None:
+    """The Dockerfile a service builds, relative to the repository; None if it builds none."""
+    build = svc.get("build")
+    if build is None:
+        return None
+    context = build if isinstance(build, str) else build.get("context", ".")
+    name = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+    return str((ROOT / context / name).resolve().relative_to(ROOT))
+
+
 def uses_vigil_image(svc: Mapping[str, Any]) -> bool:
-    return svc.get("image") == VIGIL_IMAGE or "build" in svc
+    return svc.get("image") == VIGIL_IMAGE or dockerfile_of(svc) == VIGIL_DOCKERFILE
 
 
 def arg(argv: list[str], flag: str) -> str | None:
@@ -380,7 +395,9 @@ def test_every_repository_path_compose_names_exists(
     for path in (
         "deploy/prometheus/prometheus.yml",
         "deploy/grafana/provisioning/datasources/vigil.yaml",
-        "deploy/Dockerfile",
+        VIGIL_DOCKERFILE,
+        BROKER_DOCKERFILE,
+        PLUGIN_SOURCE,
         "requirements.lock",
     ):
         if not (ROOT / path).is_file():
@@ -405,6 +422,48 @@ def test_dockerfile_builds_one_image_for_all_of_vigil(pyproject: dict[str, Any])
     assert not missing, f"Dockerfile: packages not copied into the image: {missing}"
     assert "." not in copied, "Dockerfile: COPY . would take .vigil (local secrets) along"
     assert re.search(r"^USER (?!root)\S+", text, re.M), "Dockerfile: runs as root"
+
+
+def _instructions(dockerfile: Path) -> list[list[str]]:
+    """A Dockerfile's instructions as words: continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
+    lines = [line.strip() for line in text.splitlines()]
+    return [shlex.split(line) for line in lines if line and not line.startswith("#")]
+
+
+def test_broker_image_is_mosquitto_with_the_plugin_setup_loads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The broker refuses client ids to anyone but their owners only if the plugin is in its
+    image where the mosquitto.conf that setup writes loads it from."""
+    mosq = services["mosquitto"]
+    assert dockerfile_of(mosq) == BROKER_DOCKERFILE, (
+        f"mosquitto: does not build {BROKER_DOCKERFILE}"
+    )
+    assert mosq.get("image") != VIGIL_IMAGE, "mosquitto: would overwrite the Vigil image's tag"
+    steps = _instructions(ROOT / BROKER_DOCKERFILE)
+    bases = [w[1] for w in steps if w[0] == "FROM"]
+    # The build stage too: the plugin must be compiled for the image's own libc.
+    assert bases and all(b == BROKER_BASE for b in bases), f"{BROKER_DOCKERFILE}: FROM {bases}"
+    copied = [w[1] for w in steps if w[0] == "COPY" and not w[1].startswith("--from")]
+    assert PLUGIN_SOURCE in copied, f"{BROKER_DOCKERFILE}: does not copy {PLUGIN_SOURCE}"
+    compiles = [
+        w for w in steps if w[0] == "RUN" and "cc" in w and Path(PLUGIN_SOURCE).name in " ".join(w)
+    ]
+    assert compiles, f"{BROKER_DOCKERFILE}: does not compile {PLUGIN_SOURCE} with cc"
+    missing = [f for f in CFLAGS if f not in compiles[0]]
+    assert not missing, f"{BROKER_DOCKERFILE}: compiles without {missing} (broker/plugin_build.py)"
+    final = steps[max(i for i, w in enumerate(steps) if w[0] == "FROM") :]
+    installed = [w[-1] for w in final if w[0] == "COPY" and w[1].startswith("--from")]
+    plugin = arg(setup_provision(services), "--plugin")
+    assert plugin, "setup: provision has no --plugin: the broker would load a path in no image"
+    assert plugin in installed, (
+        f"setup: --plugin {plugin}, but {BROKER_DOCKERFILE} installs the plugin at {installed}"
+    )
+    ignore = (ROOT / f"{BROKER_DOCKERFILE}.dockerignore").read_text(encoding="utf-8").split()
+    assert "*" in ignore and f"!{Path(PLUGIN_SOURCE).parent}/" in ignore, (
+        f"{BROKER_DOCKERFILE}.dockerignore: the context must be {Path(PLUGIN_SOURCE).parent}/ only"
+    )
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -710,13 +769,19 @@ def test_broker_provision_writes_files_once(
         "--run-as",
         "root",
         "--log-stderr",
+        "--plugin",
+        "/usr/lib/vigil/vigil_clientid.so",
     ]
     assert broker_main(argv) == 0
     out = capsys.readouterr().out
     conf = (tmp_path / "b" / "mosquitto.conf").read_text()
     assert str((tmp_path / "b" / "mosquitto.conf").resolve()) in out
     assert "user root\n" in conf and "log_dest stderr" in conf and "listener 1884 0.0.0.0" in conf
+    owners = (tmp_path / "b" / "clientids").resolve()
+    assert f"plugin /usr/lib/vigil/vigil_clientid.so\nplugin_opt_owners {owners}\n" in conf
     users = {*SERVICE_ACCESS, "dev-a", "dev-b"}
+    reserved = [line.split() for line in owners.read_text().splitlines() if line[:1] != "#"]
+    assert sorted(reserved) == sorted([u, u] for u in users), "every user owns its own id"
     assert {p.stem for p in (tmp_path / "s").glob("*.password")} == users
     passwd = (tmp_path / "b" / "passwd").read_text()
     assert {line.split(":")[0] for line in passwd.splitlines()} == users
@@ -734,6 +799,7 @@ def test_broker_provision_writes_files_once(
         (["--device", "bad/id"], "invalid device id"),
         (["--port", "70000"], "must be 1-65535"),
         (["--topic-root", "a/#"], "invalid topic root"),
+        (["--plugin", "vigil_clientid.so"], "must be absolute"),
     ],
 )
 def test_broker_provision_rejects_bad_arguments(

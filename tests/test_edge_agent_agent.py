@@ -37,12 +37,15 @@ class FakeClock:
 
 @pytest.fixture
 def running(tmp_path: Path, broker) -> Iterator[Any]:
-    """``running(device, clock=None, **config)`` starts an agent on a thread; stopped at the end."""
+    """``running(device, clock=None, env=None, **config)`` starts an agent on a thread (``env``:
+    VIGIL_AGENT__ overrides); stopped at the end."""
     started: list[tuple[Agent, threading.Thread]] = []
 
-    def start(device: str, clock: Any = None, **overrides: Any) -> Agent:
+    def start(
+        device: str, clock: Any = None, env: dict[str, str] | None = None, **overrides: Any
+    ) -> Agent:
         config = load_agent_config(
-            write_agent_config(tmp_path, broker, device, **overrides), environ={}
+            write_agent_config(tmp_path, broker, device, **overrides), environ=env or {}
         )
         agent = Agent(config, clock=clock) if clock else Agent(config)
         thread = threading.Thread(target=agent.run, name=f"agent-{device}", daemon=True)
@@ -161,13 +164,8 @@ def test_readings_stay_in_the_outbox_until_the_broker_acknowledges_them(running,
 
 def test_readings_the_broker_refuses_are_kept_not_deleted(running, broker, caplog):
     """A refusing PUBACK is no delivery: the readings stay for the next start."""
-    # dev-1's credentials for device dev-2: the ACL refuses every publish (PUBACK 0x87)
-    wrong = {
-        "client_id": "dev-2",
-        "username": "dev-1",
-        "password_file": str(broker.files.password_file("dev-1")),
-    }
-    agent = running("dev-2", mqtt=wrong)
+    # A topic root the ACL grants no device: the broker refuses every publish (PUBACK 0x87).
+    agent = running("dev-2", env={"VIGIL_AGENT__BROKER__TOPIC_ROOT": "elsewhere"})
 
     def refused() -> float:
         value = agent.metrics.registry.get_sample_value(
