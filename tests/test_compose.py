@@ -60,9 +60,12 @@ CLOUD_SERVICES = {
     "api": ("api", "api"),
 }
 AGENTS = ("demo-1", "demo-2", "demo-3")
+#: the cloud services that talk to InfluxDB (with the services' user)
+STORAGE_CLIENTS = ("ingest", "api")
 INFLUX = ("influx-1", "influx-2", "influx-3")
 EXPECTED_SERVICES = {
     "setup",
+    "influx-setup",
     "mosquitto",
     *INFLUX,
     *CLOUD_SERVICES,
@@ -71,7 +74,7 @@ EXPECTED_SERVICES = {
     "prometheus",
     "grafana",
 }
-ONE_SHOT = {"setup"}
+ONE_SHOT = {"setup", "influx-setup"}
 IMAGES = {
     "mailpit": "axllent/mailpit",
     "prometheus": "prom/prometheus",
@@ -512,6 +515,8 @@ def test_config_points_at_compose_services_and_volumes(
             broker = cfg.broker
             section = getattr(cfg, CLOUD_SERVICES[name][1])
             files = list(_paths_in(section))
+            if name in STORAGE_CLIENTS:
+                files += [(f"storage.{k}", v) for k, v in _paths_in(cfg.storage)]
             for node in cfg.storage.nodes:
                 host = node.url.split("//", 1)[1].rstrip("/")
                 if host != f"{node.name}:8086" or node.name not in services:
@@ -691,10 +696,65 @@ def test_grafana_datasources(services: dict[str, dict[str, Any]]) -> None:
     assert not wrong_db, f"InfluxDB datasources on another database: {wrong_db}"
 
 
+def test_influxdb_requires_authentication(services: dict[str, dict[str, Any]]) -> None:
+    """Every InfluxDB server: authentication on, pprof off, the unauthenticated backup RPC
+    on loopback inside its container and never published; users from `influx-setup`, which
+    every storage client and Grafana wait for; Grafana reads with the read-only user."""
+    problems = []
+    want = {
+        "INFLUXDB_HTTP_AUTH_ENABLED": "true",
+        "INFLUXDB_HTTP_PPROF_ENABLED": "false",
+        "INFLUXDB_BIND_ADDRESS": "127.0.0.1:8088",
+    }
+    for name in INFLUX:
+        env = environment(services[name])
+        problems += [
+            f"{name}: {k}={env.get(k)!r}, want {v!r}" for k, v in want.items() if env.get(k) != v
+        ]
+        problems += [
+            f"{name}: {k} set in compose" for k in env if "PASSWORD" in k or k == "INFLUXDB_DB"
+        ]
+        if services[name].get("ports"):
+            problems.append(f"{name}: publishes ports {services[name]['ports']}")
+    setup = services["influx-setup"]
+    argv = command_lines(setup)
+    provisions = [a for a in argv if a[:4] == ["python", "-m", "storage_nodes", "provision"]]
+    if not provisions:
+        problems.append(f"influx-setup: runs {argv}, not `python -m storage_nodes provision`")
+    else:
+        cfg_path = arg(provisions[0], "--config")
+        if cfg_path != "/etc/vigil/vigil.yaml" or mount_of(setup, "/etc/vigil") is None:
+            problems.append(f"influx-setup: provisions from {cfg_path}, not the deploy config")
+        secrets_dir = arg(provisions[0], "--secrets")
+        if secrets_dir is None or mount_of(setup, secrets_dir) is None:
+            problems.append("influx-setup: its --secrets folder is not a mounted volume")
+    for name in (*STORAGE_CLIENTS, "grafana"):
+        dep = (services[name].get("depends_on") or {}).get("influx-setup") or {}
+        if dep.get("condition") != "service_completed_successfully":
+            problems.append(f"{name}: does not wait for influx-setup")
+    cfg = cloud_config(services, "ingest")
+    if not cfg.storage.password_file or not str(cfg.storage.password_file).startswith(
+        "/vigil/secrets/"
+    ):
+        problems.append(f"deploy config: storage.password_file {cfg.storage.password_file}")
+    prov = _load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "vigil.yaml")
+    for source in (s for s in prov["datasources"] if s["type"] == "influxdb"):
+        password = (source.get("secureJsonData") or {}).get("password", "")
+        match = re.fullmatch(r"\$__file\{(.+)\}", password)
+        if source.get("user") != "vigil-viewer" or not match:
+            problems.append(f"grafana {source['name']}: not the read-only user with its file")
+        elif mount_of(services["grafana"], match.group(1)) is None:
+            problems.append(f"grafana: {match.group(1)} is not mounted")
+    _fail_if(problems, "InfluxDB open to anyone")
+
+
 # -- secrets --------------------------------------------------------------------------------
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential", re.I)
+#: A reference to a secret file that the reader expands (Grafana's provisioning), not a value.
+FILE_REFERENCE = re.compile(r"^\$__file\{/[^{}\s]+\}$")
 QUOTED_SECRET = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key)\w*\s*[:=]\s*[\"'][^\"'\s]{4,}[\"']", re.I
+    r"(pass(word|wd)?|secret|token|api[_-]?key)\w*\s*[:=]\s*[\"'](?!\$__file\{)[^\"'\s]{4,}[\"']",
+    re.I,
 )
 MQTT_PASSWORD_FLAG = re.compile(r"mosquitto_(sub|pub|rr)\b[^\n]*\s-P\s")
 
@@ -708,6 +768,7 @@ def _secret_values(node: Any, where: str) -> Iterator[str]:
                 and not re.search(r"_?file$", k, re.I)
                 and isinstance(value, str | int | float)
                 and value != ""
+                and not FILE_REFERENCE.match(str(value))
             ):
                 yield f"{where}.{k}"
             yield from _secret_values(value, f"{where}.{k}")
