@@ -9,21 +9,17 @@ import sqlite3
 import threading
 
 from alert_engine.service import AlertEngine
-from vigil.cli import check_secret_files, load_or_exit, service_parser
+from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
 from vigil.metrics import ServiceMetrics
-from vigil.settings import VigilConfig, load_config
+from vigil.settings import VigilConfig
 
 log = logging.getLogger("alert_engine")
 
 
 def load(path: str) -> VigilConfig:
     """The validated configuration, including a readable MQTT password file."""
-    config = load_config(path)
-    check_secret_files(
-        path, {"alert_engine.mqtt.password_file": config.alert_engine.mqtt.password_file}
-    )
-    return config
+    return load_service_config(path, "alert_engine")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from edge_agent.outbox import OutboxError
 from edge_agent.quotes import metric_for
 from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
-from vigil.settings import AgentConfig, ConfigError, load_agent_config
+from vigil.settings import AgentConfig, ConfigError, agent_secret_files, load_agent_config
 from vigil.topics import TopicError, Topics
 
 DEFAULT_CONFIG = "config/agents/demo-1.yaml"
@@ -48,7 +48,7 @@ def load(path: str) -> AgentConfig:
     """The validated configuration, with a readable password file."""
     config = load_agent_config(path)
     check_config(path, config)
-    check_secret_files(path, {"mqtt.password_file": config.mqtt.password_file})
+    check_secret_files(path, agent_secret_files(config))
     return config
 
 

@@ -6,18 +6,17 @@ import logging
 import signal
 import threading
 
-from vigil.cli import check_secret_files, load_or_exit, service_parser
+from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
-from vigil.settings import VigilConfig, load_config
+from vigil.settings import VigilConfig
 
 log = logging.getLogger("ingest_service")
 
 
 def load(path: str) -> VigilConfig:
-    """The validated configuration, including a readable MQTT password file."""
-    config = load_config(path)
-    check_secret_files(path, {"ingest.mqtt.password_file": config.ingest.mqtt.password_file})
-    return config
+    """The validated configuration, with the secret files ingest reads (its MQTT and
+    InfluxDB passwords)."""
+    return load_service_config(path, "ingest")
 
 
 def main(argv: list[str] | None = None) -> int:

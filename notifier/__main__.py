@@ -8,25 +8,17 @@ import signal
 import sqlite3
 
 from notifier.service import Notifier
-from vigil.cli import check_secret_files, load_or_exit, service_parser
+from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
 from vigil.metrics import ServiceMetrics
-from vigil.settings import VigilConfig, load_config
+from vigil.settings import VigilConfig
 
 log = logging.getLogger("notifier")
 
 
 def load(path: str) -> VigilConfig:
-    """The validated configuration, including readable secret files."""
-    config = load_config(path)
-    check_secret_files(
-        path,
-        {
-            "notifier.mqtt.password_file": config.notifier.mqtt.password_file,
-            "notifier.smtp.password_file": config.notifier.smtp.password_file,
-        },
-    )
-    return config
+    """The validated configuration, including readable secret files (MQTT and SMTP)."""
+    return load_service_config(path, "notifier")
 
 
 async def serve(config: VigilConfig) -> None:

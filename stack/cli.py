@@ -3,7 +3,8 @@
 vigil run                 start the local stack (make run)
 vigil ingest|alert-engine|notifier|api [--config ...]
 vigil agent --config config/agents/demo-1.yaml
-vigil validate-config     check config/vigil.yaml and config/agents/*.yaml
+vigil validate-config     check config/vigil.yaml and config/agents/*.yaml as every
+                          service would at start, secret files included
     vigil admin-token --secrets DIR
                               create the API admin token once (DIR/admin.token)
 """
@@ -15,7 +16,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from vigil.settings import ConfigError, load_agent_config, load_config
+from vigil.cli import check_secret_files
+from vigil.settings import SERVICES as SERVICE_SECTIONS
+from vigil.settings import ConfigError, load_config, service_secret_files
 
 SERVICES = {
     "ingest": "ingest_service",
@@ -24,6 +27,47 @@ SERVICES = {
     "api": "api",
     "agent": "edge_agent",
 }
+
+
+def validate_config(config_path: Path, agents: Path) -> None:
+    """Check the whole system's configuration as each part checks its own at start: the
+    cloud file once per service, with the secret files that service reads, then every agent
+    file in ``agents`` (``edge_agent``'s own check, its password file included), then what
+    only the files together show: one agent per device, no agent under a service's broker
+    user, one topic root. Raises ConfigError for the first problem."""
+    from edge_agent.__main__ import load as load_agent
+
+    path = str(config_path)
+    config = load_config(path)
+    for service in SERVICE_SECTIONS:
+        check_secret_files(path, service_secret_files(config, service))
+    service_users = {config.service_mqtt(s).username: s for s in SERVICE_SECTIONS}
+    devices: dict[str, str] = {}
+    for agent_path in sorted(agents.glob("*.yaml")):
+        apath = str(agent_path)
+        agent = load_agent(apath)
+        if agent.device_id in devices:
+            raise ConfigError(
+                apath,
+                "device_id",
+                f"{agent.device_id!r} is also the device of {devices[agent.device_id]}: "
+                "one agent per device",
+            )
+        devices[agent.device_id] = apath
+        if agent.device_id in service_users:
+            raise ConfigError(
+                apath,
+                "device_id",
+                f"{agent.device_id!r} is the broker user of "
+                f"{service_users[agent.device_id]} in {path}",
+            )
+        if agent.broker.topic_root != config.broker.topic_root:
+            raise ConfigError(
+                apath,
+                "broker.topic_root",
+                f"{agent.broker.topic_root!r} is not {config.broker.topic_root!r}, the topic "
+                f"root of {path}: the services would never see this agent's readings",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "validate-config":
-            load_config(args.config)
-            for path in sorted(args.agents.glob("*.yaml")):
-                load_agent_config(path)
+            validate_config(args.config, args.agents)
             print("ok")
             return 0
         from stack.run import ensure_admin_token, run

@@ -3,18 +3,26 @@
 ``--config PATH`` and ``--validate-config``; a bad file is reported on stderr as
 ``<file>: <key>: <reason>`` with exit status 2, a good one with ``ok`` (status 0) when only
 validating. Secret files named by the configuration are checked too: a configuration that
-names an unreadable password file is not valid.
+names an unreadable or empty password file is not valid. :func:`load_service_config` is the
+whole check of one cloud service.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from vigil.settings import ConfigError
+from vigil.settings import (
+    ConfigError,
+    SecretFile,
+    VigilConfig,
+    load_config,
+    secret_problem,
+    service_secret_files,
+)
 
 DEFAULT_CONFIG = "config/vigil.yaml"
 T = TypeVar("T")
@@ -37,15 +45,25 @@ def service_parser(
     return ap
 
 
-def check_secret_files(path: str, files: Mapping[str, Path | None]) -> None:
-    """Raise ConfigError naming the key of the first secret file that cannot be read."""
-    for key, secret in files.items():
-        if secret is None:
-            continue
-        try:
-            secret.read_bytes()
-        except OSError as exc:
-            raise ConfigError(path, key, f"cannot read {secret}: {exc.strerror}") from exc
+def check_secret_files(path: str, files: Mapping[str, Path | None] | Iterable[SecretFile]) -> None:
+    """Raise ConfigError naming the key of the first secret file that cannot be used:
+    unreadable, not UTF-8, empty, or (a digest file) not 64 hex characters. ``files`` maps
+    keys to password files, or is a list of :class:`SecretFile`."""
+    if isinstance(files, Mapping):
+        files = [SecretFile(key, p) for key, p in files.items() if p is not None]
+    for secret in files:
+        problem = secret_problem(secret)
+        if problem is not None:
+            raise ConfigError(path, secret.key, problem)
+
+
+def load_service_config(path: str, service: str) -> VigilConfig:
+    """``path`` validated for the cloud service ``service`` (its section name: ``ingest``,
+    ``alert_engine``, ``notifier`` or ``api``), the secret files it reads included: what its
+    ``--validate-config`` checks, and what ``vigil validate-config`` checks for it."""
+    config = load_config(path)
+    check_secret_files(path, service_secret_files(config, service))
+    return config
 
 
 def load_or_exit(args: argparse.Namespace, load: Callable[[str], T]) -> T | int:

@@ -1,34 +1,83 @@
-"""Typed settings for every service, validated once at start.
+"""Typed settings for every service, validated once at start, as a whole.
 
 Two YAML files: the cloud side (``config/vigil.yaml``: broker, storage, every service) and
 one per edge agent (``config/agents/*.yaml``). A bad file raises :class:`ConfigError`
-naming the file, the key and the reason. Environment variables override any key:
-``VIGIL__INGEST__BATCH_MAX_MESSAGES=500`` sets ``ingest.batch_max_messages`` (values are
-parsed as YAML scalars). Secrets are never in the YAML: ``password_file`` and
-``admin_token_sha256_file`` keys point at files (kept under ``.vigil/secrets``).
+naming the file, the key and the reason, whatever the file holds: bytes that are not UTF-8,
+YAML that does not parse, nesting or aliases past the bounds, keys that are not strings,
+values of the wrong type (no ``true`` for a port), and settings that contradict each other
+(the cross-field rules in the models' ``_whole`` validators: TLS modes, unique storage
+servers, device ids, broker users and listening ports, reserved names).
+
+Environment variables override any key: ``VIGIL__INGEST__BATCH_MAX_MESSAGES=500`` sets
+``ingest.batch_max_messages`` (values are parsed as YAML scalars, so ``500`` is an integer and
+``'500'`` a string; a number in a list is addressed by its index,
+``VIGIL__NOTIFIER__RECIPIENTS__0``). Secrets are never in the YAML: ``password_file`` and
+``admin_token_sha256_file`` keys point at files (kept under ``.vigil/secrets``);
+:func:`service_secret_files` says which files each service reads.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from vigil.names import NAME_RULE, is_name
 from vigil.topics import TopicError, Topics
 
 ENV_PREFIX = "VIGIL__"
+AGENT_ENV_PREFIX = "VIGIL_AGENT__"
+
+#: Bounds on a configuration file: its size, how deep it nests and how many values it holds
+#: once aliases are expanded (a "billion laughs" file is refused, not expanded).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 50_000
+#: A secret file is a password or a digest: anything larger is not one.
+MAX_SECRET_BYTES = 64 * 1024
+
+#: The broker user (and client id) of each cloud service, by its section in vigil.yaml.
+SERVICE_USERS: Mapping[str, str] = {
+    "ingest": "vigil-ingest",
+    "alert_engine": "vigil-alert-engine",
+    "notifier": "vigil-notifier",
+    "api": "vigil-api",
+}
+#: The read-only broker user handed out for watching.
+VIEWER_USER = "vigil-viewer"
+#: Broker user names that belong to Vigil itself: no device may take one. The broker's
+#: provisioning (``broker/provision.py`` SERVICE_ACCESS) grants exactly these users.
+RESERVED_USERS = frozenset({*SERVICE_USERS.values(), VIEWER_USER})
+#: The cloud services, by section name, in the order they are checked.
+SERVICES = tuple(SERVICE_USERS)
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not binds
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,251}[A-Za-z0-9_.])?")
+_URL = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^/\s:@?#\[\]]+)(?::\d{1,5})?/?"
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -39,14 +88,77 @@ class ConfigError(Exception):
         self.path, self.key, self.reason = path, key, reason
 
 
+class KeyedError(ValueError):
+    """Raised by a cross-field rule: ``key`` (relative to the model that checks it) is the
+    setting to change, ``reason`` why."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _name(value: str) -> str:
     if not is_name(value):
-        raise ValueError(f"{value!r} is not a valid name: {NAME_RULE}")
+        raise ValueError(f"{_shown(value)} is not a valid name: {NAME_RULE}")
     return value
+
+
+def _device_id(value: str) -> str:
+    _name(value)
+    if value in RESERVED_USERS:
+        raise ValueError(f"{value!r} is reserved for Vigil's own broker users")
+    return value
+
+
+def _host(value: str) -> str:
+    """A host name or an IP address (no port, no spaces)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if _HOSTNAME.fullmatch(value) is None or ".." in value:
+            raise ValueError(f"{_shown(value)} is not a host name or IP address") from None
+    return value
+
+
+def _file_path(value: Path) -> Path:
+    text = str(value)
+    try:
+        os.fsencode(text)  # a lone surrogate (YAML's "\ud800") names no file
+    except UnicodeEncodeError:
+        text = ""
+    if not text or text == "." or "\x00" in text:
+        raise ValueError(f"{_shown(str(value))} is not a file path")
+    return value
+
+
+def _email(value: str) -> str:
+    local, at, domain = value.partition("@")
+    if not (at and local and domain) or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError(f"{_shown(value)} is not an email address")
+    return value
+
+
+# Strict scalars: YAML already gives ints, floats and booleans their own types, so a value of
+# another type is a mistake to report, not to coerce (``port: true`` is not port 1,
+# ``starttls: "no"`` is not False). An int is accepted for a float.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+#: A listening port; 0 lets the system pick one (or switches the listener off).
+ListenPort = Annotated[int, Strict(), Field(ge=0, le=65535)]
+Host = Annotated[str, AfterValidator(_host)]
+FilePath = Annotated[Path, AfterValidator(_file_path)]
+Email = Annotated[str, AfterValidator(_email)]
 
 
 def read_secret(path: Path | None) -> str | None:
@@ -56,13 +168,37 @@ def read_secret(path: Path | None) -> str | None:
     return path.read_text(encoding="utf-8").strip()
 
 
+def _norm_host(host: str) -> str:
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_endpoint(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a validated storage URL, the host normalised (``localhost`` is
+    127.0.0.1) and the port the scheme's default when the URL names none."""
+    parts = urlsplit(url)
+    return _norm_host(parts.hostname or ""), parts.port or (443 if parts.scheme == "https" else 80)
+
+
 class BrokerSettings(Model):
     """Where the MQTT broker listens and the topic root every service uses."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    host: Host = "127.0.0.1"
+    port: Port = 1883
     topic_root: str = "vigil"
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: Int = Field(30, ge=5, le=3600)
 
     @field_validator("topic_root")
     @classmethod
@@ -79,11 +215,11 @@ class BrokerSettings(Model):
 
 
 class MqttClientSettings(Model):
-    """One service's MQTT identity. The password comes from ``password_file``."""
+    """One MQTT identity. The password comes from ``password_file``."""
 
     client_id: str
     username: str
-    password_file: Path | None = None
+    password_file: FilePath | None = None
 
     @field_validator("client_id", "username")
     @classmethod
@@ -97,26 +233,44 @@ class MqttClientSettings(Model):
 
 class StorageNode(Model):
     name: str
-    url: str = Field(pattern=r"^https?://[^/\s]+/?$", description="InfluxDB 1.x HTTP API base")
+    url: str = Field(description="InfluxDB 1.x HTTP API base, e.g. http://127.0.0.1:8086")
 
     @field_validator("name")
     @classmethod
     def _check(cls, v: str) -> str:
         return _name(v)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        m = _URL.fullmatch(v)
+        if m is None:
+            raise ValueError(
+                f"{_shown(v)} is not an InfluxDB base URL: http:// or https://, a host, an "
+                "optional port, no path"
+            )
+        _host(m.group("host").strip("[]"))
+        try:
+            port = urlsplit(v).port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{_shown(v)}: the port must be 1-65535")
+        return v
+
 
 class StorageSettings(Model):
     """The InfluxDB servers of the ring and how readings are placed on them."""
 
     database: str = "vigil"
-    replication_factor: int = Field(2, ge=1, le=5)
-    vnodes: int = Field(256, ge=1, le=4096, description="virtual nodes per server on the ring")
-    timeout_s: float = Field(10.0, gt=0)
+    replication_factor: Int = Field(2, ge=1, le=5)
+    vnodes: Int = Field(256, ge=1, le=4096, description="virtual nodes per server on the ring")
+    timeout_s: Float = Field(10.0, gt=0, le=3600)
     nodes: list[StorageNode] = Field(min_length=1)
     username: str = Field(
         "vigil-service", description="InfluxDB user of the services (ALL on the database)"
     )
-    password_file: Path | None = Field(
+    password_file: FilePath | None = Field(
         None, description="file holding that user's InfluxDB password"
     )
 
@@ -124,94 +278,131 @@ class StorageSettings(Model):
     def password(self) -> str | None:
         return read_secret(self.password_file)
 
-    @field_validator("database")
+    @field_validator("database", "username")
     @classmethod
-    def _check_db(cls, v: str) -> str:
+    def _check_name(cls, v: str) -> str:
         return _name(v)
 
-    @field_validator("nodes")
-    @classmethod
-    def _unique(cls, v: list[StorageNode]) -> list[StorageNode]:
-        names = [n.name for n in v]
-        if len(set(names)) != len(names):
-            raise ValueError("node names must be unique")
-        return v
-
     @model_validator(mode="after")
-    def _rf_fits(self) -> StorageSettings:
+    def _whole(self) -> StorageSettings:
+        names: dict[str, int] = {}
+        servers: dict[tuple[str, int], int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in names:
+                raise KeyedError(
+                    f"nodes[{i}].name",
+                    f"{node.name!r} is also the name of nodes[{names[node.name]}]: "
+                    "node names must be unique",
+                )
+            names[node.name] = i
+            server = url_endpoint(node.url)
+            if server in servers:
+                raise KeyedError(
+                    f"nodes[{i}].url",
+                    f"{_shown(node.url)} is the same server as nodes[{servers[server]}].url: "
+                    "each node must be its own InfluxDB server, or replicas would share it",
+                )
+            servers[server] = i
         if self.replication_factor > len(self.nodes):
-            raise ValueError(
+            raise KeyedError(
+                "replication_factor",
                 f"replication_factor {self.replication_factor} exceeds the "
-                f"{len(self.nodes)} configured nodes"
+                f"{len(self.nodes)} configured nodes",
             )
         return self
 
 
 class IngestSettings(Model):
     mqtt: MqttClientSettings
-    batch_max_messages: int = Field(2000, ge=1, le=100_000)
-    batch_linger_ms: int = Field(50, ge=0, le=60_000)
-    dedupe_window: int = Field(200_000, ge=1, description="message ids remembered")
-    receive_maximum: int = Field(5000, ge=1, le=65535, description="unacked QoS 1 in flight")
-    metrics_port: int = Field(9101, ge=0, le=65535)
-    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
+    batch_max_messages: Int = Field(2000, ge=1, le=100_000)
+    batch_linger_ms: Int = Field(50, ge=0, le=60_000)
+    dedupe_window: Int = Field(200_000, ge=1, le=10_000_000, description="message ids remembered")
+    receive_maximum: Int = Field(5000, ge=1, le=65535, description="unacked QoS 1 in flight")
+    metrics_port: ListenPort = 9101
+    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class AlertEngineSettings(Model):
     mqtt: MqttClientSettings
-    state_path: Path
-    metrics_port: int = Field(9102, ge=0, le=65535)
-    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
+    state_path: FilePath
+    metrics_port: ListenPort = 9102
+    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class SmtpSettings(Model):
-    host: str = "127.0.0.1"
-    port: int = Field(2525, ge=1, le=65535)
-    sender: str = "vigil@localhost"
-    starttls: bool = False
-    use_tls: bool = False
+    host: Host = "127.0.0.1"
+    port: Port = 2525
+    sender: Email = "vigil@localhost"
+    starttls: Bool = Field(False, description="upgrade a plain connection (port 587)")
+    use_tls: Bool = Field(False, description="TLS from the first byte (port 465)")
     username: str | None = None
-    password_file: Path | None = None
-    timeout_s: float = Field(10.0, gt=0)
+    password_file: FilePath | None = None
+    timeout_s: Float = Field(10.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _whole(self) -> SmtpSettings:
+        if self.starttls and self.use_tls:
+            raise KeyedError(
+                "starttls",
+                "cannot be combined with use_tls: use_tls is TLS from the first byte "
+                "(port 465), starttls upgrades a plain connection (port 587); choose one",
+            )
+        if self.username and self.password_file is None:
+            raise KeyedError("password_file", "required with username: SMTP login needs both")
+        if self.password_file is not None and not self.username:
+            raise KeyedError(
+                "username", "required with password_file: a password is only sent with a user"
+            )
+        return self
 
 
 class NotifierSettings(Model):
     mqtt: MqttClientSettings
     smtp: SmtpSettings = SmtpSettings()
-    recipients: list[str] = Field(min_length=1)
-    state_path: Path
-    metrics_port: int = Field(9103, ge=0, le=65535)
-    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
-
-    @field_validator("recipients")
-    @classmethod
-    def _emails(cls, v: list[str]) -> list[str]:
-        for addr in v:
-            if "@" not in addr or any(c.isspace() for c in addr):
-                raise ValueError(f"{addr!r} is not an email address")
-        return v
+    recipients: list[Email] = Field(min_length=1)
+    state_path: FilePath
+    metrics_port: ListenPort = 9103
+    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class ApiSettings(Model):
     mqtt: MqttClientSettings
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    database: Path
-    admin_token_sha256_file: Path | None = Field(
+    host: Host = "127.0.0.1"
+    port: ListenPort = 8000
+    database: FilePath
+    admin_token_sha256_file: FilePath | None = Field(
         None, description="file holding the SHA-256 hex digest of the admin bearer token"
     )
-    metrics_port: int = Field(9104, ge=0, le=65535)
-    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
+    metrics_port: ListenPort = 9104
+    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
 
 class DeviceEntry(Model):
     id: str
-    description: str = ""
+    description: str = Field("", max_length=1000)
 
     @field_validator("id")
     @classmethod
     def _check(cls, v: str) -> str:
-        return _name(v)
+        return _device_id(v)
+
+
+@dataclass(frozen=True)
+class _Socket:
+    key: str  # the setting that names the port
+    host: str  # normalised
+    port: int
+    listens: bool  # a Vigil service binds it (else: a server Vigil connects to)
+
+    def clashes(self, other: _Socket) -> bool:
+        if self.port != other.port or self.port == 0:
+            return False
+        if self.host == other.host:
+            return True
+        if self.listens and other.listens:
+            return self.host in _WILDCARD_HOSTS or other.host in _WILDCARD_HOSTS
+        bind, server = (self, other) if self.listens else (other, self)
+        return bind.listens and bind.host in _WILDCARD_HOSTS and _is_loopback(server.host)
 
 
 class VigilConfig(Model):
@@ -225,33 +416,138 @@ class VigilConfig(Model):
     api: ApiSettings
     devices: list[DeviceEntry] = []
 
+    def service_mqtt(self, service: str) -> MqttClientSettings:
+        """The MQTT identity of a cloud service, by section name (see SERVICES)."""
+        mqtt: MqttClientSettings = getattr(self, service).mqtt
+        return mqtt
+
+    def sockets(self) -> Iterator[_Socket]:
+        """Every host:port the system uses: the servers Vigil connects to (broker, SMTP,
+        storage), then the services' own listeners, in file order."""
+        yield _Socket("broker.port", _norm_host(self.broker.host), self.broker.port, False)
+        smtp = self.notifier.smtp
+        yield _Socket("notifier.smtp.port", _norm_host(smtp.host), smtp.port, False)
+        for i, node in enumerate(self.storage.nodes):
+            yield _Socket(f"storage.nodes[{i}].url", *url_endpoint(node.url), False)
+        ingest, engine, notifier, api = self.ingest, self.alert_engine, self.notifier, self.api
+        for key, host, port in (
+            ("ingest.metrics_port", ingest.metrics_host, ingest.metrics_port),
+            ("alert_engine.metrics_port", engine.metrics_host, engine.metrics_port),
+            ("notifier.metrics_port", notifier.metrics_host, notifier.metrics_port),
+            ("api.port", api.host, api.port),
+            ("api.metrics_port", api.metrics_host, api.metrics_port),
+        ):
+            yield _Socket(key, _norm_host(host), port, True)
+
+    @model_validator(mode="after")
+    def _whole(self) -> VigilConfig:
+        users: dict[str, str] = {}
+        for service in SERVICES:
+            mqtt = self.service_mqtt(service)
+            if mqtt.client_id != mqtt.username:
+                raise KeyedError(
+                    f"{service}.mqtt.client_id",
+                    f"must be the username {mqtt.username!r}: the broker reserves each client "
+                    "id for the user of the same name",
+                )
+            own = SERVICE_USERS[service]
+            if mqtt.username in RESERVED_USERS and mqtt.username != own:
+                raise KeyedError(
+                    f"{service}.mqtt.username",
+                    f"{mqtt.username!r} is the broker user of another part of Vigil; "
+                    f"this service's is {own!r}",
+                )
+            if mqtt.username in users:
+                raise KeyedError(
+                    f"{service}.mqtt.username",
+                    f"{mqtt.username!r} is also {users[mqtt.username]}.mqtt.username: each "
+                    "service needs its own broker user",
+                )
+            users[mqtt.username] = service
+        devices: dict[str, int] = {}
+        for i, device in enumerate(self.devices):
+            if device.id in devices:
+                raise KeyedError(
+                    f"devices[{i}].id",
+                    f"{device.id!r} is also devices[{devices[device.id]}].id: device ids "
+                    "must be unique",
+                )
+            if device.id in users:
+                raise KeyedError(
+                    f"devices[{i}].id",
+                    f"{device.id!r} is the broker user of {users[device.id]}: a device "
+                    "needs a user of its own",
+                )
+            devices[device.id] = i
+        seen: list[_Socket] = []
+        for socket in self.sockets():
+            for other in seen:
+                if socket.clashes(other):
+                    raise KeyedError(
+                        socket.key,
+                        f"port {socket.port} on {socket.host} is also {other.key}: two "
+                        "servers cannot listen on one host and port (0 picks a free one)",
+                    )
+            seen.append(socket)
+        files: dict[str, str] = {}
+        for key, path in (
+            ("alert_engine.state_path", self.alert_engine.state_path),
+            ("notifier.state_path", self.notifier.state_path),
+            ("api.database", self.api.database),
+        ):
+            norm = os.path.normpath(path)
+            if norm in files:
+                raise KeyedError(
+                    key, f"{_shown(str(path))} is also {files[norm]}: each needs its own file"
+                )
+            files[norm] = key
+        return self
+
 
 class SensorSpec(Model):
     """A simulated sensor: ``base + amplitude*sin(2πt/period) + noise``, seeded."""
 
     metric: str
-    unit: str = ""
-    base: float = 0.0
-    amplitude: float = 1.0
-    period_s: float = Field(300.0, gt=0)
-    noise: float = Field(0.1, ge=0)
+    unit: str = Field("", max_length=32)
+    base: Float = 0.0
+    amplitude: Float = 1.0
+    period_s: Float = Field(300.0, gt=0)
+    noise: Float = Field(0.1, ge=0)
 
     @field_validator("metric")
     @classmethod
     def _check(cls, v: str) -> str:
         return _name(v)
 
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in v) or "\\" in v:
+            raise ValueError("a unit may not hold control characters or a backslash")
+        return v
+
 
 class BreakerSettings(Model):
-    fail_max: int = Field(3, ge=1)
-    reset_timeout_s: float = Field(60.0, gt=0)
+    fail_max: Int = Field(3, ge=1, le=1000)
+    reset_timeout_s: Float = Field(60.0, gt=0)
 
 
 class QuoteSettings(Model):
     symbols: list[str] = []
-    interval_s: float = Field(30.0, gt=0)
+    interval_s: Float = Field(30.0, gt=0)
     source: Literal["yfinance", "simulated"] = "yfinance"
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _whole(self) -> QuoteSettings:
+        first: dict[str, int] = {}
+        for i, symbol in enumerate(self.symbols):
+            if symbol.upper() in first:
+                raise KeyedError(
+                    f"symbols[{i}]", f"{_shown(symbol)} is also symbols[{first[symbol.upper()]}]"
+                )
+            first[symbol.upper()] = i
+        return self
 
 
 class AgentConfig(Model):
@@ -260,58 +556,346 @@ class AgentConfig(Model):
     device_id: str
     broker: BrokerSettings = BrokerSettings()
     mqtt: MqttClientSettings
-    outbox_path: Path
-    interval_s: float = Field(1.0, gt=0)
-    batch_max: int = Field(50, ge=1, le=1000, description="readings per message at most")
-    seed: int = 0
+    outbox_path: FilePath
+    interval_s: Float = Field(1.0, gt=0)
+    batch_max: Int = Field(50, ge=1, le=1000, description="readings per message at most")
+    seed: Int = 0
     sensors: list[SensorSpec] = []
     quotes: QuoteSettings = QuoteSettings()
-    metrics_port: int = Field(9110, ge=0, le=65535)
-    metrics_host: str = Field("127.0.0.1", description="0.0.0.0 in containers")
+    metrics_port: ListenPort = 9110
+    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
     @field_validator("device_id")
     @classmethod
     def _check(cls, v: str) -> str:
-        return _name(v)
+        return _device_id(v)
+
+    @model_validator(mode="after")
+    def _whole(self) -> AgentConfig:
+        if self.mqtt.username != self.device_id:
+            raise KeyedError(
+                "mqtt.username",
+                f"must be the device id {self.device_id!r}: the broker "
+                "lets a device publish only under its own username",
+            )
+        if self.mqtt.client_id != self.device_id:
+            raise KeyedError(
+                "mqtt.client_id",
+                f"must be the device id {self.device_id!r}: the broker reserves each client "
+                "id for the user of the same name",
+            )
+        metrics: dict[str, int] = {}
+        for i, sensor in enumerate(self.sensors):
+            if sensor.metric in metrics:
+                raise KeyedError(
+                    f"sensors[{i}].metric",
+                    f"{sensor.metric!r} is also sensors[{metrics[sensor.metric]}].metric: "
+                    "one sensor per metric",
+                )
+            metrics[sensor.metric] = i
+        return self
 
 
+# -- secret files ------------------------------------------------------------------------
+SecretKind = Literal["password", "sha256"]
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret file a service reads at start: the key naming it, and what it must hold."""
+
+    key: str
+    path: Path
+    kind: SecretKind = "password"
+
+
+def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
+    """The secret files the cloud service ``service`` (a section name, see SERVICES) reads:
+    the ones its ``--validate-config`` checks and ``vigil validate-config`` checks for it."""
+    if service not in SERVICE_USERS:
+        raise ValueError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
+    section = getattr(config, service)
+    files: list[tuple[str, Path | None, SecretKind]] = [
+        (f"{service}.mqtt.password_file", section.mqtt.password_file, "password")
+    ]
+    if service in ("ingest", "api"):
+        files.append(("storage.password_file", config.storage.password_file, "password"))
+    if service == "notifier":
+        files.append(
+            ("notifier.smtp.password_file", config.notifier.smtp.password_file, "password")
+        )
+    if service == "api":
+        files.append(("api.admin_token_sha256_file", config.api.admin_token_sha256_file, "sha256"))
+    return [SecretFile(key, path, kind) for key, path, kind in files if path is not None]
+
+
+def agent_secret_files(config: AgentConfig) -> list[SecretFile]:
+    """The secret files an edge agent reads."""
+    path = config.mqtt.password_file
+    return [] if path is None else [SecretFile("mqtt.password_file", path)]
+
+
+def secret_problem(secret: SecretFile) -> str | None:
+    """Why ``secret`` cannot be used (unreadable, not UTF-8, empty, not a digest), or None."""
+    path = secret.path
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if len(raw) > MAX_SECRET_BYTES:
+        return f"{path} is larger than {MAX_SECRET_BYTES // 1024} KiB: not a secret"
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return f"{path} is not UTF-8 text"
+    if secret.kind == "sha256":
+        if _HEX64.fullmatch(text.lower()) is None:
+            return f"{path} must hold a SHA-256 hex digest (64 hex characters)"
+    elif not text:
+        return f"{path} is empty"
+    return None
+
+
+# -- loading -----------------------------------------------------------------------------
 M = TypeVar("M", bound=BaseModel)
 
 
-def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = tree
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[key] = nxt
-        node = nxt
-    node[keys[-1]] = value
+def _unreadable(exc: Exception, node: Node) -> ConstructorError:
+    problem = f"cannot read this value ({type(exc).__name__}: {str(exc)[:80]})"
+    return ConstructorError(None, None, problem, node.start_mark)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: nesting at most MAX_DEPTH, and any value it cannot
+    construct (a bad timestamp, ``!!int x``) reported as a YAML error at its position."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = self._nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH or self._nodes > MAX_NODES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                problem = (
+                    f"nested deeper than {MAX_DEPTH} levels"
+                    if self._depth > MAX_DEPTH
+                    else f"holds more than {MAX_NODES} values"
+                )
+                raise ComposerError(None, None, problem, mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # a constructor fed a value it cannot take
+            raise _unreadable(exc, node) from exc
+
+
+def _measure(root: Node) -> None:
+    """Refuse a node graph that, with aliases expanded, holds more than MAX_NODES values,
+    nests deeper than MAX_DEPTH, or contains itself."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height)
+    active: set[int] = set()
+
+    def visit(node: Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in active:
+            raise ComposerError(
+                None, None, "an alias refers to a value that holds it", node.start_mark
+            )
+        if level > MAX_DEPTH:
+            raise ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels (aliases expanded)",
+                node.start_mark,
+            )
+        if key not in done:
+            active.add(key)
+            children: list[Node] = []
+            if isinstance(node, SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, MappingNode):
+                children = [part for pair in node.value for part in pair]
+            size, height = 1, 1
+            for child in children:
+                s, h = visit(child, level + 1)
+                size, height = size + s, max(height, h + 1)
+                if size > MAX_NODES:
+                    raise ComposerError(
+                        None,
+                        None,
+                        f"holds more than {MAX_NODES} values once aliases are expanded",
+                        node.start_mark,
+                    )
+            active.discard(key)
+            done[key] = (size, height)
+        size, height = done[key]
+        if level + height - 1 > MAX_DEPTH:
+            raise ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels (aliases expanded)",
+                node.start_mark,
+            )
+        return size, height
+
+    visit(root, 1)
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str) -> tuple[str, str]:
+    """(where, reason) of a YAML error: ``line L, column C`` and what is wrong there."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        pos = max(0, min(exc.position, len(text)))
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else 0
+        return (
+            f"line {line}, column {column}",
+            f"invalid YAML: character U+{char:04X} is not allowed",
+        )
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    problem = "; ".join(p for p in parts if p) or str(exc)
+    return where, f"invalid YAML: {problem}"
+
+
+def parse_yaml(text: str) -> Any:
+    """One YAML document with the safe loader, within the bounds above. Raises
+    yaml.YAMLError (with a position) for anything it cannot or will not read."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node)
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # a constructor fed a value it cannot take
+            raise _unreadable(exc, node) from exc
+    finally:
+        loader.dispose()
+
+
+def _key_text(part: int | str) -> str:
+    return str(part) if _PLAIN_KEY.fullmatch(str(part)) else _shown(part, 40)
+
+
+def _loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{_key_text(part)}" if out else _key_text(part)
+    return out
+
+
+def _plain(value: Any, loc: list[int | str], spath: str) -> Any:
+    """A copy of parsed YAML with no shared parts (so an override changes one place only),
+    every mapping key checked to be a string."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                where = _loc(loc) or "(top level)"
+                raise ConfigError(spath, where, f"key {_shown(k, 40)} is not a string")
+            out[k] = _plain(v, [*loc, k], spath)
+        return out
+    if isinstance(value, list):
+        return [_plain(v, [*loc, i], spath) for i, v in enumerate(value)]
+    return value
+
+
+def _env_value(raw: str) -> Any:
+    """An override's value: a YAML scalar (or flow collection) when it parses as one, else
+    the text itself."""
+    if not raw:
+        return raw
+    try:
+        return _plain(parse_yaml(raw), [], "")
+    except (yaml.YAMLError, ConfigError):
+        return raw
 
 
 def apply_env_overrides(
-    data: dict[str, Any], environ: Mapping[str, str], prefix: str = ENV_PREFIX
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    prefix: str = ENV_PREFIX,
+    path: str = "<environment>",
 ) -> list[str]:
-    """Apply ``VIGIL__A__B=value`` overrides to ``data`` in place; returns the keys set."""
+    """Apply ``VIGIL__A__B=value`` overrides to ``data`` in place; returns the keys set
+    (``a.b``, ``a.list[0]``). Raises ConfigError naming ``path`` and the variable for an
+    override that names no key."""
     applied = []
     for name, raw in sorted(environ.items()):
         if not name.startswith(prefix) or len(name) == len(prefix):
             continue
         keys = [k.lower() for k in name[len(prefix) :].split("__")]
-        try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
-        _set_path(data, keys, value)
-        applied.append(".".join(keys))
+        if not all(keys):
+            raise ConfigError(path, name, "environment override with an empty key (a stray __)")
+        node: Any = data
+        shown: list[int | str] = []
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            value = _env_value(raw) if last else None
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(
+                        path,
+                        _loc(shown) or name,
+                        f"{name}: {key!r} is not an index of this list of {len(node)}",
+                    )
+                index = int(key)
+                shown.append(index)
+                if last:
+                    node[index] = value
+                elif not isinstance(node[index], dict | list):
+                    node[index] = {}
+                node = node[index]
+            else:
+                shown.append(key)
+                if last:
+                    node[key] = value
+                elif not isinstance(node.get(key), dict | list):
+                    node[key] = {}
+                node = node[key]
+        applied.append(_loc(shown))
     return applied
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def _reason(err: Mapping[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    reason = str(err["msg"]).removeprefix("Value error, ")
+    given = err.get("input")
+    kind = {bool: "a boolean", str: "a string", int: "an integer", float: "a number"}
+    if str(err["type"]).endswith("_type") and type(given) in kind:
+        reason += f", not {kind[type(given)]}"
+    return reason
+
+
+def _error_key(err: Mapping[str, Any]) -> tuple[str, str]:
+    """(key, reason) of a pydantic error, a cross-field rule's own key included."""
+    key = _loc(tuple(err["loc"]))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyedError):
+        sep = "" if not key or cause.key.startswith("[") else "."
+        return f"{key}{sep}{cause.key}", cause.reason
+    return key or "(top level)", _reason(err)
 
 
 def load_model(
@@ -323,34 +907,46 @@ def load_model(
 ) -> M:
     """Load ``path`` as ``model``: YAML, then environment overrides, then validation.
 
-    Raises ConfigError("<file>: <key>: <reason>").
+    Raises ConfigError("<file>: <key>: <reason>") for anything the file may hold.
     """
     spath = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(spath, "", f"cannot read: {exc.strerror}") from exc
+        raise ConfigError(spath, "", f"cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            spath, "(top level)", f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a configuration"
+        )
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            spath, f"line {line}, column {column}", f"not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+        ) from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(spath, where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        where, reason = _yaml_error(exc, text)
+        raise ConfigError(spath, where, reason) from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(spath, "", "top level must be a mapping")
-    apply_env_overrides(data, os.environ if environ is None else environ, prefix)
+        raise ConfigError(
+            spath, "(top level)", f"must be a mapping of keys to values, not {type(data).__name__}"
+        )
+    data = _plain(data, [], spath)
+    apply_env_overrides(data, os.environ if environ is None else environ, prefix, path=spath)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = _loc(err["loc"]) or "(top level)"
-        reason = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            reason = "unknown key"
-        elif err["type"] == "missing":
-            reason = "required key is missing"
-        more = len(exc.errors()) - 1
-        if more:
+        errors = exc.errors()
+        key, reason = _error_key(errors[0])
+        if len(errors) > 1:
+            more = len(errors) - 1
             reason += f" (and {more} more error{'s' if more > 1 else ''})"
         raise ConfigError(spath, key, reason) from None
 
@@ -360,4 +956,4 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> V
 
 
 def load_agent_config(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    return load_model(AgentConfig, path, environ=environ, prefix="VIGIL_AGENT__")
+    return load_model(AgentConfig, path, environ=environ, prefix=AGENT_ENV_PREFIX)
