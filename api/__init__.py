@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from api import auth, db, devices, health, problems, request_metrics, ring, rules
 from api.resources import ApiResources, close_app, resources
@@ -19,7 +19,6 @@ from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
-from vigil.messages import Rule
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import ConfigError, VigilConfig
@@ -28,6 +27,15 @@ __all__ = ["close_app", "create_app", "resources"]
 
 #: Largest request body accepted (rules are small).
 MAX_BODY_BYTES = 64 * 1024
+
+
+def _options_without_body(response: Response) -> Response:
+    """Flask answers OPTIONS with an empty 200 labelled text/html: make it a 204 with only
+    the ``Allow`` header."""
+    if request.method == "OPTIONS" and response.status_code == 200 and not response.data:
+        response.status_code = 204
+        del response.headers["Content-Type"]
+    return response
 
 
 def create_app(
@@ -57,6 +65,8 @@ def create_app(
     if test_config is not None:
         app.config.from_mapping(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # "/devices//dev-1" is a 404 problem, not a 308 to another URL with an HTML body.
+    app.url_map.merge_slashes = False
 
     admin_digest = None
     if settings.admin_token_sha256_file is not None:
@@ -74,7 +84,7 @@ def create_app(
     client.subscribe(topics.status_filter, board.on_message)
     database = Path(app.config["DATABASE"])
 
-    def read_snapshot() -> tuple[int, int, list[Rule]]:
+    def read_snapshot() -> db.RuleSnapshot:
         store = db.Store.open(database)
         try:
             return store.snapshot()
@@ -98,6 +108,7 @@ def create_app(
     auth.init_app(app, admin_digest)
     for module in (health, devices, ring, rules):
         app.register_blueprint(module.bp)
+    app.after_request(_options_without_body)
     bind_resources(app, res)
     publisher.start()
     if owns_mqtt:

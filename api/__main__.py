@@ -21,14 +21,14 @@ from types import FrameType
 from waitress import create_server
 
 from api import close_app, create_app
-from api.auth import hash_token, new_token, read_admin_digest
+from api.auth import hash_token, new_token
 from api.db import DuplicateToken, Store
 from api.resources import EXTENSION, ApiResources
 from storage_nodes import StorageCluster, StorageError
-from vigil.cli import check_secret_files, load_or_exit, service_parser
+from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
 from vigil.names import NAME_RULE, is_name
-from vigil.settings import ConfigError, VigilConfig, load_config
+from vigil.settings import ConfigError, VigilConfig
 
 log = logging.getLogger("api")
 
@@ -46,16 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load(path: str) -> VigilConfig:
-    """The configuration, with the admin token digest file checked too."""
-    config = load_config(path)
-    check_secret_files(path, {"api.mqtt.password_file": config.api.mqtt.password_file})
-    digest_file = config.api.admin_token_sha256_file
-    if digest_file is not None:
-        try:
-            read_admin_digest(digest_file)
-        except ValueError as exc:
-            raise ConfigError(path, "api.admin_token_sha256_file", str(exc)) from None
-    return config
+    """The configuration, with the secret files the API reads checked too: its MQTT and
+    InfluxDB passwords and the admin token digest (64 hex characters)."""
+    return load_service_config(path, "api")
 
 
 def create_token(config: VigilConfig, config_path: str, name: str) -> int:

@@ -4,6 +4,9 @@ Tokens are never stored, only their SHA-256 hex digests: the admin token's diges
 from ``api.admin_token_sha256_file``; other tokens are kept in the API database
 (``python -m api --create-token NAME`` makes one). A missing or unknown token gets 401 with
 ``WWW-Authenticate: Bearer`` (RFC 6750).
+
+The header is parsed totally: any value (odd bytes, other schemes, a token of any length)
+ends as a token, "no token", or a 401 saying what is wrong; nothing else escapes.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from api.problems import Problem
 
 PUBLIC_PATHS = frozenset({"/health"})
 REALM = "vigil"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-#: RFC 6750 b64token.
-_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: RFC 6750 b64token, matched whole (``fullmatch``: with ``$``, "tok\n" passed).
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: Longest token looked at; ours are 43 characters. Longer is malformed, not hashed.
+MAX_TOKEN_CHARS = 512
 
 
 def hash_token(token: str) -> str:
@@ -40,7 +45,7 @@ def read_admin_digest(path: Path) -> str:
         text = path.read_text(encoding="utf-8").strip().lower()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
-    if not _HEX64.match(text):
+    if _HEX64.fullmatch(text) is None:
         raise ValueError(f"{path} must hold a SHA-256 hex digest (64 hex characters)")
     return text
 
@@ -54,7 +59,9 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer":
         raise ValueError("the Authorization header must use the Bearer scheme")
     token = token.strip()
-    if not _TOKEN.match(token):
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ValueError(f"the bearer token is longer than {MAX_TOKEN_CHARS} characters")
+    if _TOKEN.fullmatch(token) is None:
         raise ValueError("the bearer token is malformed")
     return token
 
@@ -74,6 +81,18 @@ def check_token(token: str, admin_digest: str | None) -> str | None:
         return "admin"
     name = get_store().token_name(digest)
     return name
+
+
+def request_caller() -> str | None:
+    """The caller named by this request's bearer token, or None when there is no token or
+    it is malformed or unknown (for public routes that show more to a known caller)."""
+    try:
+        token = bearer_token(request.headers.get("Authorization"))
+    except ValueError:
+        return None
+    if token is None:
+        return None
+    return check_token(token, current_app.config["ADMIN_TOKEN_SHA256"])
 
 
 def init_app(app: Flask, admin_digest: str | None) -> None:

@@ -5,6 +5,11 @@ The rule-set version names one rule set: every change commits the new rule set a
 version in one transaction. Versions are seeded from the clock (``max(previous + 1, now in
 ms)``), so they keep increasing across restarts and even if the database file is recreated.
 
+A stored rule is validated again whenever it is read: a row an older version accepted and
+this one refuses (an id ``"r\n"``, an unknown field, a body that is not JSON) is returned as
+an :class:`InvalidStoredRule` beside the valid rules, never raised, so one bad row cannot
+stop every reader of the rule set. It stays until it is deleted.
+
 Flask views use :func:`get_store` (one connection per request, closed at teardown, as in the
 Flask tutorial); other threads open their own :class:`Store`.
 """
@@ -14,11 +19,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, current_app, g
 
-from vigil.messages import Rule
+from vigil.jsonin import JsonInputError, loads
+from vigil.messages import InvalidMessage, Rule
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (
@@ -38,6 +45,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 VERSION_KEY = "rules_version"
 CHANGED_AT_KEY = "rules_changed_at"
+#: Most rules kept: with every field at its longest the snapshot stays under the 4 MiB the
+#: alert engine accepts (vigil.messages.MAX_RULESET_BYTES).
+MAX_RULES = 1000
+#: Largest stored rule body read back (a valid one is under 3 KiB).
+MAX_STORED_RULE_BYTES = 64 * 1024
 
 
 def now_ms() -> int:
@@ -50,15 +62,96 @@ class DuplicateRule(Exception):
         self.rule_id = rule_id
 
 
+class TooManyRules(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"there are already {limit} rules, the most the API keeps")
+        self.limit = limit
+
+
 class DuplicateToken(Exception):
     pass
 
 
-def connect(path: Path) -> sqlite3.Connection:
+@dataclass(frozen=True, slots=True)
+class InvalidStoredRule:
+    """A stored row that is not a valid rule (saved by an older version): ``id`` is the row's
+    key exactly as stored, ``reason`` says what is wrong."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRules:
+    """The rules table read whole: the valid rules and the rows that are not, both by id."""
+
+    rules: list[Rule]
+    invalid: list[InvalidStoredRule]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSnapshot:
+    """A consistent read of the rule set: its version, when it changed (epoch ms), the valid
+    rules and the stored rows that are not valid rules."""
+
+    version: int
+    changed_at: int
+    rules: list[Rule]
+    invalid: list[InvalidStoredRule]
+
+
+def decode_stored_rule(row_id: object, body: object) -> Rule | InvalidStoredRule:
+    """The rule stored under ``row_id`` with ``body``, validated as a new one would be;
+    every failure is an InvalidStoredRule, nothing raises."""
+    key = row_id.decode("utf-8", "replace") if isinstance(row_id, bytes) else str(row_id)
+    if not isinstance(body, str | bytes):
+        return InvalidStoredRule(key, f"the stored body is {type(body).__name__}, not JSON text")
+    try:
+        obj = loads(body, max_bytes=MAX_STORED_RULE_BYTES)
+        rule = Rule.from_dict(obj)
+    except JsonInputError as exc:
+        return InvalidStoredRule(key, f"the stored body is not valid JSON: {exc.reason}")
+    except InvalidMessage as exc:
+        return InvalidStoredRule(key, exc.reason)
+    if rule.id != row_id:
+        return InvalidStoredRule(key, f"stored under id {key!r} but its body names {rule.id!r}")
+    return rule
+
+
+#: SQLite result codes (primary, the low byte) that mean the database is busy or cannot be
+#: reached for now, not that the statement is wrong: the API answers 503 for these.
+UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def is_unavailable(exc: sqlite3.Error) -> bool:
+    """True if ``exc`` says the database is busy, locked, full or unreachable."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in UNAVAILABLE_CODES
+
+
+def _text(data: bytes) -> str:
+    """TEXT values as str even when a row holds bytes that are not UTF-8 (sqlite3's default
+    raises on them, for the whole query): those bytes become lone surrogates, which every
+    check of a name or a JSON string refuses."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def connect(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> sqlite3.Connection:
     """Open (creating the file and its folder) the API database in autocommit mode; every
-    multi-statement change runs in an explicit transaction."""
+    multi-statement change runs in an explicit transaction. A lock held elsewhere is waited
+    for up to ``timeout_s``, then SQLITE_BUSY (see :func:`is_unavailable`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    conn.text_factory = _text
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
@@ -71,8 +164,8 @@ class Store:
         self.conn = conn
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        return cls(connect(path))
+    def open(cls, path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Store:
+        return cls(connect(path, timeout_s))
 
     def close(self) -> None:
         self.conn.close()
@@ -102,26 +195,44 @@ class Store:
     def rules_version(self) -> int:
         return self._meta(VERSION_KEY)
 
-    def list_rules(self) -> list[Rule]:
-        rows = self.conn.execute("SELECT body FROM rules ORDER BY id").fetchall()
-        return [Rule.from_dict(json.loads(body)) for (body,) in rows]
+    def list_rules(self) -> StoredRules:
+        """Every stored row, sorted by id: the valid rules and the invalid rows apart."""
+        rules: list[Rule] = []
+        invalid: list[InvalidStoredRule] = []
+        for row_id, body in self.conn.execute("SELECT id, body FROM rules ORDER BY id"):
+            decoded = decode_stored_rule(row_id, body)
+            if isinstance(decoded, Rule):
+                rules.append(decoded)
+            else:
+                invalid.append(decoded)
+        return StoredRules(rules, invalid)
 
-    def get_rule(self, rule_id: str) -> Rule | None:
-        row = self.conn.execute("SELECT body FROM rules WHERE id = ?", (rule_id,)).fetchone()
-        return Rule.from_dict(json.loads(row[0])) if row else None
+    def get_rule(self, rule_id: str) -> Rule | InvalidStoredRule | None:
+        """The rule stored under exactly ``rule_id``, an InvalidStoredRule if that row is not
+        a valid rule, or None if there is no such row."""
+        row = self.conn.execute("SELECT id, body FROM rules WHERE id = ?", (rule_id,)).fetchone()
+        return decode_stored_rule(row[0], row[1]) if row else None
 
-    def snapshot(self) -> tuple[int, int, list[Rule]]:
-        """(version, changed_at ms, rules) read in one transaction: a consistent rule set."""
+    def snapshot(self) -> RuleSnapshot:
+        """The version, its time and the rules, read in one transaction: a consistent set."""
         self.conn.execute("BEGIN")
         try:
-            return (self._meta(VERSION_KEY), self._meta(CHANGED_AT_KEY), self.list_rules())
+            stored = self.list_rules()
+            return RuleSnapshot(
+                self._meta(VERSION_KEY), self._meta(CHANGED_AT_KEY), stored.rules, stored.invalid
+            )
         finally:
             self.conn.execute("COMMIT")
 
     def add_rule(self, rule: Rule) -> int:
-        """Store a new rule; returns the new rule-set version. Raises DuplicateRule."""
+        """Store a new rule; returns the new rule-set version. Raises DuplicateRule, or
+        TooManyRules when MAX_RULES rows are stored already (invalid ones count: they take
+        room until deleted)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            (count,) = self.conn.execute("SELECT count(*) FROM rules").fetchone()
+            if count >= MAX_RULES:
+                raise TooManyRules(MAX_RULES)
             self.conn.execute(
                 "INSERT INTO rules (id, body, created_at) VALUES (?, ?, ?)",
                 (rule.id, json.dumps(rule.to_dict()), now_ms()),
@@ -171,7 +282,10 @@ class Store:
 def get_store() -> Store:
     """This request's store, opened on first use."""
     if "store" not in g:
-        g.store = Store.open(Path(current_app.config["DATABASE"]))
+        config = current_app.config
+        g.store = Store.open(
+            Path(config["DATABASE"]), config.get("DATABASE_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+        )
     store: Store = g.store
     return store
 

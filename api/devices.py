@@ -7,14 +7,14 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from api.names import check_view_args
+from api.names import check_path_names
 from api.problems import Problem
 from api.resources import resources
 from api.status import device_view, list_devices
 from api.validation import parse_history_args, parse_mean_args, reject_args
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
-bp.url_value_preprocessor(check_view_args)
+bp.before_request(check_path_names)
 
 
 def _args() -> dict[str, list[str]]:
@@ -29,6 +29,7 @@ def _no_data(device: str, metric: str) -> Problem:
 def index() -> dict[str, Any]:
     """Every configured device and every device seen on the status topics, each with its
     latest status (null until it published one)."""
+    reject_args(_args())
     res = resources()
     return {"devices": list_devices(res.config.devices, res.status.all())}
 
@@ -36,6 +37,7 @@ def index() -> dict[str, Any]:
 @bp.get("/<device>")
 def get_device(device: str) -> dict[str, Any]:
     """One device; 404 if it is neither configured nor ever seen."""
+    reject_args(_args())
     res = resources()
     configured = {d.id: d for d in res.config.devices}
     status = res.status.get(device)

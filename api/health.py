@@ -1,15 +1,36 @@
 """``GET /health`` (public): is the API up, is it connected to the broker, which storage
-servers answer."""
+servers answer.
+
+Anyone may ask, so the public answer names things without saying where they are: ``status``,
+``broker`` and each storage server's ``name`` and ``up``. A request with a valid bearer token
+also gets each server's ``url``. A missing, malformed or unknown token gets the public
+answer, never a 401: a health probe must not fail, nor learn anything, because of a stale
+credential. Query parameters are ignored (probes add cache-busters).
+"""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
 from flask import Blueprint
 
+from api.auth import request_caller
 from api.resources import resources
 
+log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
+
+
+def _known_caller() -> bool:
+    """Whether the request carries a valid token. The API database that holds the tokens
+    may be down: then the answer is the public one, since health must answer regardless."""
+    try:
+        return request_caller() is not None
+    except sqlite3.Error as exc:
+        log.warning("cannot check the token on /health (%s): answering the public view", exc)
+        return False
 
 
 @bp.get("/health")
@@ -20,7 +41,14 @@ def health() -> dict[str, Any]:
     "degraded" otherwise; the answer is 200 either way (the API itself is serving).
     """
     res = resources()
+    known = _known_caller()
     broker = res.mqtt.connected
-    storage = [{"name": n.name, "url": n.url, "up": n.ping()} for n in res.storage.nodes.values()]
+    storage: list[dict[str, Any]] = []
+    for node in res.storage.nodes.values():
+        entry: dict[str, Any] = {"name": node.name}
+        if known:
+            entry["url"] = node.url
+        entry["up"] = node.ping()
+        storage.append(entry)
     ok = broker and all(n["up"] for n in storage)
     return {"status": "ok" if ok else "degraded", "broker": broker, "storage": storage}

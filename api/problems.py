@@ -1,22 +1,27 @@
 """Every error the API answers is an RFC 9457 problem (``application/problem+json``):
-``type``, ``title``, ``status``, ``detail`` and ``instance`` (the request path), plus
-extension members where they help (``parameter`` for a bad parameter).
+``type``, ``title``, ``status``, ``detail`` and ``instance`` (the request path,
+percent-encoded: a URI reference even when the path held control characters), plus extension
+members where they help (``parameter`` for a bad parameter).
 
 Views raise :class:`Problem`; ``init_app`` turns it, Flask's own HTTP errors (404, 405,
-413...), storage failures (503 when unreachable, 502 when it rejects a query) and any
-unexpected exception (500, logged with its traceback) into problem responses.
+413...), storage failures (503 when unreachable, 502 when it rejects a query), the API database
+being busy or unreachable (503) and any unexpected exception (500, logged with its
+traceback) into problem responses.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from api.db import is_unavailable
 from api.validation import InvalidParameter
 from storage_nodes import FatalStorageError, RetriableStorageError
 
@@ -26,6 +31,10 @@ PROBLEM_JSON = "application/problem+json"
 #: Problem types of this API; plain HTTP errors use "about:blank" (RFC 9457 section 4.2.1).
 TYPE_PREFIX = "urn:vigil:problem:"
 STORAGE_RETRY_AFTER_S = 5
+#: Characters of the path or method repeated in a ``detail``.
+SHOWN_CHARS = 200
+#: Characters a path keeps as they are in ``instance`` (RFC 3986 pchar and "/").
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 
 def problem_type(slug: str) -> str:
@@ -54,6 +63,15 @@ class Problem(Exception):
         self.extensions = extensions
 
 
+def request_instance() -> str:
+    """This request's path as a URI reference: percent-encoded UTF-8."""
+    return quote(request.path, safe=_PATH_SAFE, errors="replace")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
 def problem_body(problem: Problem, instance: str) -> dict[str, Any]:
     return {
         "type": problem.type,
@@ -66,7 +84,7 @@ def problem_body(problem: Problem, instance: str) -> dict[str, Any]:
 
 
 def problem_response(problem: Problem) -> Response:
-    body = current_app.json.dumps(problem_body(problem, request.path))
+    body = current_app.json.dumps(problem_body(problem, request_instance()))
     resp = current_app.response_class(body + "\n", status=problem.status, mimetype=PROBLEM_JSON)
     resp.headers.update(problem.headers)
     return resp
@@ -86,11 +104,17 @@ def _http_problem(exc: HTTPException) -> Problem:
     status = exc.code or 500
     detail = exc.description or HTTPStatus(status).description
     headers: dict[str, str] = {}
+    path = _cut(request_instance())
     if isinstance(exc, NotFound) and request.routing_exception is exc:
-        detail = f"no resource at {request.path}; see the API's routes in docs/architecture.md"
+        detail = f"no resource at {path}; see the API's routes in docs/architecture.md"
+    elif isinstance(exc, RequestEntityTooLarge):
+        limit = request.max_content_length
+        detail = "the request body is too large"
+        if limit is not None:
+            detail += f": this API accepts at most {limit} bytes"
     elif isinstance(exc, MethodNotAllowed):
         allowed = sorted(exc.valid_methods or [])
-        detail = f"{request.method} is not allowed on {request.path}"
+        detail = f"{_cut(request.method)} is not allowed on {path}"
         if allowed:
             detail += f"; allowed: {', '.join(allowed)}"
             headers["Allow"] = ", ".join(allowed)
@@ -114,7 +138,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(RetriableStorageError)
     def _storage_down(exc: RetriableStorageError) -> Response:
-        log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
+        log.warning("storage unavailable for %s %s: %s", request.method, request_instance(), exc)
         return problem_response(
             Problem(
                 503,
@@ -127,7 +151,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(FatalStorageError)
     def _storage_refused(exc: FatalStorageError) -> Response:
-        log.error("storage refused the query for %s %s: %s", request.method, request.path, exc)
+        log.error(
+            "storage refused the query for %s %s: %s", request.method, request_instance(), exc
+        )
         return problem_response(
             Problem(
                 502,
@@ -137,13 +163,30 @@ def init_app(app: Flask) -> None:
             )
         )
 
+    @app.errorhandler(sqlite3.Error)
+    def _database(exc: sqlite3.Error) -> Response:
+        if not is_unavailable(exc):
+            return _unexpected(exc)
+        log.warning(
+            "API database unavailable for %s %s: %s", request.method, request_instance(), exc
+        )
+        return problem_response(
+            Problem(
+                503,
+                f"the API database is unavailable ({exc}); try again later",
+                type_=problem_type("database-unavailable"),
+                title="Database unavailable",
+                headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+            )
+        )
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, request_instance())
         return problem_response(
             Problem(
                 500,
-                f"unexpected {type(exc).__name__} while serving {request.method} "
-                f"{request.path}; the API log has the details",
+                f"unexpected {type(exc).__name__} while serving {_cut(request.method)} "
+                f"{_cut(request_instance())}; the API log has the details",
             )
         )

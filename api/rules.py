@@ -2,25 +2,43 @@
 change the whole rule set is published as the retained snapshot the alert engine follows
 (see :mod:`api.rules_sync`). Answers to changes say whether the broker acknowledged it
 (``pushed``, also in the ``Vigil-Rules-Pushed`` header) and the rule-set version.
+
+A stored row that is no longer a valid rule (saved by an older version, e.g. the id
+``"r\n"``) does not break the list: ``GET /rules`` shows it under ``invalid`` with the reason
+and the URL that deletes it, ``GET /rules/<id>`` answers 409 with the reason, and
+``DELETE /rules/<id>`` removes it. Those two take such a stored id even though it is not a
+valid name; any other id that is not a name is a 400.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from api.db import DuplicateRule, get_store
+from api.db import DuplicateRule, InvalidStoredRule, TooManyRules, get_store
 from api.names import check_view_args
 from api.problems import Problem, problem_type
 from api.resources import resources
-from api.validation import rule_id_from_name
+from api.validation import check_path_name, reject_args, rule_id_from_name, shown
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage, Rule
 
 bp = Blueprint("rules", __name__, url_prefix="/rules")
 MAX_RULE_BODY_BYTES = 64 * 1024
-bp.url_value_preprocessor(check_view_args)
+#: Views that check ``rule_id`` themselves: they also take the id of an invalid stored row.
+_STORED_ID_VIEWS = frozenset({"rules.get_rule", "rules.delete"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@bp.before_request
+def _check_request() -> None:
+    """After authentication: path names (but a stored id the view looks up) and no query
+    parameters (none of these routes takes any)."""
+    skip = ("rule_id",) if request.endpoint in _STORED_ID_VIEWS else ()
+    check_view_args(request.endpoint, request.view_args, skip)
+    reject_args(request.args.to_dict(flat=False))
 
 
 def _invalid_rule(detail: str) -> Problem:
@@ -63,16 +81,35 @@ def _sync_headers(resp: Response, version: int, pushed: bool) -> Response:
     return resp
 
 
+def _href(rule_id: str) -> str | None:
+    """The URL of a stored rule, or None if its id cannot be a path segment (empty, holding
+    "/", or bytes that are not UTF-8): such a row can only be removed in the database."""
+    if not rule_id or "/" in rule_id or _SURROGATE.search(rule_id):
+        return None
+    return url_for("rules.delete", rule_id=rule_id)
+
+
+def _invalid_view(bad: InvalidStoredRule) -> dict[str, Any]:
+    return {"id": bad.id, "reason": bad.reason, "href": _href(bad.id)}
+
+
+def _no_rule(rule_id: str) -> Problem:
+    """404 for a valid id without a rule; 400 (InvalidParameter) for an id that is no name."""
+    check_path_name("rule_id", rule_id)
+    return Problem(404, f"no rule with id {rule_id!r}")
+
+
 @bp.get("")
 def index() -> dict[str, Any]:
-    """Every rule, with the rule-set version and whether the broker has it."""
-    store = get_store()
-    version, _changed_at, rules = store.snapshot()
+    """Every rule, with the rule-set version and whether the broker has it; ``invalid``
+    lists stored rows that are no longer valid rules (left out of the published set)."""
+    snap = get_store().snapshot()
     published = resources().publisher.published_version
     return {
-        "rules": [r.to_dict() for r in rules],
-        "version": version,
-        "pushed": published is not None and published >= version,
+        "rules": [r.to_dict() for r in snap.rules],
+        "invalid": [_invalid_view(bad) for bad in snap.invalid],
+        "version": snap.version,
+        "pushed": published is not None and published >= snap.version,
     }
 
 
@@ -91,6 +128,13 @@ def create() -> tuple[Response, int]:
             type_=problem_type("duplicate-rule"),
             rule_id=rule.id,
         ) from None
+    except TooManyRules as exc:
+        raise Problem(
+            409,
+            f"{exc}; delete rules before adding more",
+            type_=problem_type("too-many-rules"),
+            limit=exc.limit,
+        ) from None
     pushed = _push(version)
     resp = jsonify({"rule": rule.to_dict(), "version": version, "pushed": pushed})
     resp.headers["Location"] = url_for("rules.get_rule", rule_id=rule.id)
@@ -99,18 +143,28 @@ def create() -> tuple[Response, int]:
 
 @bp.get("/<rule_id>")
 def get_rule(rule_id: str) -> dict[str, Any]:
-    """One rule; 404 if there is none with this id."""
+    """One rule; 404 if there is none with this id, 409 if the stored row is not a valid
+    rule (the detail says why; delete it)."""
     rule = get_store().get_rule(rule_id)
     if rule is None:
-        raise Problem(404, f"no rule with id {rule_id!r}")
+        raise _no_rule(rule_id)
+    if isinstance(rule, InvalidStoredRule):
+        raise Problem(
+            409,
+            f"the rule stored as {shown(rule.id)} is not valid: {rule.reason}; it is left out "
+            "of the rule set the alert engine gets: DELETE it and create it again",
+            type_=problem_type("invalid-stored-rule"),
+            title="Invalid stored rule",
+            rule_id=rule.id,
+        )
     return rule.to_dict()
 
 
 @bp.delete("/<rule_id>")
 def delete(rule_id: str) -> Response:
-    """Delete a rule: 204, or 404 if there is none with this id."""
+    """Delete a rule, valid or not: 204, or 404 if there is none with this id."""
     version = get_store().delete_rule(rule_id)
     if version is None:
-        raise Problem(404, f"no rule with id {rule_id!r}")
+        raise _no_rule(rule_id)
     pushed = _push(version)
     return _sync_headers(current_app.response_class(status=204), version, pushed)

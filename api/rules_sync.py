@@ -9,7 +9,10 @@ One thread, ``rules-publisher``, does all publishing:
   dropped is re-sent by paho on reconnect, and the next one is published only after that
   one's PUBACK, so the broker always ends up retaining the newest rule set;
 - while the broker is unreachable nothing is queued: the rule is already saved, and the
-  snapshot is read from the database when the connection comes back.
+  snapshot is read from the database when the connection comes back;
+- a stored row that is no longer a valid rule (saved by an older version) is left out of
+  the snapshot, with one warning per row naming it, so the other rules still reach the
+  alert engine; ``GET /rules`` lists it as invalid until it is deleted.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from dataclasses import dataclass
 
 from paho.mqtt.enums import MQTTErrorCode
 
-from vigil.messages import Rule, encode_rules
+from api.db import InvalidStoredRule, RuleSnapshot
+from vigil.messages import encode_rules
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 
-#: (version, changed_at ms, rules): a consistent read of the rule set.
-SnapshotReader = Callable[[], tuple[int, int, list[Rule]]]
+#: A consistent read of the rule set.
+SnapshotReader = Callable[[], RuleSnapshot]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class RulePublisher:
         self._acked: set[int] = set()
         self._inflight: _InFlight | None = None
         self._published_version: int | None = None
+        self._warned: set[InvalidStoredRule] = set()
         self._unpublished = (
             metrics.gauge(
                 "vigil_api_rules_unpublished", "1 while the broker lacks the API's latest rule set"
@@ -156,9 +161,24 @@ class RulePublisher:
                 self._wanted = False
             self._publish_snapshot()
 
+    def _warn_invalid(self, invalid: list[InvalidStoredRule]) -> None:
+        """One warning (and one error count) per invalid stored row, not one per snapshot."""
+        for bad in invalid:
+            if bad in self._warned:
+                continue
+            self._warned.add(bad)
+            log.warning(
+                "stored rule %r is not a valid rule (%s): it is left out of the rule set "
+                "until DELETE /rules/<id> removes it",
+                bad.id,
+                bad.reason,
+            )
+            if self._metrics:
+                self._metrics.error("rules_invalid_stored")
+
     def _publish_snapshot(self) -> None:
         try:
-            version, changed_at, rules = self._read_snapshot()
+            snap = self._read_snapshot()
         except Exception:
             log.exception(
                 "cannot read the rule set to publish; will retry on the next change or reconnect"
@@ -166,7 +186,9 @@ class RulePublisher:
             if self._metrics:
                 self._metrics.error("rules_read")
             return
-        payload = encode_rules(rules, version, changed_at)
+        self._warn_invalid(snap.invalid)
+        version = snap.version
+        payload = encode_rules(snap.rules, version, snap.changed_at)
         # Not holding the condition: paho calls on_published under its own lock.
         info = self.mqtt.publish(self.topic, payload, qos=1, retain=True)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

@@ -21,7 +21,17 @@ DEFAULT_HISTORY_LIMIT = 100
 ORDERS = ("asc", "desc")
 DEFAULT_ORDER = "desc"
 
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+#: An integer parameter: ASCII digits only, matched whole (``fullmatch``: with ``$``, "5\n"
+#: passed; ``\d`` or ``int()`` alone take Arabic-Indic digits, " 5" or "5_0"). 19 digits
+#: bound every value before ``int()`` sees it.
+_DIGITS = re.compile(r"[0-9]{1,19}")
+#: Longest value or parameter name echoed back in an error.
+SHOWN_CHARS = 70
+
+
+def shown(value: str) -> str:
+    """``value`` for an error message: its repr, cut to about SHOWN_CHARS characters."""
+    return repr(value) if len(value) <= SHOWN_CHARS else repr(value[: SHOWN_CHARS - 3]) + "..."
 
 
 class InvalidParameter(ValueError):
@@ -36,8 +46,7 @@ class InvalidParameter(ValueError):
 def check_path_name(parameter: str, value: str) -> str:
     """``value`` if it is a valid device id, metric name or rule id, else InvalidParameter."""
     if not is_name(value):
-        shown = repr(value) if len(value) <= 70 else repr(value[:67]) + "..."
-        raise InvalidParameter(parameter, f"{shown} is not a valid {parameter}: {NAME_RULE}")
+        raise InvalidParameter(parameter, f"{shown(value)} is not a valid {parameter}: {NAME_RULE}")
     return value
 
 
@@ -48,7 +57,8 @@ def _only(args: Args, allowed: Sequence[str]) -> None:
     for name, values in args.items():
         if name not in allowed:
             known = ", ".join(allowed) if allowed else "none"
-            raise InvalidParameter(name, f"unknown query parameter (allowed: {known})")
+            cut = name if len(name) <= SHOWN_CHARS else name[: SHOWN_CHARS - 3] + "..."
+            raise InvalidParameter(cut, f"unknown query parameter (allowed: {known})")
         if len(values) > 1:
             raise InvalidParameter(name, "given more than once")
 
@@ -58,8 +68,8 @@ def _int(args: Args, name: str, lo: int, hi: int, default: int | None) -> int | 
     if not values:
         return default
     raw = values[0]
-    if not _DIGITS.match(raw) or not lo <= int(raw) <= hi:
-        raise InvalidParameter(name, f"must be an integer from {lo} to {hi}, got {raw!r}")
+    if _DIGITS.fullmatch(raw) is None or not lo <= int(raw) <= hi:
+        raise InvalidParameter(name, f"must be an integer from {lo} to {hi}, got {shown(raw)}")
     return int(raw)
 
 
@@ -98,7 +108,7 @@ def parse_history_args(args: Args) -> HistoryQuery:
     assert limit is not None
     order = (args.get("order") or [DEFAULT_ORDER])[0]
     if order not in ORDERS:
-        raise InvalidParameter("order", f"must be asc or desc, got {order!r}")
+        raise InvalidParameter("order", f"must be asc or desc, got {shown(order)}")
     if since is not None and until is not None and since > until:
         raise InvalidParameter("since", f"{since} is after until ({until})")
     return HistoryQuery(since, until, limit, order == "desc")

@@ -24,15 +24,8 @@ DEFAULT_CONFIG = "config/agents/demo-1.yaml"
 
 
 def check_config(path: str, config: AgentConfig) -> None:
-    """What the settings model cannot see: the topic root, the quote symbols, and that the
-    broker will let the device publish (its ACL allows ``data/<username>/#``)."""
-    if config.mqtt.username != config.device_id:
-        raise ConfigError(
-            path,
-            "mqtt.username",
-            f"must be the device id {config.device_id!r}: the broker "
-            "lets a device publish only under its own username",
-        )
+    """What the settings model cannot see: the topic root and the quote symbols (the
+    model checks that the username and client id are the device id)."""
     try:
         Topics(config.broker.topic_root)
     except TopicError as exc:

@@ -25,6 +25,12 @@ PROTECTED = [
     ("GET", "/rules/hot"),
     ("DELETE", "/rules/hot"),
     ("GET", "/no-such-route"),
+    # Authentication comes first: a caller without a token learns nothing about its input.
+    ("GET", "/devices/bad%20id/metrics/temperature/latest"),
+    ("GET", "/devices/dev-1/metrics/temperature/mean?n=0"),
+    ("GET", "/rules/r%0A"),
+    ("DELETE", "/rules/r%0A"),
+    ("GET", "/rules?x=1"),
 ]
 
 
@@ -44,6 +50,23 @@ def test_bearer_header_parsing():
         bearer_token("Bearer two words")
     with pytest.raises(ValueError, match="malformed"):
         bearer_token("Bearer")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer tok\nx",
+        "Bearer tok\x00",
+        "Bearer t\u00f6k",
+        "Bearer =tok",
+        "Bearer tok=x",
+        "Bearer\ttok",
+        "Bearer " + "a" * 513,
+    ],
+)
+def test_odd_bearer_headers_are_refused_with_a_reason(header):
+    with pytest.raises(ValueError, match=r"malformed|Bearer scheme|longer than 512"):
+        bearer_token(header)
 
 
 def test_admin_digest_file(tmp_path):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
-from api.db import DuplicateRule, DuplicateToken, Store
-from vigil.messages import Rule
+from api.db import (
+    MAX_RULES,
+    DuplicateRule,
+    DuplicateToken,
+    InvalidStoredRule,
+    Store,
+    TooManyRules,
+    is_unavailable,
+)
+from vigil.messages import MAX_RULESET_BYTES, Rule, decode_rules, encode_rules
 
 RULE = Rule("hot", "temperature", "above", 30.0, "dev-1", "critical", "Hot")
 
@@ -31,8 +40,9 @@ def test_rules_round_trip_and_every_change_bumps_the_version(store):
     v2 = store.add_rule(other)
     assert v0 < v1 < v2
     assert store.get_rule("hot") == RULE
-    assert store.list_rules() == [other, RULE]  # sorted by id
-    assert store.snapshot()[0] == v2 and store.snapshot()[2] == [other, RULE]
+    assert store.list_rules().rules == [other, RULE]  # sorted by id
+    snap = store.snapshot()
+    assert snap.version == v2 and snap.rules == [other, RULE] and snap.invalid == []
     v3 = store.delete_rule("hot")
     assert v3 is not None and v3 > v2
     assert store.get_rule("hot") is None
@@ -74,3 +84,107 @@ def test_tokens_are_kept_by_digest_only(tmp_path, store):
         .fetchall()
     )
     assert [r[:2] for r in rows] == [("ab" * 32, "ci")]
+
+
+def insert_row(store, rule_id, body):
+    """A row as an older version (or a hand edit) may have left it."""
+    store.conn.execute("INSERT INTO rules (id, body, created_at) VALUES (?, ?, 0)", (rule_id, body))
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "body", "reason"),
+    [
+        ("r\n", '{"id": "r\\n", "metric": "t", "op": "above", "threshold": 1}', "rule id"),
+        (
+            "big",
+            '{"id": "big", "metric": "t", "op": "above", "threshold": 1' + "0" * 400 + "}",
+            "digits",
+        ),
+        (
+            "odd",
+            '{"id": "odd", "metric": "t", "op": "above", "threshold": 1, "colour": 1}',
+            "colour",
+        ),
+        ("text", "not json", "not valid JSON"),
+        ("deep", "[" * 100 + "]" * 100, "nested"),
+        ("list", "[1, 2]", "JSON object"),
+        ("blob", b"\xff\xfe", "not valid JSON"),
+        ("num", 42, "JSON object"),  # the TEXT column keeps it as "42"
+        ("moved", '{"id": "other", "metric": "t", "op": "above", "threshold": 1}', "'other'"),
+    ],
+)
+def test_an_invalid_stored_row_is_reported_not_raised(store, rule_id, body, reason):
+    store.add_rule(RULE)
+    insert_row(store, rule_id, body)
+    stored = store.list_rules()
+    assert stored.rules == [RULE]
+    assert [bad.id for bad in stored.invalid] == [rule_id]
+    assert reason in stored.invalid[0].reason, stored.invalid[0].reason
+    snap = store.snapshot()
+    assert snap.rules == [RULE] and snap.invalid == stored.invalid
+    got = store.get_rule(rule_id)
+    assert isinstance(got, InvalidStoredRule) and got.id == rule_id
+    assert store.get_rule("hot") == RULE
+    assert store.delete_rule(rule_id) is not None
+    assert store.list_rules().invalid == []
+
+
+def test_a_row_that_is_not_utf8_is_reported_not_raised(store):
+    """sqlite3 raises on TEXT that is not UTF-8, for the whole query; the store reads it."""
+    store.add_rule(RULE)
+    store.conn.execute(
+        "INSERT INTO rules (id, body, created_at) VALUES (CAST(x'ff41' AS TEXT), "
+        "CAST(x'7b226964223a2022ff227d' AS TEXT), 0)"  # {"id": "<byte ff>"}
+    )
+    stored = store.list_rules()
+    assert stored.rules == [RULE] and len(stored.invalid) == 1
+    assert stored.invalid[0].id == "\udcffA" and "surrogate" in stored.invalid[0].reason
+
+
+def test_a_busy_database_is_told_apart_from_a_wrong_statement(tmp_path, store):
+    holder = sqlite3.connect(tmp_path / "nested" / "api.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        impatient = Store.open(tmp_path / "nested" / "api.sqlite3", timeout_s=0.05)
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            impatient.add_rule(RULE)
+        assert is_unavailable(busy.value)
+        impatient.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(sqlite3.OperationalError) as wrong:
+        store.conn.execute("SELECT nope FROM rules")
+    assert not is_unavailable(wrong.value)
+
+
+def test_the_number_of_rules_is_bounded(store):
+    store.conn.execute("BEGIN")
+    for i in range(MAX_RULES):
+        insert_row(store, f"r{i}", json.dumps(Rule(f"r{i}", "t", "above", 1.0).to_dict()))
+    store.conn.execute("COMMIT")
+    v = store.rules_version()
+    with pytest.raises(TooManyRules, match=f"{MAX_RULES} rules"):
+        store.add_rule(RULE)
+    assert store.rules_version() == v and store.get_rule("hot") is None
+    store.delete_rule("r0")
+    store.add_rule(RULE)
+
+
+def test_the_largest_rule_set_fits_what_the_alert_engine_accepts():
+    longest = "\U0001f525" * 200  # each a 12-byte \\ud83d\\udd25 escape in the snapshot
+    rules = [
+        Rule(
+            f"r{i:04d}".ljust(64, "x"),
+            "m" * 64,
+            "above",
+            -1.7976931348623157e308,
+            "d" * 64,
+            "critical",
+            longest,
+        )
+        for i in range(MAX_RULES)
+    ]
+    payload = encode_rules(rules, 2**53, 2**53)
+    assert len(payload) < MAX_RULESET_BYTES
+    assert decode_rules(payload)[1] == rules

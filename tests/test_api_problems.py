@@ -51,6 +51,17 @@ def test_wrong_method_is_a_405_problem_listing_the_allowed_ones(client):
         ("/devices/-dev/metrics/temperature/replicas", "device"),
         ("/devices/" + "d" * 65, "device"),
         ("/rules/bad%20id", "rule_id"),
+        # issue 6: was a 502 (the name passed a "$" pattern and reached InfluxDB)
+        ("/devices/dev-1/metrics/temperature%0A/latest", "metric"),
+        ("/devices/dev-1%0A/metrics/temperature/history", "device"),
+        ("/devices/dev-1/metrics/temperature/mean?n=5%0A", "n"),
+        ("/devices/dev-1/metrics/temperature/mean?n=%D9%A5", "n"),
+        ("/devices/dev-1/metrics/temperature/mean?n=1&n=2", "n"),
+        ("/devices?x=1", "x"),
+        ("/devices/dev-1?x=1", "x"),
+        ("/ring?x=1", "x"),
+        ("/devices/dev-1/metrics/temperature/replicas?x=1", "x"),
+        ("/rules?x=1", "x"),
     ],
 )
 def test_bad_parameters_are_400_problems_naming_the_parameter(client, url, param):
@@ -68,7 +79,17 @@ def test_a_body_that_is_not_json_is_refused(client):
 
 
 def test_an_oversized_body_is_a_413_problem(client):
-    problem(client.post("/rules", data="x" * 70_000, content_type="application/json"), 413)
+    body = problem(client.post("/rules", data="x" * 70_000, content_type="application/json"), 413)
+    assert "at most 65536 bytes" in body["detail"]
+
+
+def test_the_instance_is_the_percent_encoded_path(client):
+    body = problem(client.get("/devices/dev-1/metrics/temperature%0A/latest"), 400)
+    assert body["instance"] == "/devices/dev-1/metrics/temperature%0A/latest"
+    body = problem(client.get("/nope/%C3%A9%00"), 404)
+    assert body["instance"] == "/nope/%C3%A9%00" and "\x00" not in body["detail"]
+    body = problem(client.get("/nope/" + "x" * 5000), 404)
+    assert len(body["detail"]) < 300 and len(body["instance"]) == 5006
 
 
 def test_an_unexpected_exception_is_a_500_problem(cloud_config):

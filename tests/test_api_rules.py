@@ -3,11 +3,14 @@ the retained rule-set snapshot on vigil/config/rules."""
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 
 import pytest
 from support import wait_until
 
+from api.db import MAX_RULES
 from vigil.messages import decode_rules
 from vigil.topics import Topics
 
@@ -82,6 +85,9 @@ def test_a_duplicate_id_is_a_409_problem(client):
         ({"severity": "apocalyptic"}, "severity"),
         ({"device": "dev 1"}, "device"),
         ({"id": "bad id"}, "id"),
+        ({"id": "r\n"}, "id"),  # issue 6: was accepted, then broke GET /rules
+        ({"metric": "temperature\n"}, "metric"),
+        ({"device": "dev-1\n"}, "device"),
         ({"colour": "red"}, "colour"),
         ({"name": "x" * 201}, "name"),
     ],
@@ -129,3 +135,109 @@ def test_a_created_rule_reaches_mqtt_and_a_deleted_one_leaves(client, probe):
     after = probe(RULES_TOPIC)
     wait_until(lambda: after.on(RULES_TOPIC), 10, what="the retained snapshot")
     assert decode_rules(after.on(RULES_TOPIC)[-1].payload)[1] == []
+
+
+def store_row(cloud_config, rule_id, body):
+    """Put a row straight into the API database, as an older version may have saved it."""
+    db = sqlite3.connect(cloud_config.config.api.database)
+    with db:
+        db.execute("INSERT INTO rules (id, body, created_at) VALUES (?, ?, 0)", (rule_id, body))
+    db.close()
+
+
+OLD_BAD = {"id": "r\n", "metric": "temperature", "op": "above", "threshold": 1}
+
+
+def test_a_stored_rule_that_no_longer_validates_breaks_nothing(client, cloud_config, probe):
+    """Issue 6: once a rule "r\\n" was stored, GET /rules answered 500 and no later change
+    reached the alert engine. Now it is listed as invalid, left out of the published rule
+    set, readable as a 409 and deletable."""
+    store_row(cloud_config, "r\n", json.dumps(OLD_BAD))
+    listed = client.get("/rules")
+    assert listed.status_code == 200
+    body = listed.get_json()
+    assert body["rules"] == []
+    assert body["invalid"] == [
+        {"id": "r\n", "reason": body["invalid"][0]["reason"], "href": "/rules/r%0A"}
+    ]
+    assert "rule id 'r\\n' is not a valid name" in body["invalid"][0]["reason"]
+
+    resp = client.get("/rules/r%0A")
+    assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    problem = resp.get_json()
+    assert problem["type"] == "urn:vigil:problem:invalid-stored-rule"
+    assert problem["rule_id"] == "r\n" and "DELETE it" in problem["detail"]
+
+    # Later changes still reach the engine, without the bad row.
+    watch = probe(RULES_TOPIC)
+    created = client.post("/rules", json=HOT)
+    assert created.status_code == 201 and created.get_json()["pushed"] is True
+    wait_until(lambda: rule_ids(snapshots(watch)[-1]) == ["hot"], 10, what="a snapshot")
+
+    assert client.delete(body["invalid"][0]["href"]).status_code == 204
+    after = client.get("/rules").get_json()
+    assert after["invalid"] == [] and [r["id"] for r in after["rules"]] == ["hot"]
+    # An id that is no name and not stored is a 400, as before.
+    for method in ("GET", "DELETE"):
+        resp = client.open("/rules/r%0A", method=method)
+        assert resp.status_code == 400 and resp.get_json()["parameter"] == "rule_id"
+
+
+def test_a_stored_body_that_no_longer_validates_is_a_409_for_its_valid_id(client, cloud_config):
+    store_row(cloud_config, "hot", json.dumps({**HOT, "threshold": 10**400}))
+    assert client.get("/rules").get_json()["invalid"][0]["id"] == "hot"
+    body = client.get("/rules/hot").get_json()
+    assert body["status"] == 409 and "digits" in body["detail"]
+    assert client.post("/rules", json=HOT).status_code == 409  # the id is taken until deleted
+    assert client.delete("/rules/hot").status_code == 204
+    assert client.post("/rules", json=HOT).status_code == 201
+
+
+@pytest.mark.parametrize("url", ["/rules?x=1", "/rules/hot?verbose=1"])
+def test_rule_routes_take_no_query_parameters(client, url):
+    resp = client.get(url)
+    assert resp.status_code == 400 and resp.get_json()["type"].endswith("invalid-parameter")
+
+
+def test_the_number_of_rules_is_bounded(client, cloud_config):
+    db = sqlite3.connect(cloud_config.config.api.database)
+    with db:
+        db.executemany(
+            "INSERT INTO rules (id, body, created_at) VALUES (?, ?, 0)",
+            [(f"r{i}", json.dumps({**HOT, "id": f"r{i}"})) for i in range(MAX_RULES)],
+        )
+    db.close()
+    resp = client.post("/rules", json=HOT)
+    assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["type"] == "urn:vigil:problem:too-many-rules" and body["limit"] == MAX_RULES
+    assert client.delete("/rules/r0").status_code == 204
+    assert client.post("/rules", json=HOT).status_code == 201
+
+
+def test_stored_ids_that_cannot_be_a_path_segment_have_no_href(client, cloud_config):
+    store_row(cloud_config, "a/b", json.dumps({**HOT, "id": "a/b"}))
+    db = sqlite3.connect(cloud_config.config.api.database)
+    with db:  # not UTF-8: sqlite3 would raise on it for the whole query
+        db.execute("INSERT INTO rules VALUES (CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT), 0)")
+    db.close()
+    resp = client.get("/rules")
+    assert resp.status_code == 200
+    invalid = resp.get_json()["invalid"]
+    assert [(bad["id"], bad["href"]) for bad in invalid] == [("a/b", None), ("\udcff", None)]
+
+
+def test_a_locked_database_is_a_503_with_retry_after(app, client, cloud_config):
+    app.config["DATABASE_TIMEOUT_S"] = 0.1
+    holder = sqlite3.connect(cloud_config.config.api.database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = client.post("/rules", json=HOT)
+        assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
+        body = resp.get_json()
+        assert body["type"] == "urn:vigil:problem:database-unavailable" and body["status"] == 503
+        assert resp.headers["Retry-After"] == "5"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert client.post("/rules", json=HOT).status_code == 201

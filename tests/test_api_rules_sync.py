@@ -3,6 +3,9 @@ the broker, and concurrent changes end with the newest rule set retained."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sqlite3
 import threading
 import time
 
@@ -114,3 +117,35 @@ def test_concurrent_changes_end_with_the_newest_rule_set_retained(make_app, prob
     version, rules = retained_snapshot(probe)
     assert version == versions[-1]
     assert sorted(r.id for r in rules) == ids
+
+
+def test_an_invalid_stored_rule_is_left_out_of_the_snapshot_with_one_warning(
+    make_app, cloud_config, probe, caplog
+):
+    """A row an older version saved (id "r\\n") must not stop the publisher: the other
+    rules still reach the broker, and the row is named once in the log."""
+    app, client = make_app()
+    assert app.extensions["vigil"].mqtt.wait_connected(10)
+    assert client.post("/rules", json=rule("hot")).get_json()["pushed"] is True
+    close_app(app)
+    db = sqlite3.connect(cloud_config.config.api.database)
+    with db:
+        db.execute(
+            "INSERT INTO rules (id, body, created_at) VALUES (?, ?, 0)",
+            ("r\n", json.dumps(rule("r\n"))),
+        )
+    db.close()
+
+    caplog.set_level(logging.WARNING, logger="api.rules_sync")
+    app, client = make_app()
+    assert app.extensions["vigil"].mqtt.wait_connected(10)
+    wait_until(lambda: client.get("/rules").get_json()["pushed"], 10, what="the startup snapshot")
+    _version, rules = retained_snapshot(probe)
+    assert [r.id for r in rules] == ["hot"]
+    created = client.post("/rules", json=rule("cold")).get_json()
+    assert created["pushed"] is True
+    version, rules = retained_snapshot(probe)
+    assert version == created["version"] and sorted(r.id for r in rules) == ["cold", "hot"]
+    warnings = [r for r in caplog.records if "'r\\n'" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert "left out of the rule set" in warnings[0].getMessage()

@@ -24,12 +24,40 @@ def test_mean_defaults_to_ten_and_accepts_the_bounds():
     assert parse_mean_args({"n": ["10000"]}) == 10000
 
 
-@pytest.mark.parametrize("raw", ["0", "10001", "-1", "abc", "1.5", " 5", "+5", "", "1_0"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0",
+        "10001",
+        "-1",
+        "abc",
+        "1.5",
+        " 5",
+        "+5",
+        "",
+        "1_0",
+        "5\n",  # passed when the pattern ended in "$" (match, not fullmatch)
+        "5 ",
+        "\u0665",  # ARABIC-INDIC DIGIT FIVE: int() takes it
+        "\uff15",  # FULLWIDTH DIGIT FIVE
+        "0x5",
+        "9" * 20,
+        "9" * 5000,  # int() of this raises ValueError (the int-string limit) if ever reached
+    ],
+)
 def test_mean_rejects_n_outside_1_to_10000(raw):
     with pytest.raises(InvalidParameter) as err:
         parse_mean_args({"n": [raw]})
     assert err.value.parameter == "n"
-    assert "from 1 to 10000" in err.value.reason and repr(raw) in err.value.reason
+    assert "from 1 to 10000" in err.value.reason
+    assert (repr(raw) if len(raw) < 60 else repr(raw[:20])[:-1]) in err.value.reason
+    assert len(err.value.reason) < 200
+
+
+def test_a_long_unknown_parameter_name_is_cut_in_the_error():
+    with pytest.raises(InvalidParameter) as err:
+        reject_args({"x" * 10_000: ["1"]})
+    assert len(err.value.parameter) <= 70 and err.value.parameter.endswith("...")
 
 
 def test_history_defaults():
@@ -121,3 +149,21 @@ def test_a_derived_rule_id_is_always_a_valid_name(name):
         return
     assert is_name(rule_id)
     assert rule_id == rule_id_from_name(rule_id)  # stable: deriving again changes nothing
+
+
+ARGS = st.dictionaries(
+    st.sampled_from(["n", "since", "until", "limit", "order"]) | st.text(max_size=10),
+    st.lists(st.text(max_size=30) | st.from_regex(r"[0-9]{1,25}", fullmatch=True), max_size=3),
+    max_size=5,
+)
+
+
+@given(ARGS)
+def test_query_parsers_are_total(args):
+    """Any query gives a value or InvalidParameter naming one of its parameters."""
+    for parse in (parse_mean_args, parse_history_args, reject_args):
+        try:
+            parse(args)
+        except InvalidParameter as exc:
+            assert exc.parameter in args or exc.parameter.endswith("...")
+            assert exc.reason and len(exc.reason) < 200
