@@ -4,6 +4,7 @@ parent-death signal)."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import signal
@@ -24,10 +25,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+#: Ports this process handed out lately: the kernel may offer a just-released port again,
+#: and two servers configured on one port refuse to start (or a config is refused).
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now on ``host``, and not one this process handed out lately."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.append(port)
+            return port
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:

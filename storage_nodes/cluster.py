@@ -53,6 +53,32 @@ class Point:
     id: int | None
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _points(series: list[dict[str, Any]]) -> list[Point]:
+    """Points of a ``SELECT value, id`` answer. A row that is not a Vigil point (a value that
+    is not a number: written by someone else, in another shard's field type) is skipped,
+    not a crash of the reader."""
+    out: list[Point] = []
+    skipped = 0
+    for s in series:
+        cols = s.get("columns") or []
+        if "value" not in cols or "id" not in cols:
+            continue
+        iv, ii = cols.index("value"), cols.index("id")
+        for row in s.get("values") or []:
+            ts, value, rid = row[0], row[iv], row[ii]
+            if not (_number(ts) and _number(value) and (rid is None or _number(rid))):
+                skipped += 1
+                continue
+            out.append(Point(int(ts), float(value), None if rid is None else int(rid)))
+    if skipped:
+        log.warning("skipped %d stored row(s) that are not Vigil readings", skipped)
+    return out
+
+
 class StorageCluster:
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
@@ -263,15 +289,7 @@ class StorageCluster:
             f"ORDER BY time {order} LIMIT {int(limit):d}"
         )
         series = self._query_series(device, metric, q, {"device": device})
-        out: list[Point] = []
-        for s in series:
-            cols = s["columns"]
-            iv, ii = cols.index("value"), cols.index("id")
-            out.extend(
-                Point(int(row[0]), float(row[iv]), None if row[ii] is None else int(row[ii]))
-                for row in s["values"]
-            )
-        return out
+        return _points(series)
 
     def latest(self, device: str, metric: str) -> Point | None:
         pts = self.points(device, metric, limit=1)

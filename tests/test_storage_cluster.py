@@ -205,3 +205,16 @@ def test_the_provision_command_names_a_bad_config(tmp_path, capsys):
     path.write_text("storage: {nodes: []}\n")
     assert main(["provision", "--config", str(path), "--secrets", str(tmp_path)]) == 2
     assert str(path) in capsys.readouterr().err
+
+
+def test_rows_that_are_not_vigil_readings_are_skipped_not_fatal():
+    from storage_nodes.cluster import _points
+
+    series = [
+        {
+            "columns": ["time", "value", "id"],
+            "values": [[1, 2.5, 3], [2, "text", 4], [3, None, 5], [4, 1, None], [True, 1.0, 1]],
+        },
+        {"columns": ["time", "other"], "values": [[1, 2]]},
+    ]
+    assert [(p.ts, p.value, p.id) for p in _points(series)] == [(1, 2.5, 3), (4, 1.0, None)]
