@@ -21,10 +21,10 @@ from flask import Flask, current_app, g, request
 
 from api.db import get_store
 from api.problems import Problem
+from vigil.settings import SecretFile, secret_problem
 
 PUBLIC_PATHS = frozenset({"/health"})
 REALM = "vigil"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 #: RFC 6750 b64token, matched whole (``fullmatch``: with ``$``, "tok\n" passed).
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 #: Longest token looked at; ours are 43 characters. Longer is malformed, not hashed.
@@ -41,13 +41,10 @@ def new_token() -> str:
 
 def read_admin_digest(path: Path) -> str:
     """The admin token's SHA-256 hex digest from ``path``; ValueError says what is wrong."""
-    try:
-        text = path.read_text(encoding="utf-8").strip().lower()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
-    if _HEX64.fullmatch(text) is None:
-        raise ValueError(f"{path} must hold a SHA-256 hex digest (64 hex characters)")
-    return text
+    problem = secret_problem(SecretFile("api.admin_token_sha256_file", path, "sha256"))
+    if problem is not None:  # the same check `--validate-config` makes
+        raise ValueError(problem)
+    return path.read_text(encoding="utf-8").strip().lower()
 
 
 def bearer_token(header: str | None) -> str | None:
