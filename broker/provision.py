@@ -12,7 +12,6 @@ functions are pure.
 from __future__ import annotations
 
 import getpass
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.plugin_build import build_plugin
-from vigil.atomic import write_atomic
+from vigil.atomic import load_or_create_secret, write_atomic
 from vigil.topics import Topics
 
 MOSQUITTO_PASSWD = "mosquitto_passwd"  # noqa: S105 - a program name
@@ -130,14 +129,8 @@ listener {port} {host}
 
 
 def load_or_create_password(secrets_dir: Path, user: str) -> str:
-    path = secrets_dir / f"{user}.password"
-    if path.exists():
-        return path.read_text().strip()
-    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pw = secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(pw + "\n")
-    return pw
+    """``user``'s broker password, generated once into ``<secrets_dir>/<user>.password``."""
+    return load_or_create_secret(secrets_dir / f"{user}.password")
 
 
 def write_passwd_file(path: Path, creds: Mapping[str, str]) -> None:
@@ -146,11 +139,12 @@ def write_passwd_file(path: Path, creds: Mapping[str, str]) -> None:
         raise FileNotFoundError(
             "mosquitto_passwd not found: install the Debian package 'mosquitto'"
         )
+    # Hashed in a temp file, then swapped in atomically: the broker never reads half a file.
     tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text("".join(f"{u}:{p}\n" for u, p in sorted(creds.items())))
+    write_atomic(tmp, "".join(f"{u}:{p}\n" for u, p in sorted(creds.items())))
     subprocess.run([MOSQUITTO_PASSWD, "-U", str(tmp)], check=True, capture_output=True)
-    tmp.replace(path)
+    write_atomic(path, tmp.read_bytes())
+    tmp.unlink()
 
 
 @dataclass
@@ -221,9 +215,10 @@ def provision(
     users = [*SERVICE_ACCESS, *devices]
     files.creds = {u: load_or_create_password(secrets_dir, u) for u in users}
     write_passwd_file(files.passwd, files.creds)
-    files.acl.write_text(render_acl(topics))
+    write_atomic(files.acl, render_acl(topics), mode=0o644)
     write_atomic(files.client_ids, render_client_ids(client_id_owners(users)), mode=0o644)
-    files.conf.write_text(
+    write_atomic(
+        files.conf,
         render_conf(
             port=port,
             host=host,
@@ -234,6 +229,7 @@ def provision(
             persistence_dir=persistence.resolve(),
             log_file=files.log.resolve() if log_to_file else None,
             run_as=run_as,
-        )
+        ),
+        mode=0o644,
     )
     return files
