@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -95,6 +95,16 @@ class KeyedError(ValueError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")
         self.key, self.reason = key, reason
+
+
+def first_repeat(values: Iterable[Hashable]) -> tuple[int, int] | None:
+    """(index, index of the earlier equal value) of the first value seen twice, or None."""
+    seen: dict[Hashable, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            return i, seen[value]
+        seen[value] = i
+    return None
 
 
 class Model(BaseModel):
@@ -285,24 +295,19 @@ class StorageSettings(Model):
 
     @model_validator(mode="after")
     def _whole(self) -> StorageSettings:
-        names: dict[str, int] = {}
-        servers: dict[tuple[str, int], int] = {}
-        for i, node in enumerate(self.nodes):
-            if node.name in names:
-                raise KeyedError(
-                    f"nodes[{i}].name",
-                    f"{node.name!r} is also the name of nodes[{names[node.name]}]: "
-                    "node names must be unique",
-                )
-            names[node.name] = i
-            server = url_endpoint(node.url)
-            if server in servers:
-                raise KeyedError(
-                    f"nodes[{i}].url",
-                    f"{_shown(node.url)} is the same server as nodes[{servers[server]}].url: "
-                    "each node must be its own InfluxDB server, or replicas would share it",
-                )
-            servers[server] = i
+        if repeat := first_repeat(n.name for n in self.nodes):
+            i, j = repeat
+            raise KeyedError(
+                f"nodes[{i}].name",
+                f"{self.nodes[i].name!r} is also the name of nodes[{j}]: node names must be unique",
+            )
+        if repeat := first_repeat(url_endpoint(n.url) for n in self.nodes):
+            i, j = repeat
+            raise KeyedError(
+                f"nodes[{i}].url",
+                f"{_shown(self.nodes[i].url)} is the same server as nodes[{j}].url: "
+                "each node must be its own InfluxDB server, or replicas would share it",
+            )
         if self.replication_factor > len(self.nodes):
             raise KeyedError(
                 "replication_factor",
@@ -464,21 +469,19 @@ class VigilConfig(Model):
                     "service needs its own broker user",
                 )
             users[mqtt.username] = service
-        devices: dict[str, int] = {}
+        if repeat := first_repeat(d.id for d in self.devices):
+            i, j = repeat
+            raise KeyedError(
+                f"devices[{i}].id",
+                f"{self.devices[i].id!r} is also devices[{j}].id: device ids must be unique",
+            )
         for i, device in enumerate(self.devices):
-            if device.id in devices:
-                raise KeyedError(
-                    f"devices[{i}].id",
-                    f"{device.id!r} is also devices[{devices[device.id]}].id: device ids "
-                    "must be unique",
-                )
             if device.id in users:
                 raise KeyedError(
                     f"devices[{i}].id",
                     f"{device.id!r} is the broker user of {users[device.id]}: a device "
                     "needs a user of its own",
                 )
-            devices[device.id] = i
         seen: list[_Socket] = []
         for socket in self.sockets():
             for other in seen:
@@ -540,13 +543,9 @@ class QuoteSettings(Model):
 
     @model_validator(mode="after")
     def _whole(self) -> QuoteSettings:
-        first: dict[str, int] = {}
-        for i, symbol in enumerate(self.symbols):
-            if symbol.upper() in first:
-                raise KeyedError(
-                    f"symbols[{i}]", f"{_shown(symbol)} is also symbols[{first[symbol.upper()]}]"
-                )
-            first[symbol.upper()] = i
+        if repeat := first_repeat(s.upper() for s in self.symbols):
+            i, j = repeat
+            raise KeyedError(f"symbols[{i}]", f"{_shown(self.symbols[i])} is also symbols[{j}]")
         return self
 
 
@@ -584,15 +583,12 @@ class AgentConfig(Model):
                 f"must be the device id {self.device_id!r}: the broker reserves each client "
                 "id for the user of the same name",
             )
-        metrics: dict[str, int] = {}
-        for i, sensor in enumerate(self.sensors):
-            if sensor.metric in metrics:
-                raise KeyedError(
-                    f"sensors[{i}].metric",
-                    f"{sensor.metric!r} is also sensors[{metrics[sensor.metric]}].metric: "
-                    "one sensor per metric",
-                )
-            metrics[sensor.metric] = i
+        if repeat := first_repeat(sensor.metric for sensor in self.sensors):
+            i, j = repeat
+            raise KeyedError(
+                f"sensors[{i}].metric",
+                f"{self.sensors[i].metric!r} is also sensors[{j}].metric: one sensor per metric",
+            )
         return self
 
 
