@@ -150,3 +150,12 @@ def test_names_are_whole_matches(value) -> None:
         return
     assert isinstance(name, str) and 1 <= len(name) <= 64
     assert name.isascii() and name.isprintable() and name == name.strip()
+
+
+def test_a_text_input_with_a_raw_lone_surrogate_is_refused() -> None:
+    try:
+        loads('{"unit": "\ud800"}', max_bytes=1024)
+    except JsonInputError as exc:
+        assert "surrogate" in exc.reason
+    else:  # pragma: no cover
+        raise AssertionError("a lone surrogate passed")

@@ -96,5 +96,9 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> A
         raise JsonInputError(f"nested more than {max_depth} levels deep") from None
     except (ValueError, TypeError) as exc:  # e.g. a lone surrogate the decoder refuses
         raise JsonInputError(f"payload is not JSON: {exc}") from None
-    _check_tree(obj, max_depth)
+    # The walk is needed only if the text could hold what it looks for (counted in C): more
+    # brackets than the depth allowed, or a \\u escape (the only way JSON text can carry a
+    # lone surrogate once it decoded as UTF-8). A reading has neither: the hot path skips it.
+    if isinstance(data, str) or text.count("[") + text.count("{") > max_depth or "\\u" in text:
+        _check_tree(obj, max_depth)
     return obj
