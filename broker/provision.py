@@ -20,8 +20,12 @@ from pathlib import Path
 
 from broker.plugin_build import build_plugin
 from vigil.atomic import load_or_create_secret, write_atomic
+from vigil.messages import MAX_RULESET_BYTES
 from vigil.topics import Topics
 
+#: The largest MQTT packet the broker takes: the rule-set snapshot's limit plus room for the
+#: topic and headers. Readings are limited to 256 KiB by the contract, well below it.
+MAX_PACKET_BYTES = MAX_RULESET_BYTES + 64 * 1024
 MOSQUITTO_PASSWD = "mosquitto_passwd"  # noqa: S105 - a program name
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -117,6 +121,9 @@ max_inflight_messages 1000
 max_queued_messages 1000000
 max_queued_bytes 0
 set_tcp_nodelay true
+# No packet larger than the largest message Vigil has (the rule-set snapshot): a client that
+# sends one is disconnected before anyone has to hold it in memory.
+max_packet_size {MAX_PACKET_BYTES}
 
 {log}
 log_type error

@@ -168,3 +168,25 @@ def test_hostile_payloads_do_not_stop_the_alert_engine(cloud_config, broker, run
     wait_until(lambda: alerts.messages, 20, what="the alert on the honest reading")
     assert json.loads(alerts.messages[0].payload)["state"] == "firing"
     assert engine.alive()
+
+
+@pytest.mark.integration
+def test_an_oversized_packet_is_refused_by_the_broker_and_ingest_goes_on(
+    cloud_config, broker, run_service, probe
+):
+    """A device cannot make the broker, or ingest, hold a message larger than any Vigil
+    message: the broker disconnects it (``max_packet_size``); nothing reaches ingest."""
+    from broker.provision import MAX_PACKET_BYTES
+
+    dead, ingest, cluster = ingesting(cloud_config, run_service, probe)
+    hostile = connected(broker.settings, broker.ident("dev-0"))
+    try:
+        hostile.publish("vigil/data/dev-0", b"x" * (MAX_PACKET_BYTES + 1), qos=1)
+        wait_until(lambda: not hostile.connected, 10, what="the broker to drop the sender")
+    finally:
+        hostile.stop()
+    message = ("vigil/data/dev-1", encode_readings("dev-1", [good(1)]))
+    publish_all(broker.settings, broker.ident("dev-1"), [message])
+    wait_until(lambda: cluster.points("dev-1", "humidity"), 15, what="the honest reading")
+    assert ingest.alive() and "disconnected" not in ingest.log_tail(200)
+    assert dead.messages == []
