@@ -24,7 +24,6 @@ from api import close_app, create_app
 from api.auth import hash_token, new_token
 from api.db import DuplicateToken, Store
 from api.resources import EXTENSION, ApiResources
-from storage_nodes import StorageCluster, StorageError
 from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
 from vigil.names import NAME_RULE, is_name
@@ -73,18 +72,6 @@ def create_token(config: VigilConfig, config_path: str, name: str) -> int:
     return 0
 
 
-def _ensure_database(storage: StorageCluster) -> None:
-    try:
-        storage.ensure_database()
-    except StorageError as exc:
-        log.warning(
-            "could not create database %s on every storage server (%s); queries "
-            "fail until the ingest service creates it",
-            storage.database,
-            exc,
-        )
-
-
 def serve(config: VigilConfig, config_path: str) -> int:
     settings = config.api
     try:
@@ -100,7 +87,7 @@ def serve(config: VigilConfig, config_path: str) -> int:
             log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
             return 1
         threading.Thread(
-            target=_ensure_database, args=(res.storage,), name="ensure-database", daemon=True
+            target=res.storage.log_server_check, args=("api",), name="storage-check", daemon=True
         ).start()
         try:
             server = create_server(

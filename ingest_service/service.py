@@ -68,7 +68,9 @@ class IngestService:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        self.storage.ensure_database()
+        """Start consuming. Storage servers that are down or not provisioned yet do not stop
+        it: a batch for them is held (unacknowledged) and retried until they answer."""
+        self.storage.log_server_check(SERVICE)
         log.info(
             "storage ring: %s, replication factor %d, database %s",
             ", ".join(f"{n.name}={n.url}" for n in self.storage.nodes.values()),

@@ -141,6 +141,30 @@ class StorageCluster:
                         raise
                     time.sleep(0.2)
 
+    def check_servers(self) -> dict[str, str | None]:
+        """Each server's problem (unreachable, refused credentials, no database), or None if
+        it is ready; one attempt each, no waiting. For a start-up log line: the services run
+        while a server is down, and writes for it wait."""
+        problems: dict[str, str | None] = {}
+        for name, node in self.nodes.items():
+            try:
+                self._check_database(node)
+                problems[name] = None
+            except StorageError as exc:
+                problems[name] = exc.reason
+        return problems
+
+    def log_server_check(self, service: str) -> None:
+        """Log, once at start, which servers are not ready and what that means."""
+        for name, problem in self.check_servers().items():
+            if problem is not None:
+                log.warning(
+                    "storage server %s is not ready (%s): %s goes on; what needs it waits",
+                    name,
+                    problem,
+                    service,
+                )
+
     def _check_database(self, node: InfluxNode) -> None:
         series = node.query("SHOW DATABASES", None)
         names = {row[0] for s in series for row in s.get("values") or []}
