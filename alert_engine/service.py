@@ -37,7 +37,7 @@ from alert_engine.evaluator import Evaluator, RuleSetChange
 from alert_engine.store import StateStore
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
+from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, now_ms, parse_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError
 from vigil.retry import Backoff, retry_until
@@ -52,10 +52,6 @@ RETRY_BACKOFF = Backoff(initial_s=0.5, cap_s=10.0, jitter=0.0)
 #: A batch of alerts confirmed later than this is logged (the outage itself is logged by
 #: ``vigil.mqtt`` when the connection drops).
 SLOW_CONFIRM_S = 5.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

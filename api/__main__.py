@@ -14,7 +14,6 @@ import logging
 import signal
 import sqlite3
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 
@@ -86,9 +85,7 @@ def serve(config: VigilConfig, config_path: str) -> int:
         except OSError as exc:
             log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
             return 1
-        threading.Thread(
-            target=res.storage.log_server_check, args=("api",), name="storage-check", daemon=True
-        ).start()
+        res.storage.log_server_check("api")
         try:
             server = create_server(
                 app,

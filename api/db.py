@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, current_app, g
 
 from vigil.jsonin import JsonInputError, loads
-from vigil.messages import InvalidMessage, Rule
+from vigil.messages import InvalidMessage, Rule, now_ms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (
@@ -50,10 +49,6 @@ CHANGED_AT_KEY = "rules_changed_at"
 MAX_RULES = 1000
 #: Largest stored rule body read back (a valid one is under 3 KiB).
 MAX_STORED_RULE_BYTES = 64 * 1024
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class DuplicateRule(Exception):

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from api.db import is_unavailable
 from api.validation import InvalidParameter
 from storage_nodes import FatalStorageError, RetriableStorageError
+from vigil.text import cut
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,6 @@ def request_instance() -> str:
     return quote(request.path, safe=_PATH_SAFE, errors="replace")
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
-
-
 def problem_body(problem: Problem, instance: str) -> dict[str, Any]:
     return {
         "type": problem.type,
@@ -104,7 +101,7 @@ def _http_problem(exc: HTTPException) -> Problem:
     status = exc.code or 500
     detail = exc.description or HTTPStatus(status).description
     headers: dict[str, str] = {}
-    path = _cut(request_instance())
+    path = cut(request_instance(), SHOWN_CHARS)
     if isinstance(exc, NotFound) and request.routing_exception is exc:
         detail = f"no resource at {path}; see the API's routes in docs/architecture.md"
     elif isinstance(exc, RequestEntityTooLarge):
@@ -114,11 +111,24 @@ def _http_problem(exc: HTTPException) -> Problem:
             detail += f": this API accepts at most {limit} bytes"
     elif isinstance(exc, MethodNotAllowed):
         allowed = sorted(exc.valid_methods or [])
-        detail = f"{_cut(request.method)} is not allowed on {path}"
+        detail = f"{cut(request.method, SHOWN_CHARS)} is not allowed on {path}"
         if allowed:
             detail += f"; allowed: {', '.join(allowed)}"
             headers["Allow"] = ", ".join(allowed)
     return Problem(status, detail, title=exc.name, headers=headers)
+
+
+def _unavailable(what: str, detail: str) -> Response:
+    """503 for a dependency that is down (``storage`` or ``database``), with Retry-After."""
+    return problem_response(
+        Problem(
+            503,
+            detail,
+            type_=problem_type(f"{what}-unavailable"),
+            title=f"{what.capitalize()} unavailable",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+        )
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -139,15 +149,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(RetriableStorageError)
     def _storage_down(exc: RetriableStorageError) -> Response:
         log.warning("storage unavailable for %s %s: %s", request.method, request_instance(), exc)
-        return problem_response(
-            Problem(
-                503,
-                f"storage is unreachable: {exc}; try again later",
-                type_=problem_type("storage-unavailable"),
-                title="Storage unavailable",
-                headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
-            )
-        )
+        return _unavailable("storage", f"storage is unreachable: {exc}; try again later")
 
     @app.errorhandler(FatalStorageError)
     def _storage_refused(exc: FatalStorageError) -> Response:
@@ -170,15 +172,7 @@ def init_app(app: Flask) -> None:
         log.warning(
             "API database unavailable for %s %s: %s", request.method, request_instance(), exc
         )
-        return problem_response(
-            Problem(
-                503,
-                f"the API database is unavailable ({exc}); try again later",
-                type_=problem_type("database-unavailable"),
-                title="Database unavailable",
-                headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
-            )
-        )
+        return _unavailable("database", f"the API database is unavailable ({exc}); try again later")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -186,7 +180,7 @@ def init_app(app: Flask) -> None:
         return problem_response(
             Problem(
                 500,
-                f"unexpected {type(exc).__name__} while serving {_cut(request.method)} "
-                f"{_cut(request_instance())}; the API log has the details",
+                f"unexpected {type(exc).__name__} while serving {cut(request.method, SHOWN_CHARS)} "
+                f"{cut(request_instance(), SHOWN_CHARS)}; the API log has the details",
             )
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from storage_nodes import MAX_QUERY_ROWS
 from vigil.names import NAME_RULE, is_name
+from vigil.text import cut
 
 #: Largest epoch-millisecond time InfluxDB can hold (its nanosecond times are int64).
 MAX_TIME_MS = (2**63 - 1) // 1_000_000 - 1
@@ -57,8 +58,9 @@ def _only(args: Args, allowed: Sequence[str]) -> None:
     for name, values in args.items():
         if name not in allowed:
             known = ", ".join(allowed) if allowed else "none"
-            cut = name if len(name) <= SHOWN_CHARS else name[: SHOWN_CHARS - 3] + "..."
-            raise InvalidParameter(cut, f"unknown query parameter (allowed: {known})")
+            raise InvalidParameter(
+                cut(name, SHOWN_CHARS), f"unknown query parameter (allowed: {known})"
+            )
         if len(values) > 1:
             raise InvalidParameter(name, "given more than once")
 

@@ -25,7 +25,7 @@ from ingest_service.prepare import Inbound, Prepared, dead_letter, prepare
 from storage_nodes import Rejected, RetriableStorageError, StorageCluster
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetters
-from vigil.messages import Reading
+from vigil.messages import Reading, now_ms
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.retry import Backoff, retry_until
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
 STORAGE_BACKOFF = Backoff(initial_s=0.1, cap_s=5.0, jitter=0.0)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class IngestService:
@@ -175,12 +171,7 @@ class IngestService:
             (index, kept)
             for index, readings in work.readings
             if (kept := [r for r in readings if (r.device, r.id) not in refused])
-        ]
-        log.warning(
-            "storage refused %d reading(s) of this batch; dead-lettered (first: %s)",
-            len(rejected),
-            rejected[0].reason,
-        )
+        ]  # the storage cluster logged the refusals, the dead-letter publisher logs the rest
 
     def _store_one_by_one(self, work: Prepared, batch: list[Inbound]) -> list[Rejected]:
         rejected: list[Rejected] = []

@@ -25,7 +25,6 @@ import logging
 import random
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -36,7 +35,7 @@ from notifier.render import render_email, subject
 from notifier.store import SentStore
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert
+from vigil.messages import Alert, now_ms
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.retry import Backoff
@@ -47,10 +46,6 @@ log = logging.getLogger(__name__)
 RECEIVE_MAXIMUM = 100
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ than ``KEEP_DAYS`` are pruned at start: redeliveries come within minutes, not mo
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
+
+from vigil.messages import now_ms
 
 KEEP_DAYS = 90
 
@@ -22,10 +23,6 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
 """
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SentStore:

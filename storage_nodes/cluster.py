@@ -8,6 +8,7 @@ read from the first replica that answers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -141,29 +142,26 @@ class StorageCluster:
                         raise
                     time.sleep(0.2)
 
-    def check_servers(self) -> dict[str, str | None]:
-        """Each server's problem (unreachable, refused credentials, no database), or None if
-        it is ready; one attempt each, no waiting. For a start-up log line: the services run
-        while a server is down, and writes for it wait."""
-        problems: dict[str, str | None] = {}
-        for name, node in self.nodes.items():
-            try:
-                self._check_database(node)
-                problems[name] = None
-            except StorageError as exc:
-                problems[name] = exc.reason
-        return problems
+    def log_server_check(self, service: str) -> threading.Thread:
+        """Log, once at start and in the background (a hung server would hold start-up for
+        its timeout), each server that is not ready: unreachable, refusing the credentials,
+        or without the database. The services run meanwhile; what needs the server waits."""
 
-    def log_server_check(self, service: str) -> None:
-        """Log, once at start, which servers are not ready and what that means."""
-        for name, problem in self.check_servers().items():
-            if problem is not None:
-                log.warning(
-                    "storage server %s is not ready (%s): %s goes on; what needs it waits",
-                    name,
-                    problem,
-                    service,
-                )
+        def check() -> None:
+            for name, node in self.nodes.items():
+                try:
+                    self._check_database(node)
+                except StorageError as exc:
+                    log.warning(
+                        "storage server %s is not ready (%s): %s goes on; what needs it waits",
+                        name,
+                        exc.reason,
+                        service,
+                    )
+
+        thread = threading.Thread(target=check, name="storage-check", daemon=True)
+        thread.start()
+        return thread
 
     def _check_database(self, node: InfluxNode) -> None:
         series = node.query("SHOW DATABASES", None)
@@ -193,7 +191,7 @@ class StorageCluster:
         rejected: list[Rejected] = []
         plan = self._plan(readings, rejected)
         futures = {
-            name: self._pool.submit(self._write_node_narrowing, name, entries)
+            name: self._pool.submit(self._write_narrowing, name, entries)
             for name, entries in plan.items()
         }
         errors: list[StorageError] = []
@@ -205,42 +203,34 @@ class StorageCluster:
             elif exc is not None:
                 raise exc
             else:
-                for index, reason in fut.result():
+                found = fut.result()
+                if found:
+                    log.warning(
+                        "server %s refused %d of %d points (first: %s)",
+                        name,
+                        len(found),
+                        len(plan[name]),
+                        found[0][1],
+                    )
+                for index, reason in found:
                     refused.setdefault(index, Rejected(readings[index], name, reason))
         if errors:
             raise errors[0]
         return rejected + [refused[i] for i in sorted(refused)]
 
-    def _write_node_narrowing(
-        self, name: str, entries: list[tuple[str, int]]
-    ) -> list[tuple[int, str]]:
-        """Write ``entries`` to one server; the (index, reason) of each line it refuses."""
+    def _write_narrowing(self, name: str, entries: list[tuple[str, int]]) -> list[tuple[int, str]]:
+        """Write ``entries`` to one server; the (index, reason) of each line it refuses,
+        found by writing each half again while a part is refused."""
         try:
             self._write_node(name, [line for line, _ in entries])
             return []
         except FatalStorageError as exc:
             if len(entries) == 1:
                 return [(entries[0][1], exc.reason)]
-            if len(entries) > 1:
-                log.warning(
-                    "server %s refused part of a batch of %d points (%s): finding which",
-                    name,
-                    len(entries),
-                    exc.reason,
-                )
-        return self._narrow(name, entries)
-
-    def _narrow(self, name: str, entries: list[tuple[str, int]]) -> list[tuple[int, str]]:
         mid = len(entries) // 2
-        out: list[tuple[int, str]] = []
-        for half in (entries[:mid], entries[mid:]):
-            try:
-                self._write_node(name, [line for line, _ in half])
-            except FatalStorageError as exc:
-                out.extend(
-                    [(half[0][1], exc.reason)] if len(half) == 1 else self._narrow(name, half)
-                )
-        return out
+        return self._write_narrowing(name, entries[:mid]) + self._write_narrowing(
+            name, entries[mid:]
+        )
 
     def _write_node(self, name: str, lines: list[str]) -> None:
         node = self.nodes[name]

@@ -26,7 +26,11 @@ def test_ingest_starts_with_a_server_down_and_stores_what_it_can(cloud_config, b
         env={"VIGIL__STORAGE__NODES__2__URL": f"http://127.0.0.1:{free_port()}"},
     )
     wait_subscribed(ingest, "vigil/data/+/#", timeout=20)
-    assert f"storage server {dead} is not ready" in ingest.log_tail(100)
+    wait_until(
+        lambda: f"storage server {dead} is not ready" in ingest.log_tail(100),
+        10,
+        what="the start-up check to name the server that is down",
+    )
 
     ring = HashRing([n.name for n in storage.nodes], storage.vnodes, storage.replication_factor)
     metric = next(

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from vigil.settings import (
@@ -45,12 +44,9 @@ def service_parser(
     return ap
 
 
-def check_secret_files(path: str, files: Mapping[str, Path | None] | Iterable[SecretFile]) -> None:
+def check_secret_files(path: str, files: Iterable[SecretFile]) -> None:
     """Raise ConfigError naming the key of the first secret file that cannot be used:
-    unreadable, not UTF-8, empty, or (a digest file) not 64 hex characters. ``files`` maps
-    keys to password files, or is a list of :class:`SecretFile`."""
-    if isinstance(files, Mapping):
-        files = [SecretFile(key, p) for key, p in files.items() if p is not None]
+    unreadable, not UTF-8, empty, or (a digest file) not 64 hex characters."""
     for secret in files:
         problem = secret_problem(secret)
         if problem is not None:

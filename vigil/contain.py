@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from vigil.messages import InvalidMessage
+from vigil.text import cut
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,14 @@ class Failed:
     unexpected: bool = False
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
-
-
 def failure(exc: Exception, what: str) -> Failed:
     """The :class:`Failed` for ``exc`` raised while doing ``what`` to one message."""
     if isinstance(exc, InvalidMessage):
-        return Failed(_cut(exc.reason))
+        return Failed(cut(exc.reason, MAX_REASON))
     detail = str(exc) or "(no message)"
-    return Failed(_cut(f"{what} failed: {type(exc).__name__}: {detail}"), unexpected=True)
+    return Failed(
+        cut(f"{what} failed: {type(exc).__name__}: {detail}", MAX_REASON), unexpected=True
+    )
 
 
 _logged: set[tuple[str, str]] = set()

@@ -23,12 +23,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from vigil.jsonin import JsonInputError, loads
 from vigil.names import NAME_RULE, is_name, is_tag_key
+from vigil.text import shown
 
 KINDS = ("sensor", "quote")
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -51,6 +53,11 @@ ALERT_STATES = ("firing", "resolved")
 RULE_OPS = ("above", "below")
 
 Kind = Literal["sensor", "quote"]
+
+
+def now_ms() -> int:
+    """The current time in epoch milliseconds, the unit of every timestamp in messages."""
+    return time.time_ns() // 1_000_000
 
 
 class InvalidMessage(ValueError):
@@ -102,10 +109,8 @@ def encode_readings(device: str, readings: list[Reading]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _show(value: object, limit: int = 70) -> str:
-    """A value for an error message: repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _show(value: object) -> str:
+    return shown(value, 70)
 
 
 def _json(payload: bytes, what: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from vigil.text import shown
+
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 MAX_NAME_LEN = 64
 #: What a name may hold, in the words every error message uses.
@@ -25,10 +27,8 @@ class InvalidName(ValueError):
     """A value that is not a name; the message says which thing it was meant to be."""
 
     def __init__(self, what: str, value: object) -> None:
-        shown = repr(value) if isinstance(value, str) else f"of type {type(value).__name__}"
-        if isinstance(value, str) and len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"invalid {what} {shown}: {NAME_RULE}")
+        text = shown(value) if isinstance(value, str) else f"of type {type(value).__name__}"
+        super().__init__(f"invalid {what} {text}: {NAME_RULE}")
         self.what, self.value = what, value
 
 

@@ -43,6 +43,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from vigil.names import NAME_RULE, is_name
+from vigil.text import shown
 from vigil.topics import TopicError, Topics
 
 ENV_PREFIX = "VIGIL__"
@@ -111,14 +112,9 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _shown(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _name(value: str) -> str:
     if not is_name(value):
-        raise ValueError(f"{_shown(value)} is not a valid name: {NAME_RULE}")
+        raise ValueError(f"{shown(value)} is not a valid name: {NAME_RULE}")
     return value
 
 
@@ -135,7 +131,7 @@ def _host(value: str) -> str:
         ipaddress.ip_address(value)
     except ValueError:
         if _HOSTNAME.fullmatch(value) is None or ".." in value:
-            raise ValueError(f"{_shown(value)} is not a host name or IP address") from None
+            raise ValueError(f"{shown(value)} is not a host name or IP address") from None
     return value
 
 
@@ -146,14 +142,14 @@ def _file_path(value: Path) -> Path:
     except UnicodeEncodeError:
         text = ""
     if not text or text == "." or "\x00" in text:
-        raise ValueError(f"{_shown(str(value))} is not a file path")
+        raise ValueError(f"{shown(str(value))} is not a file path")
     return value
 
 
 def _email(value: str) -> str:
     local, at, domain = value.partition("@")
     if not (at and local and domain) or any(c.isspace() or ord(c) < 32 for c in value):
-        raise ValueError(f"{_shown(value)} is not an email address")
+        raise ValueError(f"{shown(value)} is not an email address")
     return value
 
 
@@ -256,7 +252,7 @@ class StorageNode(Model):
         m = _URL.fullmatch(v)
         if m is None:
             raise ValueError(
-                f"{_shown(v)} is not an InfluxDB base URL: http:// or https://, a host, an "
+                f"{shown(v)} is not an InfluxDB base URL: http:// or https://, a host, an "
                 "optional port, no path"
             )
         _host(m.group("host").strip("[]"))
@@ -265,7 +261,7 @@ class StorageNode(Model):
         except ValueError:
             port = 0
         if port == 0:
-            raise ValueError(f"{_shown(v)}: the port must be 1-65535")
+            raise ValueError(f"{shown(v)}: the port must be 1-65535")
         return v
 
 
@@ -305,7 +301,7 @@ class StorageSettings(Model):
             i, j = repeat
             raise KeyedError(
                 f"nodes[{i}].url",
-                f"{_shown(self.nodes[i].url)} is the same server as nodes[{j}].url: "
+                f"{shown(self.nodes[i].url)} is the same server as nodes[{j}].url: "
                 "each node must be its own InfluxDB server, or replicas would share it",
             )
         if self.replication_factor > len(self.nodes):
@@ -501,7 +497,7 @@ class VigilConfig(Model):
             norm = os.path.normpath(path)
             if norm in files:
                 raise KeyedError(
-                    key, f"{_shown(str(path))} is also {files[norm]}: each needs its own file"
+                    key, f"{shown(str(path))} is also {files[norm]}: each needs its own file"
                 )
             files[norm] = key
         return self
@@ -545,7 +541,7 @@ class QuoteSettings(Model):
     def _whole(self) -> QuoteSettings:
         if repeat := first_repeat(s.upper() for s in self.symbols):
             i, j = repeat
-            raise KeyedError(f"symbols[{i}]", f"{_shown(self.symbols[i])} is also symbols[{j}]")
+            raise KeyedError(f"symbols[{i}]", f"{shown(self.symbols[i])} is also symbols[{j}]")
         return self
 
 
@@ -785,7 +781,7 @@ def parse_yaml(text: str) -> Any:
 
 
 def _key_text(part: int | str) -> str:
-    return str(part) if _PLAIN_KEY.fullmatch(str(part)) else _shown(part, 40)
+    return str(part) if _PLAIN_KEY.fullmatch(str(part)) else shown(part, 40)
 
 
 def _loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
@@ -806,7 +802,7 @@ def _plain(value: Any, loc: list[int | str], spath: str) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 where = _loc(loc) or "(top level)"
-                raise ConfigError(spath, where, f"key {_shown(k, 40)} is not a string")
+                raise ConfigError(spath, where, f"key {shown(k, 40)} is not a string")
             out[k] = _plain(v, [*loc, k], spath)
         return out
     if isinstance(value, list):
