@@ -26,7 +26,14 @@ from urllib.parse import urlparse
 
 from broker import PluginBuildError, provision
 from stack.process import ManagedProcess, free_port, port_open
-from storage_nodes import VIEWER_USER, Credential, credentials, influxd_command, provision_node
+from storage_nodes import (
+    VIEWER_USER,
+    Credential,
+    StorageError,
+    credentials,
+    influxd_command,
+    provision_node,
+)
 from vigil.atomic import write_atomic
 from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
 
@@ -51,7 +58,10 @@ class Child:
         if self.port is not None and self.host is not None:
             self.proc.wait_port(self.host, self.port, timeout)
         if self.after_start is not None:
-            self.after_start()
+            try:
+                self.after_start()
+            except StorageError as exc:  # reported like any other failed start
+                raise RuntimeError(f"{self.proc.name} started, but: {exc}") from exc
         if self.ready_log:
             deadline = time.monotonic() + timeout
             while self.ready_log not in self.proc.log_tail(200):

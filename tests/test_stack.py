@@ -19,6 +19,7 @@ import requests
 from support import wait_until
 
 from stack.process import free_port
+from storage_nodes import HashRing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,6 +216,31 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         assert {k: v for k, v in restarted.items() if k != "notifier"} == {
             k: v for k, v in info["pids"].items() if k != "notifier"
         }
+
+        # An InfluxDB server that comes back empty gets its users and database again: the
+        # launcher provisions it at every start (read with the read-only user afterwards).
+        # The one that holds no copy of my-device's temperature, which is read again below
+        # (repairing a replica's data is not the launcher's job).
+        ring = HashRing(sorted(influx["servers"]), 256, 2)
+        empty = next(n for n in ring.nodes if n not in ring.replicas("my-device/temperature"))
+        os.kill(restarted[empty], signal.SIGKILL)
+        wait_until(lambda: not alive(restarted[empty]), 10, what=f"{empty} to die")
+        for part in ("meta", "data", "wal"):
+            shutil.rmtree(tmp_path / ".vigil" / "influx" / empty / part, ignore_errors=True)
+        restarted = wait_until(
+            lambda: (
+                (now_pids := json.loads(stack_json.read_text())["pids"])[empty] != restarted[empty]
+                and now_pids
+            ),
+            timeout=60,
+            what=f"{empty}'s new pid in stack.json",
+        )
+        port = influx["servers"][empty].rsplit(":", 1)[1]
+        cli = ["influx", "-host", "127.0.0.1", "-port", port, "-database", "vigil"]
+        shown = subprocess.run(
+            [*cli, *who, "-execute", "SHOW DATABASES"], capture_output=True, text=True, timeout=20
+        )
+        assert shown.returncode == 0 and "vigil" in shown.stdout.split(), shown
         pids = list(restarted.values())
     except BaseException:
         proc.kill()
