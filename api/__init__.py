@@ -14,11 +14,13 @@ from typing import Any
 from flask import Flask, Response, request
 
 from api import auth, db, devices, health, problems, request_metrics, ring, rules
+from api import storage as storage_routes
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
+from storage_nodes.metrics import StorageCollector
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import ConfigError, VigilConfig
@@ -102,11 +104,12 @@ def create_app(
         owns_storage=storage is None,
         owns_mqtt=owns_mqtt,
     )
+    metrics.registry.register(StorageCollector(res.storage, "api"))
     # Hooks run in registration order: time the request before authenticating it.
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
-    for module in (health, devices, ring, rules):
+    for module in (health, devices, ring, rules, storage_routes):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)

@@ -23,6 +23,9 @@ from api import close_app, create_app
 from api.auth import hash_token, new_token
 from api.db import DuplicateToken, Store
 from api.resources import EXTENSION, ApiResources
+from api.storage import storage_ops
+from storage_nodes.metrics import RepairCollector
+from storage_nodes.ops import AutoRepair
 from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
 from vigil.names import NAME_RULE, is_name
@@ -86,6 +89,10 @@ def serve(config: VigilConfig, config_path: str) -> int:
             log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
             return 1
         res.storage.log_server_check("api")
+        repair = AutoRepair(storage_ops(res))
+        repair.start()
+        res.auto_repair = repair
+        res.metrics.registry.register(RepairCollector(repair, "api"))
         try:
             server = create_server(
                 app,
@@ -115,6 +122,8 @@ def serve(config: VigilConfig, config_path: str) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.close()
     finally:
+        if res.auto_repair is not None:
+            res.auto_repair.stop()
         close_app(app)
     log.info("api stopped")
     return 0

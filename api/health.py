@@ -48,7 +48,7 @@ def health() -> dict[str, Any]:
         entry: dict[str, Any] = {"name": node.name}
         if known:
             entry["url"] = node.url
-        entry["up"] = node.ping()
+        entry["up"] = res.storage.server_up(node.name)
         storage.append(entry)
     ok = broker and all(n["up"] for n in storage)
     return {"status": "ok" if ok else "degraded", "broker": broker, "storage": storage}

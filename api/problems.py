@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from api.db import is_unavailable
 from api.validation import InvalidParameter
-from storage_nodes import FatalStorageError, RetriableStorageError
+from storage_nodes import FatalStorageError, RetriableStorageError, SeriesUnavailable
 from vigil.text import cut
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _http_problem(exc: HTTPException) -> Problem:
     return Problem(status, detail, title=exc.name, headers=headers)
 
 
-def _unavailable(what: str, detail: str) -> Response:
+def _unavailable(what: str, detail: str, **extensions: Any) -> Response:
     """503 for a dependency that is down (``storage`` or ``database``), with Retry-After."""
     return problem_response(
         Problem(
@@ -127,6 +127,7 @@ def _unavailable(what: str, detail: str) -> Response:
             type_=problem_type(f"{what}-unavailable"),
             title=f"{what.capitalize()} unavailable",
             headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+            **extensions,
         )
     )
 
@@ -145,6 +146,16 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         return problem_response(_http_problem(exc))
+
+    @app.errorhandler(SeriesUnavailable)
+    def _series_down(exc: SeriesUnavailable) -> Response:
+        log.warning("no replica of %s answered for %s: %s", exc.series, request_instance(), exc)
+        return _unavailable(
+            "storage",
+            f"{exc.reason}; try again later",
+            series=exc.series,
+            servers=exc.servers,
+        )
 
     @app.errorhandler(RetriableStorageError)
     def _storage_down(exc: RetriableStorageError) -> Response:

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
+from storage_nodes.ops import AutoRepair
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import VigilConfig
@@ -31,6 +32,7 @@ class ApiResources:
     metrics: ServiceMetrics
     owns_storage: bool
     owns_mqtt: bool
+    auto_repair: AutoRepair | None = None
 
     def close(self) -> None:
         """Stop what the app started; a client or cluster passed in stays the caller's."""

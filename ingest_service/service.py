@@ -3,8 +3,9 @@
 Threads: paho's network thread only queues each message (``Inbound``); one writer thread
 batches them (size and linger), validates, drops duplicates, writes the batch to the ring,
 publishes dead letters, and only then acknowledges every message of the batch. A message the
-broker sent is therefore acknowledged only after its readings are on all their replicas or its
-dead letter is on the broker; anything unacknowledged when the process dies is redelivered to
+broker sent is therefore acknowledged only after its readings are stored at the configured
+consistency, with a fsynced hint for every replica that missed them, or its dead letter is on
+the broker; anything unacknowledged when the process dies is redelivered to
 the persistent session.
 """
 
@@ -23,6 +24,8 @@ from ingest_service.batcher import Batcher
 from ingest_service.dedupe import RecentIds
 from ingest_service.prepare import Inbound, Prepared, dead_letter, prepare
 from storage_nodes import Rejected, RetriableStorageError, StorageCluster
+from storage_nodes.hints import HintStore
+from storage_nodes.metrics import StorageCollector
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetters
 from vigil.messages import Reading, now_ms
@@ -46,7 +49,14 @@ class IngestService:
         self.duplicates = self.metrics.counter(
             "vigil_ingest_duplicates_dropped", "Redelivered readings dropped by message id"
         )
-        self.storage = StorageCluster(config.storage)
+        bounds = config.storage.hints
+        hints = None
+        if self.settings.hints_dir is not None:
+            hints = HintStore(
+                self.settings.hints_dir, max_bytes=bounds.max_bytes, max_age_s=bounds.max_age_s
+            )
+        self.storage = StorageCluster(config.storage, hints=hints)
+        self.metrics.registry.register(StorageCollector(self.storage, SERVICE))
         self.recent = RecentIds(self.settings.dedupe_window)
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -68,10 +78,12 @@ class IngestService:
         it: a batch for them is held (unacknowledged) and retried until they answer."""
         self.storage.log_server_check(SERVICE)
         log.info(
-            "storage ring: %s, replication factor %d, database %s",
+            "storage ring: %s, replication factor %d, consistency %s, database %s, hints in %s",
             ", ".join(f"{n.name}={n.url}" for n in self.storage.nodes.values()),
             self.storage.ring.replication_factor,
+            self.storage.consistency,
             self.storage.database,
+            self.settings.hints_dir,
         )
         self._writer.start()
         self.mqtt.start()
@@ -134,7 +146,7 @@ class IngestService:
             self.mqtt.ack(msg.mid, msg.qos, msg.connection)
         for r in work.all_readings:
             self.recent.add((r.device, r.id))
-        self.metrics.messages_out.inc(len(work.all_readings))  # stored on all replicas
+        self.metrics.messages_out.inc(len(work.all_readings))  # stored at the consistency
         if work.duplicates:
             self.duplicates.inc(work.duplicates)
         self.metrics.step_seconds.observe(time.perf_counter() - started)

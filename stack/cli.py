@@ -3,6 +3,8 @@
 vigil run                 start the local stack (make run)
 vigil ingest|alert-engine|notifier|api [--config ...]
 vigil agent --config config/agents/demo-1.yaml
+vigil storage status|fail|recover|add|remove|strategy|repair|replicas
+                          the storage cluster's node operations (vigil storage --help)
 vigil validate-config     check config/vigil.yaml and config/agents/*.yaml as every
                           service would at start, secret files included
     vigil admin-token --secrets DIR
@@ -70,8 +72,33 @@ def validate_config(config_path: Path, agents: Path) -> None:
             )
 
 
+def layout_note(config_path: Path) -> str | None:
+    """What ``validate-config`` says when a cluster layout file overrides the storage
+    servers of the configuration (which then only seeded it)."""
+    from storage_nodes.layout import load
+
+    config = load_config(str(config_path))
+    path = config.storage.layout_path
+    if path is None or not path.exists():
+        return None
+    try:
+        layout = load(path, config.storage)
+    except ValueError as exc:
+        raise ConfigError(str(path), "", str(exc)) from None
+    return (
+        f"note: the cluster layout {path} (version {layout.version}: "
+        f"{', '.join(layout.names())}, strategy {layout.strategy}, replication factor "
+        f"{layout.replication_factor}) wins over storage.nodes and storage.replication_factor "
+        f"in {config_path}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "storage":
+        from storage_nodes.cli import main as storage_main
+
+        return storage_main(argv[1:])
     if argv and argv[0] in SERVICES:
         module = importlib.import_module(f"{SERVICES[argv[0]]}.__main__")
         return int(module.main(argv[1:]))
@@ -93,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     tok_p.add_argument("--secrets", type=Path, required=True, help="folder for the token")
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} (see vigil {name} --help)")
+    sub.add_parser("storage", help="node operations (see vigil storage --help)")
     args = ap.parse_args(argv)
     try:
         if args.command == "validate-config":
             validate_config(args.config, args.agents)
+            note = layout_note(args.config)
+            if note:
+                print(note)
             print("ok")
             return 0
         from stack.run import ensure_admin_token, run

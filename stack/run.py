@@ -25,9 +25,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from broker import PluginBuildError, provision
+from stack import local_servers
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import (
     VIEWER_USER,
+    ClusterCredentials,
     Credential,
     StorageError,
     credentials,
@@ -35,7 +37,13 @@ from storage_nodes import (
     provision_node,
 )
 from vigil.atomic import write_atomic
-from vigil.settings import AgentConfig, VigilConfig, load_agent_config, load_config
+from vigil.settings import (
+    AgentConfig,
+    StorageNode,
+    VigilConfig,
+    load_agent_config,
+    load_config,
+)
 
 log = logging.getLogger("vigil.stack")
 
@@ -101,6 +109,8 @@ class Stack:
         self._stop = threading.Event()
         self._token = self._viewer_password = ""
         self._influx_viewer = Credential(VIEWER_USER, "")
+        self._influx_creds: ClusterCredentials | None = None
+        self._local_names: set[str] = set()
 
     # -- start ----------------------------------------------------------------------------
     def _check_ports_free(self) -> None:
@@ -148,16 +158,11 @@ class Stack:
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
         influx = credentials(c.storage, secrets_dir)
+        self._influx_creds = influx
         for node in c.storage.nodes:
-            host, port = _hostport(node.url)
-            self._child(
-                node.name,
-                influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
-                host=host,
-                port=port,
-                # At every (re)start, so a server that came back empty gets its users again.
-                after_start=lambda node=node: provision_node(node, c.storage, influx),
-            )
+            self._influxd(node)
+        for extra in local_servers.requested(self.state):
+            self._start_local(extra)
         smtp = c.notifier.smtp
         py = [sys.executable, "-m"]
         self._child(
@@ -198,6 +203,50 @@ class Stack:
         self._influx_viewer = influx.viewer
         return self.write_info()
 
+    def _influxd(self, node: StorageNode) -> Child:
+        host, port = _hostport(node.url)
+        storage = self.config.storage
+        creds = self._influx_creds
+        assert creds is not None, "credentials are made before any server starts"
+        return self._child(
+            node.name,
+            influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
+            host=host,
+            port=port,
+            # At every (re)start, so a server that came back empty gets its users again.
+            after_start=lambda: provision_node(node, storage, creds),
+        )
+
+    def _start_local(self, server: local_servers.LocalServer) -> None:
+        """Start a server asked for by ``vigil storage add --local``, then say it is ready."""
+        if any(ch.proc.name == server.name for ch in self.children):
+            return
+        try:
+            self._influxd(StorageNode(name=server.name, url=server.url))
+        except (RuntimeError, TimeoutError) as exc:
+            log.error("starting the requested server %s failed: %s", server.name, exc)
+            return
+        local_servers.mark_ready(self.state, server)
+        self._local_names.add(server.name)
+        log.info("started requested storage server %s at %s", server.name, server.url)
+
+    def _follow_local_requests(self) -> None:
+        wanted = {s.name: s for s in local_servers.requested(self.state)}
+        changed = False
+        for server in wanted.values():
+            if server.name not in self._local_names:
+                self._start_local(server)
+                changed = True
+        for name in sorted(self._local_names - set(wanted)):
+            child = next(ch for ch in self.children if ch.proc.name == name)
+            child.proc.stop(timeout=15)
+            self.children.remove(child)
+            self._local_names.discard(name)
+            log.info("stopped storage server %s: no longer requested", name)
+            changed = True
+        if changed:
+            self.write_info()
+
     def write_info(self) -> dict[str, Any]:
         """Write ``stack.json`` (atomically: a reader never sees it half-written) with the
         current pids; called at start and after every restart of a child."""
@@ -219,7 +268,10 @@ class Stack:
             "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},
             "influxdb": {
                 "database": c.storage.database,
-                "servers": {n.name: n.url for n in c.storage.nodes},
+                "servers": {
+                    **{n.name: n.url for n in c.storage.nodes},
+                    **{s.name: s.url for s in local_servers.requested(self.state)},
+                },
                 # Read-only: for looking at the data (influx -username ... -password ...).
                 "username": self._influx_viewer.username,
                 "password": self._influx_viewer.password,
@@ -240,6 +292,7 @@ class Stack:
     def supervise(self) -> None:
         """Restart a child that died, at most once per RESTART_BACKOFF_S."""
         while not self._stop.wait(0.5):
+            self._follow_local_requests()
             for ch in self.children:
                 if ch.proc.alive() or self._stop.is_set():
                     continue

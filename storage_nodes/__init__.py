@@ -12,7 +12,14 @@ from storage_nodes.client import (
     RetriableStorageError,
     StorageError,
 )
-from storage_nodes.cluster import MAX_QUERY_ROWS, Point, Rejected, StorageCluster, series_key
+from storage_nodes.cluster import (
+    MAX_QUERY_ROWS,
+    Point,
+    Rejected,
+    SeriesUnavailable,
+    StorageCluster,
+    series_key,
+)
 from storage_nodes.lineproto import LineProtocolError, reading_to_line
 from storage_nodes.provision import (
     ADMIN_USER,
@@ -44,6 +51,7 @@ __all__ = [
     "Point",
     "Rejected",
     "RetriableStorageError",
+    "SeriesUnavailable",
     "StorageCluster",
     "StorageError",
     "admin_node",

@@ -77,8 +77,9 @@ class InfluxNode:
         return f"InfluxNode({self.name!r}, {self.url!r})"
 
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", self.timeout_s)
         try:
-            resp = self._http.request(method, self.url + path, timeout=self.timeout_s, **kw)
+            resp = self._http.request(method, self.url + path, **kw)
         except requests.RequestException as exc:
             raise RetriableStorageError(self.name, f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code < 400:
@@ -90,9 +91,10 @@ class InfluxNode:
             raise FatalStorageError(self.name, detail)
         raise RetriableStorageError(self.name, detail)
 
-    def ping(self) -> bool:
+    def ping(self, timeout_s: float | None = None) -> bool:
         try:
-            return self._request("GET", "/ping").status_code == 204
+            resp = self._request("GET", "/ping", timeout=timeout_s or self.timeout_s)
+            return resp.status_code == 204
         except StorageError:
             return False
 
@@ -115,21 +117,25 @@ class InfluxNode:
         database: str | None,
         params: dict[str, Any] | None = None,
         method: str = "GET",
+        *,
+        epoch: str = "ms",
+        timeout_s: float | None = None,
     ) -> list[dict[str, Any]]:
         """Run InfluxQL; ``params`` are bound as ``$name`` (never pasted into the text).
 
         Returns the series of the first statement, each ``{"name", "tags", "columns",
-        "values"}``, with times in epoch milliseconds.
+        "values"}``, with times in epoch ``epoch`` units (``ms`` or ``ns``).
         """
-        args: dict[str, str] = {"q": q, "epoch": "ms"}
+        args: dict[str, str] = {"q": q, "epoch": epoch}
         if database:
             args["db"] = database
         if params:
             args["params"] = json.dumps(params)
+        extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
         if method == "GET":
-            resp = self._request("GET", "/query", params=args)
+            resp = self._request("GET", "/query", params=args, **extra)
         else:
-            resp = self._request("POST", "/query", data=args)
+            resp = self._request("POST", "/query", data=args, **extra)
         try:
             body = resp.json()
             first = (body.get("results") or [{}])[0]

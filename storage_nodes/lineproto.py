@@ -10,6 +10,7 @@ redelivery can never store it twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 from vigil.messages import Reading
 
@@ -66,3 +67,58 @@ def reading_to_line(reading: Reading) -> str:
 def quote_ident(name: str) -> str:
     """An InfluxQL double-quoted identifier."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _line(measurement: str, tags: Mapping[str, str], value: float, rid: int, time_ns: int) -> str:
+    """One line from its parts, formatted as :func:`reading_to_line` formats a reading."""
+    tag_str = ",".join(
+        f"{_escape_tag(k, 'tag key')}={_escape_tag(v, f'tag {k[:64]!r}')}"
+        for k, v in sorted(tags.items())
+    )
+    return f"{_escape_measurement(measurement)},{tag_str} value={value!r},id={rid}i {time_ns}"
+
+
+#: the columns of a stored Vigil point that are fields (every other column is a tag)
+FIELD_COLUMNS = frozenset({"value", "id"})
+_INT64 = range(-(2**63), 2**63)
+
+
+def row_to_line(measurement: str, columns: Sequence[str], row: Sequence[object]) -> str | None:
+    """The line that stored one row of ``SELECT * FROM measurement`` (InfluxDB 1.x JSON,
+    ``epoch=ns``): the same text :func:`reading_to_line` made for that reading.
+
+    ``value`` (float; the server's JSON writes 1.0 as ``1``) and ``id`` (integer) are the
+    fields, every other column but ``time`` is a tag; a null tag is one the point lacks. None
+    for a row that is not a Vigil point: no integer ``time`` or ``id``, no finite number
+    ``value``, no ``device``, a column that is neither a tag (a string) nor null (a field of
+    someone else's), or a part no line can carry.
+    """
+    if len(columns) != len(row) or len(set(columns)) != len(columns):
+        return None
+    cells = dict(zip(columns, row, strict=True))
+    time_ns, value, rid = cells.pop("time", None), cells.get("value"), cells.get("id")
+    if isinstance(time_ns, bool) or not isinstance(time_ns, int):
+        return None
+    if isinstance(rid, bool) or not isinstance(rid, int) or rid not in _INT64:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    tags: dict[str, str] = {}
+    for key, cell in cells.items():
+        if key in FIELD_COLUMNS or cell is None or cell == "":
+            continue
+        if not isinstance(cell, str):
+            return None
+        tags[key] = cell
+    if "device" not in tags:
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the float range: not a Vigil value
+        return None
+    if not math.isfinite(number):
+        return None
+    try:
+        return _line(measurement, tags, number, rid, time_ns)
+    except LineProtocolError:
+        return None

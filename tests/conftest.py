@@ -217,6 +217,8 @@ def storage_settings(request: pytest.FixtureRequest) -> StorageSettings:
         nodes=[StorageNode(name=s.name, url=s.url) for s in cluster],
         username=creds.service.username,
         password_file=creds.service_password_file,
+        # Per test: absent until a node operation writes it (the seed is the list above).
+        layout_path=request.getfixturevalue("tmp_path") / "storage" / "layout.json",
     )
 
 
@@ -270,6 +272,7 @@ def cloud_config(
             "mqtt": mqtt("vigil-ingest"),
             "batch_max_messages": 500,
             "batch_linger_ms": 20,
+            "hints_dir": str(tmp_path / "ingest" / "hints"),
             "metrics_port": free_port(),
         },
         "alert_engine": {

@@ -241,6 +241,10 @@ def config_path(svc: Mapping[str, Any], name: str) -> Path:
     return hp
 
 
+#: State files a service follows but another writes (mounted read-only where only read).
+FOLLOWED = frozenset({"storage.layout_path"})
+
+
 def cloud_config(services: dict[str, dict[str, Any]], name: str) -> VigilConfig:
     svc = services[name]
     return load_config(config_path(svc, name), environ=environment(svc))
@@ -557,10 +561,17 @@ def test_config_points_at_compose_services_and_volumes(
                     )
             elif m is None:
                 problems.append(f"{name}: {key} {path} is on no volume: lost with the container")
-            elif m.bind or m.read_only:
+            elif m.bind or (m.read_only and not (key in FOLLOWED and name != "api")):
+                # The layout is written by the API's node operations; others only follow it.
                 problems.append(f"{name}: state {key} {path} is not on a writable named volume")
         if secrets_dir and not any(m.target == secrets_dir for m in mounts(svc)):
             problems.append(f"{name}: does not mount the secrets volume at {secrets_dir}")
+    shared = {
+        name: next((m.source for m in mounts(services[name]) if m.target == "/vigil/storage"), None)
+        for name in ("api", "ingest")
+    }
+    if None in shared.values() or len(set(shared.values())) != 1:
+        problems.append(f"api and ingest do not share the layout volume: {shared}")
     cfg = cloud_config(services, "notifier")
     if (cfg.notifier.smtp.host, cfg.notifier.smtp.port) != ("mailpit", 1025):
         problems.append("notifier: smtp is not mailpit:1025")

@@ -15,6 +15,7 @@ from storage_nodes import (
     StorageError,
 )
 from storage_nodes.provision import grant_database
+from tests.support import wait_until
 from vigil.messages import Reading
 
 TS = 1_763_800_000_000
@@ -63,7 +64,9 @@ def test_a_server_that_lost_the_database_holds_writes_until_it_is_provisioned_ag
     admin.query(f"DROP DATABASE {cluster.database}", None, method="POST")
     with pytest.raises(DatabaseNotFound, match="may not create it"):
         cluster.write([reading(1)])
+    assert not cluster.health.available(primary.name)  # marked down: no write waits on it
     grant_database(admin, cluster.database, storage_settings.username)
+    wait_until(lambda: cluster.health.available(primary.name), 10)  # the probe saw it again
     assert cluster.write([reading(1)]) == []
     assert cluster.count_on(primary.name, "temperature", "dev-1") == 1
 
@@ -208,7 +211,7 @@ def test_the_provision_command_names_a_bad_config(tmp_path, capsys):
 
 
 def test_rows_that_are_not_vigil_readings_are_skipped_not_fatal():
-    from storage_nodes.cluster import _points
+    from storage_nodes.cluster import _rows
 
     series = [
         {
@@ -217,4 +220,85 @@ def test_rows_that_are_not_vigil_readings_are_skipped_not_fatal():
         },
         {"columns": ["time", "other"], "values": [[1, 2]]},
     ]
-    assert [(p.ts, p.value, p.id) for p in _points(series)] == [(1, 2.5, 3), (4, 1.0, None)]
+    rows, skipped = _rows("m", series)
+    assert [(r.time_ns, r.value, r.id) for r in rows] == [(1, 2.5, 3)]
+    assert skipped == 4  # a text value, no value, no id, a time that is not a number
+
+
+def _hinting_cluster(settings, tmp_path: Path, **overrides) -> StorageCluster:
+    from storage_nodes.hints import HintStore
+
+    settings = settings.model_copy(update={"probe_interval_s": 0.2, **overrides})
+    return StorageCluster(
+        settings, hints=HintStore(tmp_path / "hints", max_bytes=2**30, max_age_s=3600)
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("level, stored", [("one", True), ("quorum", False), ("all", False)])
+def test_a_server_marked_down_gets_hints_at_consistency_one_only(
+    storage_settings, tmp_path, level, stored
+):
+    """With one replica down, ``one`` acknowledges (stored on the other + a fsynced hint);
+    ``quorum`` of two and ``all`` refuse as retriable and queue nothing."""
+    from storage_nodes import RetriableStorageError
+
+    cluster = _hinting_cluster(storage_settings, tmp_path, consistency=level)
+    try:
+        primary, secondary = (n.name for n in cluster.replicas("dev-1", "temperature"))
+        cluster.health.mark_down(primary, "test")
+        cluster._stop.set()  # no probe brings it back, no replay runs
+        batch = [reading(i) for i in range(1, 11)]
+        if stored:
+            assert cluster.write(batch) == []
+            assert cluster.hints.queue(primary).stats().points == 10
+            assert cluster.count_on(secondary, "temperature", "dev-1") == 10
+            assert cluster.count_on(primary, "temperature", "dev-1") == 0  # none sent to it
+        else:
+            with pytest.raises(RetriableStorageError, match="consistency"):
+                cluster.write(batch)
+            assert primary not in cluster.hints.targets()
+    finally:
+        cluster.close()
+
+
+@pytest.mark.integration
+def test_hints_are_replayed_once_the_server_is_up_and_reads_merge_meanwhile(
+    storage_settings, tmp_path
+):
+    cluster = _hinting_cluster(storage_settings, tmp_path)
+    try:
+        primary, secondary = (n.name for n in cluster.replicas("dev-1", "temperature"))
+        cluster.health.mark_down(primary, "test")
+        cluster.write([reading(i) for i in range(1, 101)])
+        # Reads leave the down server out and still answer everything.
+        assert len(cluster.points("dev-1", "temperature", limit=1000)) == 100
+        wait_until(lambda: cluster.health.available(primary), 10, what="the probe")
+        queue = cluster.hints.queue(primary)
+        wait_until(lambda: queue.stats().points == 0, 10, what="replay")
+        assert cluster.count_on(primary, "temperature", "dev-1") == 100
+        assert cluster.counters.replayed[primary] == 100
+        assert cluster.count_on(secondary, "temperature", "dev-1") == 100
+    finally:
+        cluster.close()
+
+
+@pytest.mark.integration
+def test_read_repair_writes_back_what_one_replica_lacks(storage_settings, influx_admin):
+    cluster = StorageCluster(storage_settings)
+    try:
+        cluster.write([reading(i, ts=TS + i) for i in range(1, 21)])
+        primary = cluster.replicas("dev-1", "temperature")[0].name
+        admin = influx_admin(primary)
+        admin.query(
+            f'DELETE FROM "temperature" WHERE time >= {(TS + 15) * 10**6}',
+            cluster.database,
+            method="POST",
+        )
+        assert cluster.count_on(primary, "temperature", "dev-1") == 14
+        newest = cluster.points("dev-1", "temperature", limit=10)
+        assert [p.id for p in newest] == list(range(20, 10, -1))  # merged: nothing missing
+        wait_until(lambda: cluster.counters.read_repaired[primary] == 6, 10, what="repair")
+        assert cluster.count_on(primary, "temperature", "dev-1") == 20
+    finally:
+        cluster.close()

@@ -265,13 +265,60 @@ class StorageNode(Model):
         return v
 
 
+class HintSettings(Model):
+    """Hinted handoff: the writes for a server that is down, queued on the writer's disk."""
+
+    max_bytes: Int = Field(
+        1024**3, ge=1024 * 1024, description="per server; beyond it the oldest hints are dropped"
+    )
+    max_age_s: Float = Field(
+        7 * 24 * 3600.0, gt=0, description="hints older than this are dropped (repair fixes them)"
+    )
+    replay_points_per_s: Float = Field(
+        200_000.0, gt=0, description="rate limit of replay, so live ingest keeps going"
+    )
+    replay_batch_points: Int = Field(20_000, ge=1, le=1_000_000)
+
+
+Consistency = Literal["one", "quorum", "all"]
+
+
 class StorageSettings(Model):
     """The InfluxDB servers of the ring and how readings are placed on them."""
 
     database: str = "vigil"
     replication_factor: Int = Field(2, ge=1, le=5)
     vnodes: Int = Field(256, ge=1, le=4096, description="virtual nodes per server on the ring")
-    timeout_s: Float = Field(10.0, gt=0, le=3600)
+    consistency: Consistency = Field(
+        "one",
+        description="replicas that must store a batch before it is acknowledged; the others "
+        "get a durable hint (docs/architecture.md, Guarantees)",
+    )
+    timeout_s: Float = Field(10.0, gt=0, le=3600, description="of one request to a server")
+    straggler_s: Float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="once enough replicas answered, how long a slower one is waited for "
+        "before its writes become hints (reads: before its answer is left out)",
+    )
+    probe_interval_s: Float = Field(1.0, gt=0, le=3600, description="health checks of servers")
+    probe_timeout_s: Float = Field(1.0, gt=0, le=60)
+    hints: HintSettings = Field(default_factory=HintSettings)
+    repair_interval_s: Float = Field(
+        300.0,
+        ge=0,
+        description="automatic anti-entropy repair, run by the API (0: only on demand)",
+    )
+    repair_points_per_s: Float = Field(
+        100_000.0, gt=0, description="rate limit of automatic repair"
+    )
+    layout_path: FilePath | None = Field(
+        None,
+        description="the cluster layout every service watches; once written (by `vigil "
+        "storage`), it wins over `nodes` and `replication_factor` here, which seed it. "
+        "Unset: the layout is this file's, fixed",
+    )
     nodes: list[StorageNode] = Field(min_length=1)
     username: str = Field(
         "vigil-service", description="InfluxDB user of the services (ALL on the database)"
@@ -319,6 +366,11 @@ class IngestSettings(Model):
     batch_linger_ms: Int = Field(50, ge=0, le=60_000)
     dedupe_window: Int = Field(200_000, ge=1, le=10_000_000, description="message ids remembered")
     receive_maximum: Int = Field(5000, ge=1, le=65535, description="unacked QoS 1 in flight")
+    hints_dir: FilePath | None = Field(
+        None,
+        description="this process's hint queues, one folder per storage server. Unset: no "
+        "hints, so a batch waits until every replica stores it",
+    )
     metrics_port: ListenPort = 9101
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
 
@@ -493,7 +545,11 @@ class VigilConfig(Model):
             ("alert_engine.state_path", self.alert_engine.state_path),
             ("notifier.state_path", self.notifier.state_path),
             ("api.database", self.api.database),
+            ("ingest.hints_dir", self.ingest.hints_dir),
+            ("storage.layout_path", self.storage.layout_path),
         ):
+            if path is None:
+                continue
             norm = os.path.normpath(path)
             if norm in files:
                 raise KeyedError(
