@@ -3,6 +3,7 @@
 - ``GET /storage``: the layout and every server (state, share, hints, last seen).
 - ``POST /storage/servers/<name>/fail`` and ``.../recover``: drain a server, undo it.
 - ``GET /storage/replicas/<device>/<metric>``: the servers of a series.
+- ``DELETE /storage/series/<device>/<metric>[?before=<epoch ms>]``: delete a series.
 - Long work runs as a job, one at a time, answered ``202`` with its URL:
   ``POST /storage/repair``, ``POST /storage/servers`` (``{"name", "url"}``: add),
   ``DELETE /storage/servers/<name>`` (remove), ``PUT /storage/strategy``
@@ -199,6 +200,28 @@ def replicas(device: str, metric: str) -> dict[str, Any]:
     reject_args(request.args.to_dict(flat=False))
     result: dict[str, Any] = _operation(lambda: _ops().replicas(device, metric))
     return result
+
+
+@bp.delete("/series/<device>/<metric>")
+def delete_series(device: str, metric: str) -> dict[str, Any]:
+    """Delete a series, or with ``?before=<epoch ms>`` its points before that time; hints,
+    read repair and repair never bring them back."""
+    args = request.args.to_dict(flat=False)
+    unknown = sorted(set(args) - {"before"})
+    if unknown or len(args.get("before", [])) > 1:
+        raise Problem(400, "the only query parameter is 'before' (epoch ms), at most once")
+    before = None
+    if "before" in args:
+        raw = args["before"][0]
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 16):
+            raise Problem(400, "'before' must be epoch milliseconds (digits)")
+        before = int(raw)
+    layout = _operation(lambda: _ops().delete_series(device, metric, before))
+    return {
+        "series": f"{device}/{metric}",
+        "before_ms": before,
+        "layout_version": layout.version,
+    }
 
 
 @bp.post("/repair")

@@ -96,7 +96,7 @@ def layout_note(config_path: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "storage":
-        from storage_nodes.cli import main as storage_main
+        from stack.storage_cli import main as storage_main
 
         return storage_main(argv[1:])
     if argv and argv[0] in SERVICES:

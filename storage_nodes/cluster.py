@@ -39,6 +39,8 @@ from storage_nodes.hints import HintStore
 from storage_nodes.layout import Layout, LayoutError
 from storage_nodes.lineproto import (
     LineProtocolError,
+    line_series_time,
+    point_time_ns,
     quote_ident,
     reading_to_line,
     row_to_line,
@@ -119,6 +121,7 @@ class _Counters:
     replay_refused: dict[str, int]
     read_repaired: dict[str, int]
     hinted: dict[str, int]
+    hints_expired: dict[str, int]
 
 
 class StorageCluster:
@@ -141,11 +144,13 @@ class StorageCluster:
         self._layout_stamp = layouts.stamp(self.layout_path)
         self.nodes: dict[str, InfluxNode] = {}
         self._probes: dict[str, InfluxNode] = {}
+        self._clients: dict[str, InfluxNode] = {}
+        self._probe_clients: dict[str, InfluxNode] = {}
+        self._inflight: dict[int, int] = defaultdict(int)  # writes per layout version
+        self._inflight_lock = threading.Lock()
         self.health = Health([])
         self.hints = hints
-        self.counters = _Counters(
-            defaultdict(int), defaultdict(int), defaultdict(int), defaultdict(int)
-        )
+        self.counters = _Counters(*(defaultdict(int) for _ in range(5)))
         self._apply_layout(self.layout)
         # Several requests per server may be in flight: one stuck on a hung server until its
         # timeout must not hold up writes to the others, nor the next batch.
@@ -176,14 +181,16 @@ class StorageCluster:
         if self.hints is not None:
             self._write_hint_summary()
             self.hints.close()
-        for node in [*self.nodes.values(), *self._probes.values()]:
+        for node in [*self._clients.values(), *self._probe_clients.values()]:
             node.close()
 
     # -- layout -----------------------------------------------------------------------
     def _apply_layout(self, layout: Layout) -> None:
         """Follow ``layout``: clients for its servers, their drained state, its placement."""
         s = self.settings
-        nodes, probes = dict(self.nodes), dict(self._probes)
+        # Clients are kept for servers that left: a batch planned before a server left may
+        # still be writing to it (its copy is deleted when the move ends).
+        nodes, probes = self._clients, self._probe_clients
         for server in layout.servers:
             if server.name not in nodes or nodes[server.name].url != server.url.rstrip("/"):
                 nodes[server.name] = InfluxNode(
@@ -233,6 +240,19 @@ class StorageCluster:
         self._apply_layout(layout)
         return True
 
+    def cutoff_ns(self, device: str, metric: str) -> int | None:
+        """Points of the series before this time (ns) are gone for good: past retention or
+        deleted. Writes, hints, read repair and anti-entropy leave them alone, and reads
+        leave out any a server still holds."""
+        cut = self.layout.deleted_before(series_key(device, metric))
+        if self.settings.retention_s is not None:
+            keep = time.time_ns() - int(self.settings.retention_s * 1e9)
+            cut = keep if cut is None else max(cut, keep)
+        return cut
+
+    def _cutoffs_apply(self) -> bool:
+        return bool(self.layout.tombstones) or self.settings.retention_s is not None
+
     @property
     def ring(self) -> HashRing:
         return self.layout.placement.ring
@@ -256,11 +276,20 @@ class StorageCluster:
         by_node: dict[str, list[tuple[str, int]]] = defaultdict(list)
         replicas_of: list[tuple[str, ...]] = []
         lines: list[str] = []
+        check_cutoff = self._cutoffs_apply()
+        deleted = {t.series for t in self.layout.tombstones}
         for index, r in enumerate(readings):
             try:
                 line = reading_to_line(r)
             except LineProtocolError as exc:
                 rejected.append(Rejected(r, "", f"cannot be written as line protocol: {exc}"))
+                replicas_of.append(())
+                lines.append("")
+                continue
+            cut = self.cutoff_ns(r.device, r.metric) if check_cutoff else None
+            if cut is not None and point_time_ns(r) < cut:
+                why = "is past retention" if r.series_key not in deleted else "was deleted"
+                rejected.append(Rejected(r, "", f"the series {why} up to this time"))
                 replicas_of.append(())
                 lines.append("")
                 continue
@@ -383,6 +412,25 @@ class StorageCluster:
         Raises RetriableStorageError, queueing no hint, when too few replicas stored some
         reading (nothing is lost by trying again: a retry rewrites the same points).
         """
+        version = self.layout.version
+        with self._inflight_lock:
+            self._inflight[version] += 1
+        try:
+            return self._write(readings)
+        finally:
+            with self._inflight_lock:
+                self._inflight[version] -= 1
+                if not self._inflight[version]:
+                    del self._inflight[version]
+
+    def followed_version(self) -> int:
+        """The oldest layout version a write of this process may still be using: what it
+        publishes, so a move deletes a moved copy only once no write planned before can
+        land on it."""
+        with self._inflight_lock:
+            return min([self.layout.version, *self._inflight])
+
+    def _write(self, readings: Sequence[Reading]) -> list[Rejected]:
         rejected: list[Rejected] = []
         plan, replicas_of, _ = self._plan(readings, rejected)
         to_hint: dict[str, list[tuple[str, int]]] = {}
@@ -500,7 +548,7 @@ class StorageCluster:
         )
 
     def _write_node(self, name: str, lines: list[str]) -> None:
-        node = self.nodes[name]
+        node = self._clients[name]
         try:
             node.write(self.database, lines)
         except DatabaseNotFound:
@@ -549,8 +597,9 @@ class StorageCluster:
         if batch is None:
             return False
         limiter.acquire(batch.points)
+        lines = self._live_lines(name, batch.lines)
         try:
-            found = self._write_narrowing(name, [(line, i) for i, line in enumerate(batch.lines)])
+            found = self._write_narrowing(name, [(line, i) for i, line in enumerate(lines)])
         except RetriableStorageError as exc:
             self._failed(name, exc)
             return False
@@ -567,6 +616,27 @@ class StorageCluster:
         queue.commit(batch)
         self.counters.replayed[name] += batch.points
         return True
+
+    def _live_lines(self, name: str, lines: list[str]) -> list[str]:
+        """``lines`` without the points deleted or past retention since they were hinted,
+        and without those of series ``name`` no longer owns (a move took them elsewhere)."""
+        layout = self.layout
+        rule: dict[tuple[str, str], int | None] = {}  # per series: keep from (None: drop)
+        kept = []
+        for line in lines:
+            key = line_series_time(line)
+            if key is not None:
+                metric, device, time_ns = key
+                if (device, metric) not in rule:
+                    owned = name in layout.owners(series_key(device, metric))
+                    rule[device, metric] = (self.cutoff_ns(device, metric) or 0) if owned else None
+                keep_from = rule[device, metric]
+                if keep_from is None or time_ns < keep_from:
+                    continue
+            kept.append(line)
+        if len(kept) < len(lines):
+            self.counters.hints_expired[name] += len(lines) - len(kept)
+        return kept
 
     def hint_stats(self) -> dict[str, dict[str, float]]:
         if self.hints is None:
@@ -586,7 +656,7 @@ class StorageCluster:
         assert self.hints is not None
         summary = {
             "written_ms": int(time.time() * 1000),
-            "layout_version": self.layout.version,
+            "layout_version": self.followed_version(),
             "servers": self.hint_stats(),
         }
         write_atomic(self.hints.root / HINT_SUMMARY, json.dumps(summary, sort_keys=True))
@@ -608,7 +678,7 @@ class StorageCluster:
             down = ", ".join(f"{n} {self.health.get(n).state}" for n in names)
             raise SeriesUnavailable(series, names, down)
         futures = {
-            self._pool.submit(self.nodes[n].query, q, self.database, params, epoch="ns"): n
+            self._pool.submit(self._clients[n].query, q, self.database, params, epoch="ns"): n
             for n in live
         }
         for fut, name in futures.items():
@@ -694,8 +764,14 @@ class StorageCluster:
             skipped = max(skipped, bad)
         if skipped:
             log.warning("skipped %d stored row(s) that are not Vigil readings", skipped)
+        cut = self.cutoff_ns(device, metric)
+        if cut is not None:  # a server that missed a deletion still holds what it deleted
+            rows = {n: [r for r in rs if r.time_ns >= cut] for n, rs in rows.items()}
         merged = merge(rows, limit, newest_first)
+        belongs = set(self.layout.replicas_now(series_key(device, metric)))
         for name, lacking in merged.missing.items():
+            if name not in belongs:
+                continue  # a server the series is leaving: repair would strand a copy there
             lines = [r.line for r in lacking if r.line]
             if lines:
                 self._pool.submit(self._repair, name, lines)

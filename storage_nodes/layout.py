@@ -32,9 +32,11 @@ STRATEGIES: tuple[Strategy, ...] = ("consistent", "full")
 #: ``active``; ``failed``: drained on purpose (writes hint, reads avoid it) but still an owner;
 #: ``leaving``: being removed, owns nothing in the new placement, serves until the move ends.
 ServerState = Literal["active", "failed", "leaving"]
-MAX_LAYOUT_BYTES = 1024 * 1024
+MAX_LAYOUT_BYTES = 4 * 1024 * 1024
 #: Most servers a layout holds (placement hashes servers x vnodes points).
 MAX_SERVERS = 64
+#: Most deleted series remembered (each one a few dozen bytes of the layout file).
+MAX_TOMBSTONES = 10_000
 
 
 class LayoutError(ValueError):
@@ -46,6 +48,16 @@ class Server:
     name: str
     url: str
     state: ServerState = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """Every point of ``series`` before ``before_ns`` is deleted: hints, read repair and
+    anti-entropy never bring one back, and reads leave out any a server still holds."""
+
+    series: str  # device/metric
+    before_ns: int
+    at_ms: int  # when it was deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,7 @@ class Layout:
     replication_factor: int
     vnodes: int
     previous: Placement | None = None
+    tombstones: tuple[Tombstone, ...] = ()
     _placement: Placement = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +142,22 @@ class Layout:
     def replicas_now(self, key: str) -> tuple[str, ...]:
         return self._placement.replicas(key)
 
+    def deleted_before(self, series: str) -> int | None:
+        """Points of ``series`` before this time (ns) are deleted; None if none are."""
+        found = [t.before_ns for t in self.tombstones if t.series == series]
+        return max(found) if found else None
+
+    def with_tombstone(self, tombstone: Tombstone) -> Layout:
+        kept = tuple(t for t in self.tombstones if t.series != tombstone.series)
+        before = max(tombstone.before_ns, self.deleted_before(tombstone.series) or 0)
+        if len(kept) >= MAX_TOMBSTONES:
+            raise LayoutError(f"at most {MAX_TOMBSTONES} deleted series are remembered")
+        return replace(
+            self,
+            version=self.version + 1,
+            tombstones=(*kept, replace(tombstone, before_ns=before)),
+        )
+
     def with_state(self, name: str, state: ServerState) -> Layout:
         self.server(name)
         servers = tuple(replace(s, state=state) if s.name == name else s for s in self.servers)
@@ -142,6 +171,10 @@ class Layout:
             "vnodes": self.vnodes,
             "servers": [{"name": s.name, "url": s.url, "state": s.state} for s in self.servers],
             "previous": None if self.previous is None else self.previous.to_json(),
+            "tombstones": [
+                {"series": t.series, "before_ns": t.before_ns, "at_ms": t.at_ms}
+                for t in self.tombstones
+            ],
         }
 
 
@@ -229,7 +262,23 @@ def parse(raw: bytes) -> Layout:
         pstrategy = _strategy(prev.get("strategy"), "previous.strategy")
         prf = _int(prev.get("replication_factor"), "previous.replication_factor", 1, MAX_SERVERS)
         previous = Placement(pservers, pstrategy, prf, vnodes)
-    return Layout(version, tuple(servers), strategy, rf, vnodes, previous)
+    raw_tombs = doc.get("tombstones", [])
+    _want(
+        isinstance(raw_tombs, list) and len(raw_tombs) <= MAX_TOMBSTONES,
+        "tombstones",
+        f"must be a list of at most {MAX_TOMBSTONES}",
+    )
+    tombstones = []
+    for i, t in enumerate(raw_tombs):
+        where = f"tombstones[{i}]"
+        _want(isinstance(t, dict), where, "must be an object")
+        series = t.get("series")
+        device, _, metric = series.partition("/") if isinstance(series, str) else ("", "", "")
+        _want(is_name(device) and is_name(metric), f"{where}.series", "must be device/metric")
+        before = _int(t.get("before_ns"), f"{where}.before_ns", 0, 2**63 - 1)
+        at_ms = _int(t.get("at_ms"), f"{where}.at_ms", 0, 2**63 - 1)
+        tombstones.append(Tombstone(str(series), before, at_ms))
+    return Layout(version, tuple(servers), strategy, rf, vnodes, previous, tuple(tombstones))
 
 
 def load(path: Path | None, settings: StorageSettings) -> Layout:
@@ -291,6 +340,7 @@ def moved(layout: Layout, servers: Sequence[Server], strategy: Strategy) -> Layo
         layout.replication_factor,
         layout.vnodes,
         layout.placement,
+        layout.tombstones,
     )
 
 

@@ -69,6 +69,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def quote_literal(value: str) -> str:
+    """An InfluxQL single-quoted string literal (for statements that bind no parameters)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _line(measurement: str, tags: Mapping[str, str], value: float, rid: int, time_ns: int) -> str:
     """One line from its parts, formatted as :func:`reading_to_line` formats a reading."""
     tag_str = ",".join(
@@ -122,3 +127,25 @@ def row_to_line(measurement: str, columns: Sequence[str], row: Sequence[object])
         return _line(measurement, tags, number, rid, time_ns)
     except LineProtocolError:
         return None
+
+
+def line_series_time(line: str) -> tuple[str, str, int] | None:
+    """(measurement, device, time in ns) of a line :func:`reading_to_line` wrote, or None
+    for a line that is not one: what hint replay needs to honour deletions and retention."""
+    head, _, ts = line.rpartition(" ")
+    if not head or not ts.isdigit():
+        return None
+    # The key ends at the first space not escaped by a backslash; tag values hold neither.
+    i, n = 0, len(head)
+    while i < n and head[i] != " ":
+        i += 2 if head[i] == "\\" else 1
+    key = head[:i]
+    j = 0
+    while j < len(key) and key[j] != ",":
+        j += 2 if key[j] == "\\" else 1
+    measurement = key[:j].replace("\\ ", " ").replace("\\,", ",").replace("\\\\", "\\")
+    for tag in key[j + 1 :].split(","):
+        name, _, value = tag.partition("=")
+        if name == "device":
+            return measurement, value, int(ts)
+    return None

@@ -49,6 +49,11 @@ class StorageCollector(Collector):
                 c.replay_refused,
             ),
             (
+                "vigil_storage_hints_expired_points",
+                "Hinted points not replayed: deleted or past retention meanwhile",
+                c.hints_expired,
+            ),
+            (
                 "vigil_storage_read_repaired_points",
                 "Points written back by read repair",
                 c.read_repaired,

@@ -33,8 +33,8 @@ from typing import Any
 from storage_nodes import layout as layouts
 from storage_nodes.client import InfluxNode, StorageError
 from storage_nodes.cluster import StorageCluster, read_hint_summary, series_key
-from storage_nodes.layout import Layout, Server, Strategy
-from storage_nodes.lineproto import quote_ident
+from storage_nodes.layout import Layout, Server, Strategy, Tombstone
+from storage_nodes.lineproto import quote_ident, quote_literal
 from storage_nodes.rate import RateLimiter
 from storage_nodes.repair import (
     RepairProgress,
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: A writer whose summary is older than this is taken for stopped: when it starts again it
 #: reads the newest layout, so a move need not wait for it.
 WRITER_STALE_S = 15.0
+#: How many times a moved series is copied and counted before the move gives up.
+VERIFY_ATTEMPTS = 5
 
 
 class OperationError(Exception):
@@ -241,12 +243,57 @@ class StorageOps:
             nodes,
             self.settings.database,
             since_ns=since_ns,
+            since_of=self.cluster.cutoff_ns,
             limiter=limiter,
             on_progress=on_progress,
         )
 
     def _available_nodes(self, layout: Layout) -> list[InfluxNode]:
         return [self.cluster.nodes[n] for n in layout.names() if layout.server(n).state != "failed"]
+
+    # -- deletion and retention -------------------------------------------------------
+    def delete_series(self, device: str, metric: str, before_ms: int | None = None) -> Layout:
+        """Delete a series (its points before ``before_ms``, or all): a tombstone in the
+        layout first, so no hint, read repair or repair brings a point back, then the
+        points on every server (a server that misses it is done again by maintenance)."""
+        if not is_name(device) or not is_name(metric):
+            raise OperationError("device and metric must be valid names")
+        before_ns = 2**63 - 1 if before_ms is None else before_ms * 1_000_000
+        layout = self._save(
+            self.layout().with_tombstone(
+                Tombstone(series_key(device, metric), before_ns, int(time.time() * 1000))
+            )
+        )
+        self.wait_for_writers(layout.version)
+        self.apply_deletions(only=series_key(device, metric))
+        return layout
+
+    def apply_deletions(self, only: str | None = None) -> list[str]:
+        """Delete, on every server, what the tombstones and the retention say is gone;
+        the servers that could not be reached (done again next time)."""
+        layout = self.layout()
+        failed: list[str] = []
+        statements = []
+        for t in layout.tombstones:
+            if only is not None and t.series != only:
+                continue
+            device, _, metric = t.series.partition("/")
+            statements.append(
+                f"DELETE FROM {quote_ident(metric)} WHERE device = {quote_literal(device)} "  # noqa: S608
+                f"AND time < {t.before_ns:d}"
+            )
+        if only is None and self.settings.retention_s is not None:
+            keep = time.time_ns() - int(self.settings.retention_s * 1e9)
+            statements.append(f"DELETE WHERE time < {keep:d}")
+        for name in layout.names():
+            node = self.cluster.nodes[name]
+            try:
+                for q in statements:
+                    node.query(q, self.settings.database, method="POST")
+            except StorageError as exc:
+                log.warning("deletions on %s failed (done again later): %s", name, exc)
+                failed.append(name)
+        return failed
 
     # -- moves -------------------------------------------------------------------------
     def add(self, name: str, url: str, progress: Progress = _quiet) -> MoveReport:
@@ -326,17 +373,32 @@ class StorageOps:
         for done, (metric, device, old, new) in enumerate(moving):
             progress("copying", done, len(moving))
             owners = list(dict.fromkeys([*new, *old]))
-            result = repair_series(
-                [nodes[n] for n in owners], self.settings.database, metric, device
-            )
-            for n, count in result.copied.items():
-                report.points_copied[n] = report.points_copied.get(n, 0) + count
-            if result.errors:
-                raise OperationError(
-                    f"copying {key_of(metric, device)} failed: {'; '.join(result.errors)}; "
-                    "run the command again to resume"
+            for attempt in range(1, VERIFY_ATTEMPTS + 1):
+                result = repair_series(
+                    [nodes[n] for n in owners],
+                    self.settings.database,
+                    metric,
+                    device,
+                    since_ns=self.cluster.cutoff_ns(device, metric),
                 )
-            self._verify(nodes, metric, device, old, new)
+                for n, count in result.copied.items():
+                    report.points_copied[n] = report.points_copied.get(n, 0) + count
+                if result.errors:
+                    raise OperationError(
+                        f"copying {key_of(metric, device)} failed: "
+                        f"{'; '.join(result.errors)}; run the command again to resume"
+                    )
+                # Live writes go to old and new owners: a point counted on an old owner may
+                # not have reached a new one yet. Copy again and count again.
+                short = self._short(nodes, metric, device, old, new)
+                if not short:
+                    break
+                if attempt == VERIFY_ATTEMPTS:
+                    raise OperationError(
+                        f"{key_of(metric, device)}: new owners hold fewer points than the old "
+                        f"after {attempt} copies ({short}); run the command again to resume"
+                    )
+                time.sleep(0.5)
         report.series_moved = len(moving)
         progress("copying", len(moving), len(moving))
         final = self._save(layouts.settled(target))
@@ -353,14 +415,16 @@ class StorageOps:
         report.seconds = time.monotonic() - started
         return report
 
-    def _verify(
+    def _short(
         self,
         nodes: dict[str, InfluxNode],
         metric: str,
         device: str,
         old: Sequence[str],
         new: Sequence[str],
-    ) -> None:
+    ) -> dict[str, str]:
+        """The new owners holding fewer points of the series than an old owner."""
+
         def count(n: str) -> int:
             q = f"SELECT count(value) FROM {quote_ident(metric)} WHERE device = $device"  # noqa: S608
             series = nodes[n].query(q, self.settings.database, {"device": device})
@@ -368,18 +432,12 @@ class StorageOps:
 
         try:
             most = max(count(n) for n in old)
-            short = {n: c for n in new if (c := count(n)) < most}
+            return {n: f"{c} < {most}" for n in new if (c := count(n)) < most}
         except StorageError as exc:
             raise OperationError(f"cannot verify {key_of(metric, device)}: {exc}") from exc
-        if short:
-            raise OperationError(
-                f"{key_of(metric, device)}: new owners hold fewer points than the old "
-                f"({short} < {most}); run the command again to resume"
-            )
 
     def _drop_series(self, node: InfluxNode, metric: str, device: str) -> None:
-        literal = "'" + device.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        q = f"DROP SERIES FROM {quote_ident(metric)} WHERE device = {literal}"
+        q = f"DROP SERIES FROM {quote_ident(metric)} WHERE device = {quote_literal(device)}"
         try:
             node.query(q, self.settings.database, method="POST")
         except StorageError as exc:
@@ -423,6 +481,8 @@ class AutoRepair:
             self.run_once()
 
     def run_once(self) -> None:
+        """Deletions first (retention, tombstones a server missed), then repair."""
+        self.ops.apply_deletions()
         if self.ops.layout().moving:
             return  # the move copies what moves; repair waits for the settled layout
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_nodes.client import InfluxNode, RetriableStorageError, StorageError
+from storage_nodes.lineproto import quote_literal
 from vigil.atomic import load_or_create_secret
 from vigil.names import check_name
 from vigil.settings import StorageNode, StorageSettings
@@ -43,11 +44,6 @@ class Credential:
 
 def _ident(name: str) -> str:
     return '"' + check_name(name, "InfluxDB name") + '"'
-
-
-def _literal(value: str) -> str:
-    """An InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _run(node: InfluxNode, q: str, *, ok: Iterable[str] = ()) -> None:
@@ -83,17 +79,17 @@ def provision_server(
             _run(
                 anonymous,
                 f"CREATE USER {_ident(admin.username)} WITH PASSWORD "
-                f"{_literal(admin.password)} WITH ALL PRIVILEGES",
+                f"{quote_literal(admin.password)} WITH ALL PRIVILEGES",
             )
             log.info("%s: created the admin user %s", name, admin.username)
         for cred in [service] + ([viewer] if viewer else []):
             user = _ident(cred.username)
             _run(
                 as_admin,
-                f"CREATE USER {user} WITH PASSWORD {_literal(cred.password)}",
+                f"CREATE USER {user} WITH PASSWORD {quote_literal(cred.password)}",
                 ok=("user already exists",),
             )
-            _run(as_admin, f"SET PASSWORD FOR {user} = {_literal(cred.password)}")
+            _run(as_admin, f"SET PASSWORD FOR {user} = {quote_literal(cred.password)}")
         grant_database(as_admin, database, service.username, viewer.username if viewer else None)
     finally:
         anonymous.close()

@@ -584,19 +584,26 @@ def repair_series(
     return run.result
 
 
+def _later(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def repair_all(
     replicas_of: Callable[[str, str], Sequence[InfluxNode]],
     nodes: Sequence[InfluxNode],
     database: str,
     *,
     since_ns: int | None = None,
+    since_of: Callable[[str, str], int | None] | None = None,
     bucket_ns: int = HOUR_NS,
     limiter: RateLimiter | None = None,
     on_progress: Callable[[RepairProgress], None] | None = None,
 ) -> RepairReport:
     """Repair every series any of ``nodes`` holds among its replicas
     (``replicas_of(device, measurement)``), one series after the other. A server that holds
-    a series it is not a replica of is reported in ``misplaced``; nothing is deleted."""
+    a series it is not a replica of is reported in ``misplaced``; nothing is deleted.
+    ``since_of(device, measurement)``: the first time of a series that may be compared and
+    copied (retention and deletions), over ``since_ns``."""
     started = time.monotonic()
     errors: list[str] = []
     held: dict[str, set[Series]] = {}
@@ -622,7 +629,7 @@ def repair_all(
             measurement,
             device,
             bucket_ns=bucket_ns,
-            since_ns=since_ns,
+            since_ns=_later(since_ns, None if since_of is None else since_of(device, measurement)),
             limiter=limiter,
         )
         differing += result.buckets_differing

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from storage_nodes import (
     DatabaseNotFound,
@@ -15,7 +16,6 @@ from storage_nodes import (
     StorageError,
 )
 from storage_nodes.provision import grant_database
-from tests.support import wait_until
 from vigil.messages import Reading
 
 TS = 1_763_800_000_000
@@ -246,8 +246,10 @@ def test_a_server_marked_down_gets_hints_at_consistency_one_only(
     cluster = _hinting_cluster(storage_settings, tmp_path, consistency=level)
     try:
         primary, secondary = (n.name for n in cluster.replicas("dev-1", "temperature"))
-        cluster.health.mark_down(primary, "test")
         cluster._stop.set()  # no probe brings it back, no replay runs
+        for thread in cluster._threads:
+            thread.join()
+        cluster.health.mark_down(primary, "test")
         batch = [reading(i) for i in range(1, 11)]
         if stored:
             assert cluster.write(batch) == []
@@ -269,10 +271,11 @@ def test_hints_are_replayed_once_the_server_is_up_and_reads_merge_meanwhile(
     cluster = _hinting_cluster(storage_settings, tmp_path)
     try:
         primary, secondary = (n.name for n in cluster.replicas("dev-1", "temperature"))
-        cluster.health.mark_down(primary, "test")
+        cluster.health.set_failed(primary, True)  # a probe does not bring it back
         cluster.write([reading(i) for i in range(1, 101)])
         # Reads leave the down server out and still answer everything.
         assert len(cluster.points("dev-1", "temperature", limit=1000)) == 100
+        cluster.health.set_failed(primary, False)
         wait_until(lambda: cluster.health.available(primary), 10, what="the probe")
         queue = cluster.hints.queue(primary)
         wait_until(lambda: queue.stats().points == 0, 10, what="replay")

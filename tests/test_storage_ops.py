@@ -7,11 +7,13 @@ import io
 import json
 
 import pytest
+from support import wait_until
 
+from stack.storage_cli import main as storage_cli
 from storage_nodes import StorageCluster
-from storage_nodes.cli import main as storage_cli
 from storage_nodes.hints import HintStore
-from tests.support import wait_until
+from storage_nodes.lineproto import reading_to_line
+from storage_nodes.ops import StorageOps
 from vigil.messages import Reading
 
 pytestmark = pytest.mark.integration
@@ -137,3 +139,84 @@ def test_validate_config_says_when_the_layout_file_wins(cloud_config, capsys):
     )
     out = capsys.readouterr().out
     assert f"the cluster layout {layout_path} (version 1" in out and "wins over" in out
+
+
+def test_a_deleted_series_comes_back_from_neither_hints_nor_repair_nor_reads(
+    cloud_config, cluster, tmp_path
+):
+    """Delete while a replica is drained with the series' points in its hint queue, and
+    while it still holds points of its own: recovering it replays no deleted point, repair
+    copies none, and reads leave out the ones it kept."""
+    settings = cloud_config.config.storage.model_copy(update={"probe_interval_s": 0.2})
+    writer = StorageCluster(
+        settings, hints=HintStore(tmp_path / "hints", max_bytes=2**30, max_age_s=3600)
+    )
+    try:
+        primary, secondary = (n.name for n in writer.replicas("dev-1", "temperature"))
+        writer.write(readings(20))  # on both
+        assert cli(cloud_config, "fail", primary)[0] == 0
+        wait_until(lambda: writer.health.get(primary).state == "failed", 10)
+        writer.write(readings(40)[20:])  # 21..40: on the secondary, hinted for the primary
+        assert writer.hints.queue(primary).stats().points == 20
+        cut_ms = T0 + 31
+        code, out, err = cli(
+            cloud_config, "delete", "dev-1", "temperature", "--before", str(cut_ms)
+        )
+        assert code == 0, err
+        assert "will not come back" in out
+        wait_until(lambda: writer.layout.tombstones, 10, what="the writer follows")
+        assert writer.count_on(secondary, "temperature", "dev-1") == 10  # 31..40
+        assert cli(cloud_config, "recover", primary)[0] == 0
+        wait_until(lambda: writer.hints.queue(primary).stats().points == 0, 10, what="replay")
+        assert writer.counters.hints_expired[primary] == 10  # 21..30 not replayed
+        assert writer.count_on(primary, "temperature", "dev-1") == 10
+        # A server that missed the deletion (restored from a backup, say) still holds 1..20.
+        writer.nodes[primary].write(writer.database, [reading_to_line(r) for r in readings(20)])
+        ids = [p.id for p in writer.points("dev-1", "temperature", limit=100)]
+        assert ids == list(range(40, 30, -1))  # reads leave out what it kept
+        code, out, _ = cli(cloud_config, "--json", "repair")
+        assert code == 0 and json.loads(out)["points_copied"][secondary] == 0
+        assert writer.count_on(secondary, "temperature", "dev-1") == 10
+        StorageOps(settings).apply_deletions()  # what the API's maintenance does each run
+        assert writer.count_on(primary, "temperature", "dev-1") == 10
+        # A late redelivery of a deleted reading is refused, not stored again.
+        refused = writer.write(readings(5))
+        assert [r.reading.id for r in refused] == [1, 2, 3, 4, 5]
+        assert "was deleted" in refused[0].reason
+    finally:
+        writer.close()
+
+
+def test_maintenance_applies_retention_and_deletions_a_server_missed(cloud_config, cluster):
+    from storage_nodes.ops import AutoRepair
+
+    now_ms = int(__import__("time").time() * 1000)
+    old = [
+        Reading(i, "dev-1", now_ms - 3_600_000 - i, "sensor", "temperature", 1.0, "C")
+        for i in range(1, 11)
+    ]
+    new = [
+        Reading(i, "dev-1", now_ms - i, "sensor", "temperature", 1.0, "C") for i in range(11, 21)
+    ]
+    cluster.write(old + new)
+    settings = cloud_config.config.storage.model_copy(update={"retention_s": 1800.0})
+    ops = StorageOps(settings)
+    try:
+        maintenance = AutoRepair(ops)
+        maintenance.run_once()
+        for node in cluster.replicas("dev-1", "temperature"):
+            assert cluster.count_on(node.name, "temperature", "dev-1") == 10
+        assert maintenance.runs == 1 and maintenance.failures == 0
+        assert ops.cluster.write(old[:1])[0].reason.startswith("the series is past retention")
+    finally:
+        ops.close()
+
+
+def test_the_api_deletes_a_series(client, cluster):
+    cluster.write(readings(10))
+    resp = client.delete("/storage/series/dev-1/temperature?before=x")
+    assert resp.status_code == 400 and resp.mimetype == "application/problem+json"
+    resp = client.delete("/storage/series/dev-1/temperature")
+    assert resp.status_code == 200 and resp.get_json()["layout_version"] == 1
+    for name in cluster.nodes:
+        assert cluster.count_on(name, "temperature", "dev-1") == 0

@@ -305,6 +305,12 @@ class StorageSettings(Model):
     probe_interval_s: Float = Field(1.0, gt=0, le=3600, description="health checks of servers")
     probe_timeout_s: Float = Field(1.0, gt=0, le=60)
     hints: HintSettings = Field(default_factory=HintSettings)
+    retention_s: Float | None = Field(
+        None,
+        gt=0,
+        description="points older than this are deleted by the API's maintenance (every "
+        "repair_interval_s) and never brought back by hints or repair; unset: kept forever",
+    )
     repair_interval_s: Float = Field(
         300.0,
         ge=0,

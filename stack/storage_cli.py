@@ -1,4 +1,4 @@
-"""``vigil storage status|fail|recover|add|remove|strategy|repair|replicas``.
+"""``vigil storage status|fail|recover|add|remove|resume|strategy|repair|replicas|delete``.
 
 Each command prints a readable table (``--json`` for the same as JSON) and shows progress on
 stderr during long work. Exit status: 0 done, 1 the operation failed (what to do is said),
@@ -140,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     strat.add_argument("strategy", choices=STRATEGIES)
     rep = sub.add_parser("repair", help="anti-entropy over every series, now")
     rep.add_argument("--rate", type=float, default=None, help="points/s (default: unlimited)")
+    dele = sub.add_parser("delete", help="delete a series (or its points before a time)")
+    dele.add_argument("device")
+    dele.add_argument("metric")
+    dele.add_argument("--before", type=int, default=None, help="epoch ms (default: all)")
     repl = sub.add_parser("replicas", help="the servers of one series")
     repl.add_argument("device")
     repl.add_argument("metric")
@@ -201,6 +205,18 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             leaving = result["owners"][len(result["replicas"]) :]
             if leaving:
                 text += f"\n(during the move also on: {', '.join(leaving)})"
+        elif args.command == "delete":
+            layout = ops.delete_series(args.device, args.metric, args.before)
+            result = {
+                "series": f"{args.device}/{args.metric}",
+                "before_ms": args.before,
+                "layout_version": layout.version,
+            }
+            text = (
+                f"deleted {args.device}/{args.metric}"
+                + ("" if args.before is None else f" before {args.before}")
+                + f" (layout {layout.version}): it will not come back from hints or repair"
+            )
         elif args.command == "repair":
             report = ops.repair(points_per_s=args.rate, on_progress=progress.repair)
             result = report.to_json()
