@@ -427,10 +427,11 @@ def test_hints_pending_when_ingest_is_killed_replay_from_disk_after_restart(rig)
 def test_a_server_added_then_one_removed_while_ingesting(rig):
     """3 -> 4 -> 3 servers with ingest storing all along: after each move every series is
     on exactly its replicas in the new layout, the moved copies deleted, nothing lost or
-    doubled. (No reader here: see test_a_reader_still_on_the_moving_layout_...)"""
+    doubled; reads answer throughout."""
     rig.start_ingest()
     rig.publish()
     rig.wait_stored(500)
+    reader = rig.read()
 
     new = rig.chaos.add("influx-4").ready()
     assert rig.move("add", new.name, new.url)["series_moved"] > 0
@@ -443,6 +444,7 @@ def test_a_server_added_then_one_removed_while_ingesting(rig):
     rig.published_more(600)
     assert rig.move("remove", "influx-1")["series_moved"] > 0
     assert rig.layout().names() == ["influx-2", "influx-3", "influx-4"]
+    rig.check_reads(reader)
     expected = rig.settle("every series on exactly its replicas once influx-1 left")
     assert rig.counts("influx-1") == {}
     rig.exact(expected)
@@ -451,10 +453,12 @@ def test_a_server_added_then_one_removed_while_ingesting(rig):
 # -- 6. the strategy switched -------------------------------------------------------------
 def test_the_strategy_switched_to_full_and_back_while_ingesting(rig):
     """``strategy full``: every server holds every series; ``strategy consistent``: two
-    replicas each again, the extra copies deleted; ingest storing all along."""
+    replicas each again, the extra copies deleted; ingest storing and reads answering all
+    along."""
     rig.start_ingest()
     rig.publish()
     rig.wait_stored(500)
+    reader = rig.read()
 
     rig.move("strategy", "full")
     layout = rig.layout()
@@ -468,6 +472,7 @@ def test_the_strategy_switched_to_full_and_back_while_ingesting(rig):
     layout = rig.layout()
     assert layout.strategy == "consistent"
     assert all(len(layout.replicas_now(series_key(*s))) == 2 for s in SERIES)
+    rig.check_reads(reader)
     expected = rig.settle("every series on exactly two servers again")
     rig.exact(expected)
 
