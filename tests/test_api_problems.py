@@ -131,6 +131,7 @@ def test_unreachable_storage_is_a_503_problem(cloud_config):
             body = problem(resp, 503)
             assert body["type"] == "urn:vigil:problem:storage-unavailable"
             assert "dead" in body["detail"] and resp.headers["Retry-After"] == "5"
+            assert body["series"] == "dev-1/temperature" and body["servers"] == ["dead"]
         health = client.get("/health").get_json()
         assert health["status"] == "degraded"
         assert health["storage"] == [{"name": "dead", "url": dead.nodes[0].url, "up": False}]
