@@ -35,6 +35,10 @@ class DatabaseNotFound(RetriableStorageError):
     """The server is up but lacks the database (replaced, restored, or dropped)."""
 
 
+def _json_int(text: str) -> int | float:
+    return -0.0 if text == "-0" else int(text)  # the server writes the float -0.0 as -0
+
+
 #: HTTP statuses that mean the request's content is wrong
 BAD_CONTENT = (400, 413)
 
@@ -137,9 +141,10 @@ class InfluxNode:
         else:
             resp = self._request("POST", "/query", data=args, **extra)
         try:
-            body = resp.json()
+            body = json.loads(resp.content, parse_int=_json_int)
             first = (body.get("results") or [{}])[0]
             series = list(first.get("series", []))
+            partial = bool(first.get("partial")) or any(s.get("partial") for s in series)
         except (ValueError, AttributeError, TypeError, IndexError) as exc:
             raise RetriableStorageError(self.name, f"unreadable query answer: {exc}") from None
         if "error" in first:
@@ -147,4 +152,6 @@ class InfluxNode:
             if error.startswith("database not found"):
                 raise DatabaseNotFound(self.name, error)
             raise FatalStorageError(self.name, f"query error: {error}")
+        if partial:  # the server's max-row-limit: never take a cut answer for the whole
+            raise RetriableStorageError(self.name, f"the server cut the answer short: {q[:200]}")
         return series

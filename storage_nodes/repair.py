@@ -51,7 +51,6 @@ What InfluxDB 1.6 does, checked against influxd 1.6.7 (tests/test_storage_repair
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,10 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage_nodes.client import (
-    DatabaseNotFound,
-    FatalStorageError,
     InfluxNode,
-    RetriableStorageError,
     StorageError,
 )
 from storage_nodes.lineproto import quote_ident, row_to_line
@@ -211,35 +207,11 @@ class RepairReport:
 
 
 # -- queries ------------------------------------------------------------------------------
-def _json_int(text: str) -> int | float:
-    return -0.0 if text == "-0" else int(text)  # the server writes the float -0.0 as -0
-
-
 def query_ns(
     node: InfluxNode, q: str, database: str, params: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """:meth:`InfluxNode.query` (GET) with times in epoch nanoseconds; an answer the server
-    cut short (``partial``, its ``max-row-limit``) is a RetriableStorageError, never taken
-    as the whole."""
-    args: dict[str, str] = {"q": q, "db": database, "epoch": "ns"}
-    if params:
-        args["params"] = json.dumps(params)
-    resp = node._request("GET", "/query", params=args)
-    try:
-        body = json.loads(resp.content, parse_int=_json_int)
-        first = (body.get("results") or [{}])[0]
-        series = list(first.get("series", []))
-        partial = bool(first.get("partial")) or any(s.get("partial") for s in series)
-    except (ValueError, AttributeError, TypeError, IndexError) as exc:
-        raise RetriableStorageError(node.name, f"unreadable query answer: {exc}") from None
-    if "error" in first:
-        error = str(first["error"])
-        if error.startswith("database not found"):
-            raise DatabaseNotFound(node.name, error)
-        raise FatalStorageError(node.name, f"query error: {error}")
-    if partial:
-        raise RetriableStorageError(node.name, f"the server cut the answer short: {q[:200]}")
-    return series
+    """:meth:`InfluxNode.query` with times in epoch nanoseconds (a cut answer raises)."""
+    return node.query(q, database, params, epoch="ns")
 
 
 def _is_int(x: object) -> bool:

@@ -60,6 +60,7 @@ def make_layout(tmp_path: Path, source: Path) -> Layout:
         user = data[section]["mqtt"]["username"]
         data[section]["mqtt"]["password_file"] = secret(f"{user}.password")
     data["storage"]["password_file"] = secret("influxdb.password")
+    data["storage"]["layout_path"] = str(tmp_path / "layout.json")  # no running stack's
     data["api"]["admin_token_sha256_file"] = secret(
         "admin.token.sha256", hashlib.sha256(b"token").hexdigest() + "\n"
     )

@@ -186,6 +186,7 @@ def test_the_provision_command_is_idempotent_and_keeps_the_password_files(
     base["storage"]["database"] = "provisioned"
     base["storage"]["nodes"] = [{"name": s.name, "url": s.url} for s in influx_cluster]
     base["storage"]["password_file"] = str(influx_credentials.service_password_file)
+    base["storage"]["layout_path"] = str(tmp_path / "layout.json")  # not a running stack's
     path = tmp_path / "vigil.yaml"
     path.write_text(yaml.safe_dump(base))
     assert main(["provision", "--config", str(path), "--secrets", str(secrets)]) == 0
