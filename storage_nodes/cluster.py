@@ -193,20 +193,14 @@ class StorageCluster:
         nodes, probes = self._clients, self._probe_clients
         for server in layout.servers:
             if server.name not in nodes or nodes[server.name].url != server.url.rstrip("/"):
-                nodes[server.name] = InfluxNode(
-                    server.name,
-                    server.url,
-                    s.timeout_s,
-                    username=s.username,
-                    password=self._password,
-                )
-                probes[server.name] = InfluxNode(
-                    server.name,
-                    server.url,
-                    s.probe_timeout_s,
-                    username=s.username,
-                    password=self._password,
-                )
+                for clients, timeout_s in ((nodes, s.timeout_s), (probes, s.probe_timeout_s)):
+                    clients[server.name] = InfluxNode(
+                        server.name,
+                        server.url,
+                        timeout_s,
+                        username=s.username,
+                        password=self._password,
+                    )
         names = layout.names()
         self.nodes = {n: nodes[n] for n in names}
         self._probes = {n: probes[n] for n in names}
