@@ -19,6 +19,7 @@ typecheck: bootstrap-dev
 
 bench: bootstrap-dev
 	$(PY) -m bench.e2e
+	$(PY) -m bench.storage
 
 bootstrap:
 	@scripts/bootstrap run

@@ -10,7 +10,9 @@ redelivery can never store it twice.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from vigil.messages import Reading
 
@@ -22,8 +24,11 @@ class LineProtocolError(ValueError):
     tag, a backslash); the contract refuses these, so this is a last line of defence."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check(s: str, where: str, *, backslash_ok: bool) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in s):
+    if _CONTROL.search(s):
         raise LineProtocolError(f"{where} {s[:70]!r} holds a control character")
     if not backslash_ok and "\\" in s:
         raise LineProtocolError(f"{where} {s[:70]!r} holds a backslash")
@@ -54,14 +59,21 @@ def reading_to_line(reading: Reading) -> str:
     tags = {"device": reading.device, "kind": reading.kind, **reading.tags}
     if reading.unit:
         tags["unit"] = reading.unit
-    tag_str = ",".join(
-        f"{_escape_tag(k, 'tag key')}={_escape_tag(v, f'tag {k[:64]!r}')}"
-        for k, v in sorted(tags.items())
-    )
     return (
-        f"{_escape_measurement(reading.metric)},{tag_str} "
+        f"{_series_prefix(reading.metric, tuple(sorted(tags.items())))} "
         f"value={float(reading.value)!r},id={reading.id}i {point_time_ns(reading)}"
     )
+
+
+@lru_cache(maxsize=4096)
+def _series_prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """``measurement,tag=value,...`` of one series, tags in the order given. Cached: a
+    series' readings share it, and escaping it is most of a line's cost (a part that cannot
+    be in a line raises, and a raise is not cached)."""
+    tag_str = ",".join(
+        f"{_escape_tag(k, 'tag key')}={_escape_tag(v, f'tag {k[:64]!r}')}" for k, v in tags
+    )
+    return f"{_escape_measurement(measurement)},{tag_str}"
 
 
 def quote_ident(name: str) -> str:
@@ -76,11 +88,8 @@ def quote_literal(value: str) -> str:
 
 def _line(measurement: str, tags: Mapping[str, str], value: float, rid: int, time_ns: int) -> str:
     """One line from its parts, formatted as :func:`reading_to_line` formats a reading."""
-    tag_str = ",".join(
-        f"{_escape_tag(k, 'tag key')}={_escape_tag(v, f'tag {k[:64]!r}')}"
-        for k, v in sorted(tags.items())
-    )
-    return f"{_escape_measurement(measurement)},{tag_str} value={value!r},id={rid}i {time_ns}"
+    prefix = _series_prefix(measurement, tuple(sorted(tags.items())))
+    return f"{prefix} value={value!r},id={rid}i {time_ns}"
 
 
 #: the columns of a stored Vigil point that are fields (every other column is a tag)
@@ -129,6 +138,17 @@ def row_to_line(measurement: str, columns: Sequence[str], row: Sequence[object])
         return None
 
 
+#: the text up to the first space (comma) no backslash escapes; a backslash escapes the
+#: character after it, whatever it is
+_TO_SPACE = re.compile(r"(?:\\.?|[^\\ ])*", re.DOTALL)
+_TO_COMMA = re.compile(r"(?:\\.?|[^\\,])*", re.DOTALL)
+
+
+def _prefix_end(pattern: re.Pattern[str], s: str) -> int:
+    match = pattern.match(s)  # both patterns match the empty string: never None
+    return match.end() if match else 0
+
+
 def line_series_time(line: str) -> tuple[str, str, int] | None:
     """(measurement, device, time in ns) of a line :func:`reading_to_line` wrote, or None
     for a line that is not one: what hint replay needs to honour deletions and retention."""
@@ -136,13 +156,8 @@ def line_series_time(line: str) -> tuple[str, str, int] | None:
     if not head or not ts.isdigit():
         return None
     # The key ends at the first space not escaped by a backslash; tag values hold neither.
-    i, n = 0, len(head)
-    while i < n and head[i] != " ":
-        i += 2 if head[i] == "\\" else 1
-    key = head[:i]
-    j = 0
-    while j < len(key) and key[j] != ",":
-        j += 2 if key[j] == "\\" else 1
+    key = head[: _prefix_end(_TO_SPACE, head)]
+    j = _prefix_end(_TO_COMMA, key)
     measurement = key[:j].replace("\\ ", " ").replace("\\,", ",").replace("\\\\", "\\")
     for tag in key[j + 1 :].split(","):
         name, _, value = tag.partition("=")

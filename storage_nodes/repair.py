@@ -55,7 +55,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from storage_nodes.client import (
     InfluxNode,
@@ -65,6 +65,7 @@ from storage_nodes.lineproto import quote_ident, row_to_line
 from storage_nodes.rate import RateLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: a point's identity: (time in epoch nanoseconds, id)
 Identity = tuple[int, int]
@@ -416,22 +417,29 @@ class _SeriesRun:
     def live(self) -> list[InfluxNode]:
         return [n for n in self.replicas if n.name not in self.failed]
 
-    def digests(self, lo: int, hi: int, bucket_ns: int) -> dict[str, dict[int, BucketDigest]]:
-        out: dict[str, dict[int, BucketDigest]] = {}
+    def ask_live(self, ask: Callable[[InfluxNode], T]) -> dict[str, T]:
+        """``ask`` each replica still in this repair; one that fails is left out of the
+        rest of it (and of the answer)."""
+        out: dict[str, T] = {}
         for node in self.live():
             try:
-                out[node.name] = _grouped_digests(
-                    node,
-                    self.database,
-                    self.measurement,
-                    self.device,
-                    lo=lo,
-                    hi=hi,
-                    bucket_ns=bucket_ns,
-                )
+                out[node.name] = ask(node)
             except StorageError as exc:
                 self.fail(node, exc)
         return out
+
+    def digests(self, lo: int, hi: int, bucket_ns: int) -> dict[str, dict[int, BucketDigest]]:
+        return self.ask_live(
+            lambda node: _grouped_digests(
+                node,
+                self.database,
+                self.measurement,
+                self.device,
+                lo=lo,
+                hi=hi,
+                bucket_ns=bucket_ns,
+            )
+        )
 
     def repair_window(self, lo: int, hi: int, counts: Mapping[str, int]) -> None:
         """Make the replicas agree on the points with ``lo <= time <= hi``; ``counts``:
@@ -446,19 +454,16 @@ class _SeriesRun:
                     {name: d.get(start, EMPTY).count for name, d in per_node.items()},
                 )
             return
-        held: dict[str, set[Identity]] = {}
-        for node in self.live():
-            try:
-                held[node.name] = identities(
-                    node,
-                    self.database,
-                    self.measurement,
-                    self.device,
-                    since_ns=lo,
-                    until_ns=hi,
-                )
-            except StorageError as exc:
-                self.fail(node, exc)
+        held = self.ask_live(
+            lambda node: identities(
+                node,
+                self.database,
+                self.measurement,
+                self.device,
+                since_ns=lo,
+                until_ns=hi,
+            )
+        )
         by_name = {n.name: n for n in self.replicas}
         for source, targets in copy_plan(held).items():
             self.copy(by_name[source], {by_name[t]: ids for t, ids in targets.items()})

@@ -4,14 +4,22 @@ test_storage_repair.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage_nodes.lineproto import point_time_ns, reading_to_line, row_to_line
+from storage_nodes.lineproto import (
+    LineProtocolError,
+    line_series_time,
+    point_time_ns,
+    reading_to_line,
+    row_to_line,
+)
 from vigil.messages import KINDS, MAX_ID, MAX_TS_MS, MIN_TS_MS, RESERVED_TAGS, Reading
+from vigil.names import NAME_PATTERN
 
 # What line protocol carries: no control characters, no backslash in tags (the contract).
 _chars = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\")
@@ -137,3 +145,40 @@ def test_malformed_rows_give_none():
     assert row_to_line("t", [*BASE_COLUMNS, "id"], [*BASE_ROW, 5]) is None  # repeated column
     assert row_to_line("t", BASE_COLUMNS[1:], BASE_ROW[1:]) is None  # no time
     assert row_to_line("t\n", BASE_COLUMNS, BASE_ROW) is None  # no measurement can hold it
+
+
+names = st.from_regex(f"\\A{NAME_PATTERN}\\Z")
+
+
+@given(readings, names, st.dictionaries(names.filter(lambda k: k not in RESERVED_TAGS), tag_text))
+def test_a_hint_line_gives_back_its_series_and_time(r, device, tags):
+    """What hint replay reads of a line to honour deletions and retention: devices and tag
+    keys are names (the contract); measurements and tag values may need escaping."""
+    r = dataclasses.replace(r, device=device, tags=tags)
+    assert line_series_time(reading_to_line(r)) == (r.metric, device, point_time_ns(r))
+
+
+@given(st.text(max_size=80))
+def test_any_text_gives_a_series_and_time_or_none(text):
+    got = line_series_time(text)
+    assert got is None or (isinstance(got[2], int) and got[2] >= 0)
+
+
+def test_a_refused_series_stays_refused_and_a_good_one_keeps_its_text():
+    """The escaped series prefix is cached: a refusal must not be, and a cached prefix
+    must give the same line as the first."""
+    bad = Reading(
+        id=1, device="d", ts=MIN_TS_MS, kind="sensor", metric="t", value=1.0, tags={"room": "a\nb"}
+    )
+    for _ in range(2):
+        with pytest.raises(LineProtocolError):
+            reading_to_line(bad)
+    good = Reading(
+        id=2, device="d", ts=MIN_TS_MS, kind="sensor", metric="t x", value=1.0, tags={"room": "a b"}
+    )
+    first = reading_to_line(good)
+    assert (
+        reading_to_line(good)
+        == first
+        == (f"t\\ x,device=d,kind=sensor,room=a\\ b value=1.0,id=2i {point_time_ns(good)}")
+    )
