@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     metrics = ServiceMetrics("alert_engine", "evaluate")
     try:
-        engine = AlertEngine(config.broker, config.alert_engine, metrics)
+        engine = AlertEngine(config.broker, config.alert_engine, metrics, args.ready_file)
         metrics.serve(config.alert_engine.metrics_port, config.alert_engine.metrics_host)
     except (OSError, sqlite3.Error) as exc:
         log.error("alert engine cannot start: %s", exc)
@@ -46,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.topics.rules,
         engine.topics.alerts_filter,
     )
-    while not stop.wait(0.5):
-        if engine.failed.is_set():
-            break
+    stop.wait()  # a failed batch ends the process itself (crash-only: vigil.consumer)
     engine.stop()
-    return 1 if engine.failed.is_set() else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """The alert engine's I/O: readings and rule sets in from MQTT, alerts out, state in SQLite.
 
-paho's network thread only tags each message with the connection it came on
-(``MqttClient.connection``) and puts it on a queue; one worker thread does everything else, a
-batch at a time (whatever is queued, up to ``MAX_BATCH`` messages):
+The consumer runtime (:mod:`vigil.consumer`) receives and acknowledges; this module is the
+batch handler (whatever is queued, up to ``MAX_BATCH`` messages):
 
 1. apply rule-set messages and evaluate readings, in arrival order;
 2. publish each transition once at QoS 1 and wait until the broker confirmed it
@@ -12,35 +11,33 @@ batch at a time (whatever is queued, up to ``MAX_BATCH`` messages):
 4. publish a dead letter for each message whose handling raised (``vigil.contain``: a
    payload can never stop the engine; invalid readings are only counted here, since the
    ingest service dead-letters them);
-5. acknowledge the batch's messages.
+5. say the batch is durable: the runtime acknowledges its messages.
 
 A message whose batch did not get through step 3 is never acknowledged, so the broker
 delivers it again (persistent session) and, since the state was not saved either, its
 transitions are computed again with the same alert ids. A message received on an earlier
-connection is not acknowledged (``MqttClient.ack`` skips it: its packet id may belong to another
+connection is not acknowledged (the runtime skips it: its packet id may belong to another
 message by now): the broker has re-sent it, and the evaluator skips it as already seen.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
-import paho.mqtt.client as paho
+from pathlib import Path
 
 from alert_engine.evaluator import Evaluator, RuleSetChange
 from alert_engine.store import StateStore
+from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, now_ms, parse_readings
+from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient, PublishError
-from vigil.retry import Backoff, retry_until
+from vigil.mqtt import PublishError
+from vigil.readiness import Readiness
+from vigil.retry import Backoff, retry
 from vigil.settings import AlertEngineSettings, BrokerSettings
 from vigil.topics import DATA
 
@@ -52,12 +49,6 @@ RETRY_BACKOFF = Backoff(initial_s=0.5, cap_s=10.0, jitter=0.0)
 #: A batch of alerts confirmed later than this is logged (the outage itself is logged by
 #: ``vigil.mqtt`` when the connection drops).
 SLOW_CONFIRM_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    msg: paho.MQTTMessage
-    connection: int  # which connection it arrived on
 
 
 def _num(value: float) -> str:
@@ -79,6 +70,7 @@ class AlertEngine:
         broker: BrokerSettings,
         settings: AlertEngineSettings,
         metrics: ServiceMetrics | None = None,
+        ready_file: Path | None = None,
     ) -> None:
         self.topics = broker.topics
         self.settings = settings
@@ -92,23 +84,23 @@ class AlertEngine:
         self.store = StateStore(settings.state_path)
         version, rules, states = self.store.load()
         self.evaluator = Evaluator.restore(rules, version, states)
-        self.mqtt = MqttClient(
+        self.consumer = Consumer(
             broker,
             settings.mqtt,
-            persistent_session=True,
-            manual_ack=True,
+            service="alert_engine",
+            subscriptions=[self.topics.data_filter, self.topics.rules],
+            handler=self._process,
+            batch_max=MAX_BATCH,
+            linger_s=0.0,  # whatever is queued: evaluation wants no wait
             receive_maximum=RECEIVE_MAXIMUM,
+            metrics=self.metrics,
+            readiness=Readiness("alert_engine", ready_file),
         )
-        self._queue: queue.Queue[Delivery] = queue.Queue()
-        self._stopping = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="alert-engine-worker", daemon=True)
-        #: Set when the worker died of an unexpected error; main exits non-zero.
-        self.failed = threading.Event()
+        self.mqtt = self.consumer.mqtt
+        self._stopping = self.consumer.stopping
         self.dead_letters = DeadLetters(
             self.mqtt, self.topics, "alert_engine", self.metrics, self._stopping
         )
-        self.mqtt.subscribe(self.topics.data_filter, self._enqueue)
-        self.mqtt.subscribe(self.topics.rules, self._enqueue)
         self._update_gauges()
         log.info(
             "state %s: rule set version %d with %d rule(s), %d series, %d firing",
@@ -121,68 +113,42 @@ class AlertEngine:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        self._worker.start()
-        self.mqtt.start()
+        self.consumer.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._worker.join(timeout=15)
-        self.mqtt.stop()
+        self.consumer.stop()
         self.store.close()
         log.info("stopped")
 
-    # -- paho's thread ------------------------------------------------------------------
-    def _enqueue(self, msg: paho.MQTTMessage) -> None:
-        self._queue.put(Delivery(msg, self.mqtt.connection))
-
-    # -- the worker ---------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    first = self._queue.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                self._process(batch)
-        except Exception:
-            log.exception("alert engine worker failed; stopping")
-            self.failed.set()
-
-    def _process(self, batch: list[Delivery]) -> None:
+    # -- the batch handler ----------------------------------------------------------------
+    def _process(self, batch: list[Received]) -> bool:
         alerts: list[Alert] = []
         new_rule_set: tuple[int, list[Rule]] | None = None
         dead: list[DeadLetter] = []
         for d in batch:
-            rules = d.msg.topic == self.topics.rules
+            rules = d.topic == self.topics.rules
             result = contain(
-                lambda: self._apply_rules(d.msg) if rules else self._evaluate(d.msg),  # noqa: B023
+                lambda: self._apply_rules(d) if rules else self._evaluate(d),  # noqa: B023
                 what="applying the rule set" if rules else "evaluating the readings",
-                subject=d.msg.topic,
+                subject=d.topic,
             )
             if isinstance(result, Failed):  # only an exception: invalid content is skipped
                 self.metrics.error("unprocessable")
-                dead.append(DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), result.reason))
+                dead.append(DeadLetter(d.topic, d.payload, d.received_at, result.reason))
             elif isinstance(result, list):
                 alerts.extend(result)
             elif result is not None:
                 new_rule_set = result
         if not self.publish_alerts(alerts):
-            return
+            return False
         changes = self.evaluator.take_changes()
         if not self._retry("save the alert state", lambda: self.store.save(changes, new_rule_set)):
-            return
+            return False
         if not self.dead_letters.publish(dead):
-            return
-        for d in batch:
-            self._ack(d)
+            return False
         if alerts or new_rule_set is not None:
             self._update_gauges()
+        return True
 
     def publish_alerts(self, alerts: Sequence[Alert]) -> bool:
         """Publish ``alerts`` in order, each once, and wait until the broker confirmed each,
@@ -216,13 +182,13 @@ class AlertEngine:
             )
         return True
 
-    def _evaluate(self, msg: paho.MQTTMessage) -> list[Alert]:
+    def _evaluate(self, msg: Received) -> list[Alert]:
         self.metrics.messages_in.inc()
         device = self.topics.device_of(msg.topic, DATA)
         try:
             if device is None:
                 raise InvalidMessage(f"topic {msg.topic} names no valid device")
-            readings = parse_readings(bytes(msg.payload), device)
+            readings = parse_readings(msg.payload, device)
         except InvalidMessage as exc:
             # The ingest service dead-letters it with the reason; here it is only counted.
             self.metrics.error("invalid_message")
@@ -233,7 +199,7 @@ class AlertEngine:
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return alerts
 
-    def _apply_rules(self, msg: paho.MQTTMessage) -> tuple[int, list[Rule]] | None:
+    def _apply_rules(self, msg: Received) -> tuple[int, list[Rule]] | None:
         """Install a newer rule set; returns it (to save) or None if it was not applied."""
         if not msg.payload:
             log.warning(
@@ -243,7 +209,7 @@ class AlertEngine:
             )
             return None
         try:
-            version, rules = decode_rules(bytes(msg.payload))
+            version, rules = decode_rules(msg.payload)
         except InvalidMessage as exc:
             self.metrics.error("invalid_rules")
             log.error(
@@ -286,11 +252,6 @@ class AlertEngine:
                 episode.alert_id,
             )
 
-    def _ack(self, d: Delivery) -> None:
-        # Skipped if it came on an earlier connection: the broker re-sent it on the new
-        # one, and that copy gets acknowledged.
-        self.mqtt.ack(d.msg.mid, d.msg.qos, d.connection)
-
     def _retry(
         self,
         what: str,
@@ -300,18 +261,15 @@ class AlertEngine:
     ) -> bool:
         """Run ``action`` until it succeeds (capped backoff) or the engine stops; each
         failure (one of ``errors``) is counted as an error of ``kind``."""
-
-        def on_error(exc: Exception, failures: int) -> None:
-            self.metrics.error(kind)
-            if failures == 1:
-                log.error("cannot %s: %s; retrying", what, exc)
-
-        failures = retry_until(
-            action, errors, backoff=RETRY_BACKOFF, on_error=on_error, stop=self._stopping
+        return retry(
+            what,
+            action,
+            errors,
+            backoff=RETRY_BACKOFF,
+            log=log,
+            stop=self._stopping,
+            on_failure=lambda _exc: self.metrics.error(kind),
         )
-        if failures:
-            log.info("managed to %s after %d failure(s)", what, failures)
-        return failures is not None
 
     def _update_gauges(self) -> None:
         self._rules_gauge.set(len(self.evaluator.rules))

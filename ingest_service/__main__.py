@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("ingest")
     from ingest_service.service import IngestService
 
-    service = IngestService(config)
+    service = IngestService(config, ready_file=args.ready_file)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

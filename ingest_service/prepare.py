@@ -7,25 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ingest_service.dedupe import RecentIds
+from vigil.consumer import Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetter
 from vigil.messages import Reading, parse_readings
 from vigil.topics import Topics
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One message as paho handed it over."""
-
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-    received_at: int  # epoch ms
-    connection: int = 0  # the MQTT connection it arrived on: its ack must go on that one
-
-
-def dead_letter(msg: Inbound, reason: str, reading_id: int | None = None) -> DeadLetter:
+def dead_letter(msg: Received, reason: str, reading_id: int | None = None) -> DeadLetter:
     return DeadLetter(msg.topic, msg.payload, msg.received_at, reason, reading_id)
 
 
@@ -41,7 +30,7 @@ class Prepared:
         return [r for _, rs in self.readings for r in rs]
 
 
-def prepare(batch: list[Inbound], topics: Topics, recent: RecentIds) -> Prepared:
+def prepare(batch: list[Received], topics: Topics, recent: RecentIds) -> Prepared:
     """Validate each message and drop readings already stored (``recent``) or already seen
     earlier in this batch. A message that breaks the contract, or whose parsing raises
     anything at all, becomes a dead letter with the reason."""

@@ -1,37 +1,32 @@
 """The ingest service: MQTT in, replicated InfluxDB writes out, acknowledged only once stored.
 
-Threads: paho's network thread only queues each message (``Inbound``); one writer thread
-batches them (size and linger), validates, drops duplicates, writes the batch to the ring,
-publishes dead letters, and only then acknowledges every message of the batch. A message the
-broker sent is therefore acknowledged only after its readings are stored at the configured
+The consumer runtime (:mod:`vigil.consumer`) receives, batches (size and linger) and
+acknowledges; this module is the batch handler: validate, drop duplicates, write the batch to
+the ring, publish dead letters, and only then say the batch is durable. A message the broker
+sent is therefore acknowledged only after its readings are stored at the configured
 consistency, with a fsynced hint for every replica that missed them, or its dead letter is on
-the broker; anything unacknowledged when the process dies is redelivered to
-the persistent session.
+the broker; anything unacknowledged when the process dies is redelivered to the persistent
+session.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
 import time
-from collections.abc import Callable
+from pathlib import Path
 
-import paho.mqtt.client as paho
-
-from ingest_service.batcher import Batcher
 from ingest_service.dedupe import RecentIds
-from ingest_service.prepare import Inbound, Prepared, dead_letter, prepare
+from ingest_service.prepare import Prepared, dead_letter, prepare
 from storage_nodes import Rejected, RetriableStorageError, StorageCluster
 from storage_nodes.hints import HintStore
 from storage_nodes.metrics import StorageCollector
+from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetters
-from vigil.messages import Reading, now_ms
+from vigil.messages import Reading
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
-from vigil.retry import Backoff, retry_until
+from vigil.readiness import Readiness
+from vigil.retry import Backoff, retry
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -41,7 +36,12 @@ STORAGE_BACKOFF = Backoff(initial_s=0.1, cap_s=5.0, jitter=0.0)
 
 
 class IngestService:
-    def __init__(self, config: VigilConfig, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: VigilConfig,
+        metrics: ServiceMetrics | None = None,
+        ready_file: Path | None = None,
+    ) -> None:
         self.config = config
         self.settings = config.ingest
         self.topics = config.broker.topics
@@ -58,19 +58,21 @@ class IngestService:
         self.storage = StorageCluster(config.storage, hints=hints)
         self.metrics.registry.register(StorageCollector(self.storage, SERVICE))
         self.recent = RecentIds(self.settings.dedupe_window)
-        self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self.mqtt = MqttClient(
+        self.consumer = Consumer(
             config.broker,
             self.settings.mqtt,
-            persistent_session=True,
-            manual_ack=True,
+            service=SERVICE,
+            subscriptions=[self.topics.data_filter],
+            handler=self.process,
+            batch_max=self.settings.batch_max_messages,
+            linger_s=self.settings.batch_linger_ms / 1000,
             receive_maximum=self.settings.receive_maximum,
+            metrics=self.metrics,
+            readiness=Readiness(SERVICE, ready_file),
         )
-        self.mqtt.subscribe(self.topics.data_filter, self._on_message, qos=1)
+        self.mqtt = self.consumer.mqtt
+        self._stop = self.consumer.stopping
         self.dead_letters = DeadLetters(self.mqtt, self.topics, SERVICE, self.metrics, self._stop)
-        self.on_fatal: Callable[[], None] = lambda: os._exit(70)
-        self._writer = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -85,79 +87,37 @@ class IngestService:
             self.storage.database,
             self.settings.hints_dir,
         )
-        self._writer.start()
-        self.mqtt.start()
+        self.consumer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking messages, finish the batch in hand, disconnect."""
-        self._stop.set()
-        self._writer.join(timeout)
-        self.mqtt.stop()
+        self.consumer.stop(timeout)
         self.storage.close()
 
-    # -- paho thread: hand over, nothing else -------------------------------------------
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
-        self._inbox.put(
-            Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), now_ms(), self.mqtt.connection)
-        )
-
-    # -- writer thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException:
-            # Crash-only: a process that keeps its MQTT session but no longer acknowledges
-            # anything would stall the pipeline silently. Exit; unacknowledged messages are
-            # redelivered to the restarted service.
-            log.critical(
-                "the writer thread failed; exiting so the service is restarted "
-                "(unacknowledged messages will be redelivered)",
-                exc_info=True,
-            )
-            self.on_fatal()
-
-    def _loop(self) -> None:
-        batcher: Batcher[Inbound] = Batcher(
-            self.settings.batch_max_messages, self.settings.batch_linger_ms / 1000
-        )
-        while not self._stop.is_set() or len(batcher):
-            left = batcher.time_left()
-            try:
-                item = self._inbox.get(timeout=0.2 if left is None else max(left, 0.0005))
-                batcher.add(item)
-                while not batcher.full:  # drain what is already waiting, cheaply
-                    batcher.add(self._inbox.get_nowait())
-            except queue.Empty:
-                pass
-            if len(batcher) and (batcher.ready() or self._stop.is_set()):
-                self.process(batcher.take())
-
-    def process(self, batch: list[Inbound]) -> None:
+    # -- the batch handler ----------------------------------------------------------------
+    def process(self, batch: list[Received]) -> bool:
+        """Store ``batch``'s readings and publish its dead letters; True once both are
+        durable (the runtime then acknowledges the batch), False if stopping first."""
         started = time.perf_counter()
         self.metrics.messages_in.inc(len(batch))
         work = prepare(batch, self.topics, self.recent)
-        self._store(work, batch)
-        if not self.dead_letters.publish(work.dead):
-            return
-        # A message from an earlier connection is not acknowledged: the broker re-sent it on
-        # this one (its packet id may now name another message) and that copy, dropped as a
-        # duplicate, gets acknowledged.
-        for msg in batch:
-            self.mqtt.ack(msg.mid, msg.qos, msg.connection)
+        if not self._store(work, batch) or not self.dead_letters.publish(work.dead):
+            return False
         for r in work.all_readings:
             self.recent.add((r.device, r.id))
         self.metrics.messages_out.inc(len(work.all_readings))  # stored at the consistency
         if work.duplicates:
             self.duplicates.inc(work.duplicates)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
+        return True
 
-    def _store(self, work: Prepared, batch: list[Inbound]) -> None:
-        """Write the batch, retrying while servers are unreachable. A reading a server
-        refuses becomes a dead letter of its own (the rest of its message counts as
-        stored); if writing the batch raises anything else, the messages are written one
-        by one and the ones that raise are dead-lettered with the exception."""
+    def _store(self, work: Prepared, batch: list[Received]) -> bool:
+        """Write the batch, retrying while servers are unreachable; False if stopping
+        first. A reading a server refuses becomes a dead letter of its own (the rest of its
+        message counts as stored); if writing the batch raises anything else, the messages
+        are written one by one and the ones that raise are dead-lettered with the exception."""
         if not work.readings:
-            return
+            return True
         stored = contain(
             lambda: self._write(work.all_readings),
             what="storing a batch",
@@ -165,8 +125,10 @@ class IngestService:
             passthrough=(RetriableStorageError,),
         )
         rejected = self._store_one_by_one(work, batch) if isinstance(stored, Failed) else stored
+        if rejected is None:
+            return False
         if not rejected:
-            return
+            return True
         index_of = {(r.device, r.id): index for index, readings in work.readings for r in readings}
         refused = {(x.reading.device, x.reading.id) for x in rejected}
         for x in rejected:
@@ -184,8 +146,9 @@ class IngestService:
             for index, readings in work.readings
             if (kept := [r for r in readings if (r.device, r.id) not in refused])
         ]  # the storage cluster logged the refusals, the dead-letter publisher logs the rest
+        return True
 
-    def _store_one_by_one(self, work: Prepared, batch: list[Inbound]) -> list[Rejected]:
+    def _store_one_by_one(self, work: Prepared, batch: list[Received]) -> list[Rejected] | None:
         rejected: list[Rejected] = []
         kept = []
         for index, readings in work.readings:
@@ -195,6 +158,8 @@ class IngestService:
                 subject=batch[index].topic,
                 passthrough=(RetriableStorageError,),
             )
+            if result is None:
+                return None
             if isinstance(result, Failed):
                 work.dead.append(dead_letter(batch[index], result.reason))
             else:
@@ -203,23 +168,22 @@ class IngestService:
         work.readings = kept
         return rejected
 
-    def _write(self, readings: list[Reading]) -> list[Rejected]:
+    def _write(self, readings: list[Reading]) -> list[Rejected] | None:
         """Store ``readings``, retrying while a server is unreachable (writes are idempotent,
-        so a retry after a partial success stores nothing twice); returns the refused."""
-
-        def on_error(exc: Exception, failures: int) -> None:
-            self.metrics.error("storage_unavailable")
-            if failures == 1:
-                log.warning("storage unreachable, holding the batch and retrying: %s", exc)
-
+        so a retry after a partial success stores nothing twice); returns the refused, or
+        None if the service is stopping first."""
         result: list[Rejected] = []
 
         def attempt() -> None:
             result[:] = self.storage.write(readings)
 
-        failures = retry_until(
-            attempt, RetriableStorageError, backoff=STORAGE_BACKOFF, on_error=on_error
+        stored = retry(
+            "store a batch (storage unreachable; holding it)",
+            attempt,
+            RetriableStorageError,
+            backoff=STORAGE_BACKOFF,
+            log=log,
+            stop=self._stop,
+            on_failure=lambda _exc: self.metrics.error("storage_unavailable"),
         )
-        if failures:
-            log.warning("storage is back after %d failed attempt(s)", failures)
-        return result
+        return result if stored else None

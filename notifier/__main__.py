@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sqlite3
+from pathlib import Path
 
 from notifier.service import Notifier
 from vigil.cli import load_or_exit, load_service_config, service_parser
@@ -21,13 +22,13 @@ def load(path: str) -> VigilConfig:
     return load_service_config(path, "notifier")
 
 
-async def serve(config: VigilConfig) -> None:
+async def serve(config: VigilConfig, ready_file: Path | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = ServiceMetrics("notifier", "send")
-    notifier = Notifier(config.broker, config.notifier, metrics)
+    notifier = Notifier(config.broker, config.notifier, metrics, ready_file=ready_file)
     metrics.serve(config.notifier.metrics_port, config.notifier.metrics_host)
     await notifier.run(stop)
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return config
     setup_logging("notifier")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.ready_file))
     except (OSError, sqlite3.Error) as exc:
         log.error("notifier stopped: %s", exc)
         return 1

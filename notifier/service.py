@@ -1,8 +1,7 @@
 """The notifier's I/O: alert transitions in from MQTT, one email out per transition.
 
-paho's network thread hands each message to the asyncio loop (``call_soon_threadsafe``),
-tagged with the connection it came on (``MqttClient.connection``). One consumer task handles
-them in order:
+The consumer runtime (:mod:`vigil.consumer`) receives, acknowledges, and hands each message
+(batches of one) from its worker thread to the asyncio loop, where it is handled in order:
 
 1. decode the alert; a bad one, or one whose handling raises anything but a failure of the
    sent log's disk, goes to the dead-letter topic with the reason (``vigil.contain``) and
@@ -10,34 +9,33 @@ them in order:
 2. skip it if (alert id, state) was already emailed (a redelivery);
 3. render the email and send it, retrying with capped backoff until the SMTP server
    accepts it; nothing is acknowledged meanwhile;
-4. record (alert id, state) as sent, then acknowledge the MQTT message.
+4. record (alert id, state) as sent; the runtime then acknowledges the MQTT message.
 
-A message received on an earlier connection is not acknowledged (``MqttClient.ack`` skips
-it: its packet id may name another message by now); the broker re-sends it and step 2
-recognises it.
+A message received on an earlier connection is not acknowledged (the runtime skips it: its
+packet id may name another message by now); the broker re-sends it and step 2 recognises it.
+A failure of the sent log's disk ends the process (crash-only); the alert stays
+unacknowledged for the restarted notifier.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import random
 import sqlite3
-import threading
-from dataclasses import dataclass
 from email.message import EmailMessage
-
-import paho.mqtt.client as paho
+from pathlib import Path
 
 from notifier.mailer import Mailer, SendError
 from notifier.render import render_email, subject
 from notifier.store import SentStore
+from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, now_ms
+from vigil.messages import Alert
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
+from vigil.readiness import Readiness
 from vigil.retry import Backoff
 from vigil.settings import BrokerSettings, NotifierSettings
 
@@ -48,12 +46,6 @@ RECEIVE_MAXIMUM = 100
 STOP_GRACE_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    msg: paho.MQTTMessage
-    connection: int
-
-
 class Notifier:
     def __init__(
         self,
@@ -61,6 +53,7 @@ class Notifier:
         settings: NotifierSettings,
         metrics: ServiceMetrics | None = None,
         backoff: Backoff | None = None,
+        ready_file: Path | None = None,
     ) -> None:
         self.topics = broker.topics
         self.settings = settings
@@ -71,17 +64,24 @@ class Notifier:
         self.backoff = backoff or Backoff()
         self.mailer = Mailer(settings.smtp, settings.recipients)
         self.store = SentStore(settings.state_path)
-        self.mqtt = MqttClient(
+        self.consumer = Consumer(
             broker,
             settings.mqtt,
-            persistent_session=True,
-            manual_ack=True,
+            service="notifier",
+            subscriptions=[self.topics.alerts_filter],
+            handler=self._handle_from_thread,
+            batch_max=1,  # one email at a time, each acknowledged once sent
+            linger_s=0.0,
             receive_maximum=RECEIVE_MAXIMUM,
+            metrics=self.metrics,
+            readiness=Readiness("notifier", ready_file),
         )
+        self.mqtt = self.consumer.mqtt
         self._stopping = asyncio.Event()
-        self._stopping_thread = threading.Event()  # for the dead-letter publisher's thread
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: concurrent.futures.Future[bool] | None = None
         self.dead_letters = DeadLetters(
-            self.mqtt, self.topics, "notifier", self.metrics, self._stopping_thread
+            self.mqtt, self.topics, "notifier", self.metrics, self.consumer.stopping
         )
         log.info(
             "sent-alert log %s: %d entries (%d old ones pruned)",
@@ -92,85 +92,77 @@ class Notifier:
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume alerts until ``stop`` is set (or the consumer fails: re-raised)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
-
-        def hand_over(msg: paho.MQTTMessage) -> None:  # paho's thread
-            delivery = Delivery(msg, self.mqtt.connection)
-            # RuntimeError: the loop is closed (stopping); the broker keeps the message.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, delivery)
-
-        self.mqtt.subscribe(self.topics.alerts_filter, hand_over)
-        self.mqtt.start()
+        """Consume alerts until ``stop`` is set."""
+        self._loop = asyncio.get_running_loop()
+        self.consumer.start()
         log.info(
             "notifier started: %s -> %s via SMTP %s",
             self.topics.alerts_filter,
             ", ".join(self.settings.recipients),
             self.mailer.server,
         )
-        consumer = asyncio.create_task(self._consume(queue), name="notifier-consume")
-        stopper = asyncio.create_task(stop.wait(), name="notifier-stop")
         try:
-            await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await stop.wait()
         finally:
             self._stopping.set()
-            self._stopping_thread.set()
-            queue.put_nowait(None)
-            stopper.cancel()
-            done, _ = await asyncio.wait({consumer}, timeout=STOP_GRACE_S)
-            if not done:
+            self.consumer.stopping.set()
+            await asyncio.to_thread(self.consumer.stop, STOP_GRACE_S)
+            in_flight = self._in_flight
+            if in_flight is not None and not in_flight.done():
                 log.warning(
                     "an email was still being sent after %.0fs; abandoning it (its "
                     "alert stays unacknowledged)",
                     STOP_GRACE_S,
                 )
-                consumer.cancel()
-                await asyncio.gather(consumer, return_exceptions=True)
-            self.mqtt.stop()
+                in_flight.cancel()
             self.store.close()
-        failure = None if consumer.cancelled() else consumer.exception()
-        if failure is not None:
-            raise failure
         log.info("stopped")
 
-    async def _consume(self, queue: asyncio.Queue[Delivery | None]) -> None:
-        while True:
-            delivery = await queue.get()
-            if delivery is None or self._stopping.is_set():
-                return
-            await self._handle(delivery)
+    def _handle_from_thread(self, batch: list[Received]) -> bool:
+        """The runtime's handler (its worker thread): run the batch on the loop, wait."""
+        assert self._loop is not None, "run() starts the consumer"
+        future = asyncio.run_coroutine_threadsafe(self._handle_batch(batch), self._loop)
+        self._in_flight = future
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            return False  # abandoned while stopping: not acknowledged
 
-    async def _handle(self, d: Delivery) -> None:
+    async def _handle_batch(self, batch: list[Received]) -> bool:
+        for d in batch:
+            if self._stopping.is_set() or not await self._handle(d):
+                return False
+        return True
+
+    async def _handle(self, d: Received) -> bool:
+        """Email ``d``'s alert, or dead-letter it; True once that is done (to acknowledge)."""
         self.metrics.messages_in.inc()
         outcome = await contain_async(
             lambda: self._handle_alert(d),
             what="emailing the alert",
-            subject=d.msg.topic,
+            subject=d.topic,
             passthrough=(sqlite3.Error, OSError),  # the sent log's disk: crash-only
         )
         if isinstance(outcome, Failed):
             self.metrics.error("invalid_alert")
-            dead = DeadLetter(d.msg.topic, bytes(d.msg.payload), now_ms(), outcome.reason)
-            if await asyncio.to_thread(self.dead_letters.publish, [dead]):
-                self._ack(d)
+            dead = DeadLetter(d.topic, d.payload, d.received_at, outcome.reason)
+            return await asyncio.to_thread(self.dead_letters.publish, [dead])
+        return outcome
 
-    async def _handle_alert(self, d: Delivery) -> None:
-        alert = Alert.decode(bytes(d.msg.payload))
+    async def _handle_alert(self, d: Received) -> bool:
+        alert = Alert.decode(d.payload)
         if self.store.seen(alert.alert_id, alert.state):
             self._duplicates.inc()
             log.debug("alert %s %s already emailed; acknowledging", alert.alert_id, alert.state)
-            self._ack(d)
-            return
+            return True
         email = render_email(
             alert, sender=self.settings.smtp.sender, recipients=self.settings.recipients
         )
         if not await self._send_until_accepted(alert, email):
-            return  # stopping: not acknowledged, the broker keeps it
+            return False  # stopping: not acknowledged, the broker keeps it
         self.store.record(alert.alert_id, alert.state)
         self.metrics.messages_out.inc()
-        self._ack(d)
+        return True
 
     async def _send_until_accepted(self, alert: Alert, email: EmailMessage) -> bool:
         """Send until the SMTP server accepts; False if stopping came first."""
@@ -218,6 +210,3 @@ class Notifier:
                 f" after {failures} failed attempt(s)" if failures else "",
             )
             return True
-
-    def _ack(self, d: Delivery) -> None:
-        self.mqtt.ack(d.msg.mid, d.msg.qos, d.connection)

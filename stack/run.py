@@ -37,6 +37,7 @@ from storage_nodes import (
     provision_node,
 )
 from vigil.atomic import write_atomic
+from vigil.readiness import is_ready
 from vigil.settings import (
     AgentConfig,
     StorageNode,
@@ -48,6 +49,20 @@ from vigil.settings import (
 log = logging.getLogger("vigil.stack")
 
 RESTART_BACKOFF_S = 5.0
+#: a child that ran this long before it died was healthy: its restart backoff starts over
+HEALTHY_RUN_S = 60.0
+
+
+def restart_delay(restarts: int) -> float:
+    """Seconds to wait before restarting a child that died after ``restarts`` restarts
+    since its last healthy run: 5 s, 10 s, ... up to 30 s."""
+    return RESTART_BACKOFF_S * min(restarts + 1, 6)
+
+
+def restarts_after(restarts: int, ran_for_s: float) -> int:
+    """The restart count that sets a dead child's backoff: a child that ran at least
+    ``HEALTHY_RUN_S`` was healthy, so its death starts a new series (0)."""
+    return 0 if ran_for_s >= HEALTHY_RUN_S else restarts
 
 
 @dataclass
@@ -55,14 +70,17 @@ class Child:
     proc: ManagedProcess
     host: str | None = None
     port: int | None = None
-    ready_log: str | None = None  # a log line that says the child is ready
+    #: the child's ``--ready-file``: it is ready once that file says so, with its pid
+    ready_file: Path | None = None
     #: run once the child listens, at every (re)start (e.g. provision an InfluxDB server)
     after_start: Callable[[], None] | None = None
-    restarts: int = 0
+    restarts: int = 0  # since its last healthy run
     died_at: float = 0.0
+    started_at: float = 0.0
 
     def start(self, timeout: float = 60.0) -> None:
         self.proc.start()
+        self.started_at = time.monotonic()
         if self.port is not None and self.host is not None:
             self.proc.wait_port(self.host, self.port, timeout)
         if self.after_start is not None:
@@ -70,9 +88,9 @@ class Child:
                 self.after_start()
             except StorageError as exc:  # reported like any other failed start
                 raise RuntimeError(f"{self.proc.name} started, but: {exc}") from exc
-        if self.ready_log:
+        if self.ready_file is not None:
             deadline = time.monotonic() + timeout
-            while self.ready_log not in self.proc.log_tail(200):
+            while not is_ready(self.ready_file, self.proc.pid):
                 if not self.proc.alive():
                     raise RuntimeError(f"{self.proc.name} exited:\n{self.proc.log_tail()}")
                 if time.monotonic() > deadline:
@@ -181,20 +199,13 @@ class Stack:
             port=smtp.port,
         )
         conf = ["--config", str(self.config_path)]
-        topics = c.broker.topics
-        self._child(
-            "ingest",
-            [*py, "ingest_service", *conf],
-            ready_log=f"subscribed to {topics.data_filter}",
-        )
-        self._child(
-            "alert-engine",
-            [*py, "alert_engine", *conf],
-            ready_log=f"subscribed to {topics.data_filter}",
-        )
-        self._child(
-            "notifier", [*py, "notifier", *conf], ready_log=f"subscribed to {topics.alerts_filter}"
-        )
+        for name, module in (
+            ("ingest", "ingest_service"),
+            ("alert-engine", "alert_engine"),
+            ("notifier", "notifier"),
+        ):
+            ready = self.state / "run" / f"{name}.ready.json"
+            self._child(name, [*py, module, *conf, "--ready-file", str(ready)], ready_file=ready)
         self._child("api", [*py, "api", *conf], host=c.api.host, port=c.api.port)
         for path, agent in self.agents:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
@@ -306,7 +317,8 @@ class Stack:
                         ch.proc.log_path,
                         ch.proc.log_tail(10),
                     )
-                if now - ch.died_at >= RESTART_BACKOFF_S * min(ch.restarts + 1, 6):
+                    ch.restarts = restarts_after(ch.restarts, ch.died_at - ch.started_at)
+                if now - ch.died_at >= restart_delay(ch.restarts):
                     ch.restarts += 1
                     ch.died_at = 0.0
                     try:

@@ -15,7 +15,15 @@ import pytest
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
-from support import STORED_T0, STORED_VALUES, MqttProbe, unique, wait_until
+from support import (
+    CONSUMERS,
+    STORED_T0,
+    STORED_VALUES,
+    MqttProbe,
+    ready_path,
+    unique,
+    wait_until,
+)
 
 from api import close_app, create_app
 from broker.provision import BrokerFiles, provision
@@ -320,6 +328,8 @@ def run_service(tmp_path: Path) -> Iterator[ServiceRunner]:
         module: str, *args: str, name: str | None = None, env: dict[str, str] | None = None
     ) -> ManagedProcess:
         label = name or module
+        if module in CONSUMERS and "--ready-file" not in args:
+            args = (*args, "--ready-file", str(ready_path(tmp_path / "logs" / f"{label}.log")))
         proc = ManagedProcess(
             label,
             [sys.executable, "-m", module, *args],

@@ -20,6 +20,7 @@ import yaml
 
 from vigil.messages import Alert, Reading
 from vigil.mqtt import MqttClient
+from vigil.readiness import read_ready
 from vigil.settings import BrokerSettings, MqttClientSettings
 
 #: when the alert tests' readings and alerts happen (epoch ms)
@@ -129,14 +130,39 @@ def connected(broker: BrokerSettings, ident: MqttClientSettings, **kw: Any) -> M
     return client
 
 
-def wait_subscribed(proc: Any, topic_filter: str, timeout: float = 30.0) -> None:
-    """Wait until a service process logged that the broker granted its subscription (a
-    persistent session queues messages only from then on)."""
-    wait_until(
-        lambda: f"subscribed to {topic_filter}" in proc.log_tail(400),
-        timeout,
-        what=f"{proc.name} to subscribe to {topic_filter}",
-    )
+#: the services built on the consumer runtime: ``run_service`` gives each a ready file
+CONSUMERS = ("ingest_service", "alert_engine", "notifier")
+
+
+def ready_path(log_path: Path) -> Path:
+    """Where ``run_service`` has a consumer write its readiness: beside its log folder."""
+    return log_path.parent.parent / "run" / f"{log_path.stem}.ready.json"
+
+
+def wait_ready(proc: Any, timeout: float = 30.0, *, after_ms: int | None = None) -> None:
+    """Wait until a consumer process started by ``run_service`` says it is ready (the
+    broker granted its subscriptions: its persistent session queues messages from then on);
+    ``after_ms``: ready again since then (after a reconnect)."""
+    path = ready_path(proc.log_path)
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited:\n{proc.log_tail()}")
+        state = read_ready(path)
+        return (
+            state is not None
+            and state.ready
+            and state.pid == proc.pid
+            and (after_ms is None or state.since_ms >= after_ms)
+        )
+
+    wait_until(ready, timeout, what=f"{proc.name} to be ready ({path})")
+
+
+def wait_subscribed(proc: Any, topic_filter: str = "", timeout: float = 30.0) -> None:
+    """:func:`wait_ready` (the filter is for the reader: a consumer is ready once all its
+    subscriptions are granted)."""
+    wait_ready(proc, timeout)
 
 
 def unique(prefix: str = "t") -> str:

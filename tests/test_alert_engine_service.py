@@ -14,11 +14,11 @@ from dataclasses import replace
 import pytest
 import yaml
 from support import ALERT_T0 as T0
-from support import alert, connected, counted, reading, scrape, unique, wait_until
+from support import alert, connected, counted, reading, scrape, unique, wait_ready, wait_until
 
 from alert_engine.__main__ import main
 from alert_engine.service import AlertEngine
-from vigil.messages import Alert, Reading, Rule, encode_readings, encode_rules
+from vigil.messages import Alert, Reading, Rule, encode_readings, encode_rules, now_ms
 from vigil.mqtt import MqttClient
 from vigil.settings import AlertEngineSettings
 
@@ -212,12 +212,9 @@ def test_readings_are_acknowledged_once_processed_also_after_a_broker_restart(
     engine = start_engine(run_service, cloud_config)
     port = cloud_config.config.alert_engine.metrics_port
     broker.stop()
+    restarted = now_ms()
     broker.start()  # the engine's next connection: acks must follow it
-    wait_until(
-        lambda: engine.log_tail(200).count(f"subscribed to {broker.topics.data_filter}") >= 2,
-        20,
-        what="the engine to reconnect",
-    )
+    wait_ready(engine, 20, after_ms=restarted)
     watch = probe("vigil/alerts/#")
     dev = client(broker, "dev-1")
     try:

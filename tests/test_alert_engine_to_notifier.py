@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from support import ALERT_T0 as T0
-from support import connected, counted, parsed, reading, scrape, unique, wait_until
+from support import connected, counted, parsed, reading, scrape, unique, wait_ready, wait_until
 
 from vigil.messages import Alert, Rule, encode_readings, encode_rules
 
@@ -35,9 +35,7 @@ def test_a_crossing_reading_becomes_one_alert_and_one_email(
     config = str(cloud_config.path)
     notifier = run_service("notifier", "--config", config)
     engine = run_service("alert_engine", "--config", config)
-    wait_until(
-        lambda: "subscribed to vigil/alerts/#" in notifier.log_tail(), 20, what="the notifier"
-    )
+    wait_ready(notifier, 20)
     wait_until(lambda: "rule set version 1 applied" in engine.log_tail(), 20, what="the engine")
     watch = probe("vigil/alerts/#")
     mail = smtp_server.sink.messages

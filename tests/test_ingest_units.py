@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ingest_service.batcher import Batcher
 from ingest_service.dedupe import RecentIds
-from ingest_service.prepare import Inbound, prepare
+from ingest_service.prepare import prepare
+from vigil.batching import Batcher
+from vigil.consumer import Received
 from vigil.messages import Reading, encode_readings
+from vigil.topicfilter import TopicFilter
 from vigil.topics import Topics
 
 
@@ -46,8 +48,8 @@ def test_recent_ids_forget_the_oldest():
     assert ("d", 2) not in ids and ("d", 1) in ids and len(ids) == 2
 
 
-def msg(mid: int, topic: str, payload: bytes) -> Inbound:
-    return Inbound(mid, 1, topic, payload, 0)
+def msg(mid: int, topic: str, payload: bytes) -> Received:
+    return Received(topic, payload, 1, mid, 0, 0, TopicFilter.parse("vigil/data/+"))
 
 
 def reading(i: int) -> Reading:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from support import alert, connected, counted, parsed, scrape, subjects, unique, wait_until
+from support import (
+    alert,
+    connected,
+    counted,
+    parsed,
+    scrape,
+    subjects,
+    unique,
+    wait_ready,
+    wait_until,
+)
 
 from notifier.__main__ import main
 from stack.mailsink import start_mailsink
 from stack.process import free_port
-from vigil.messages import Alert
+from vigil.messages import Alert, now_ms
 from vigil.mqtt import MqttClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.no_influx]
@@ -29,12 +39,7 @@ def publish(client: MqttClient, *alerts: Alert) -> None:
 
 def start_notifier(run_service, cloud_config, name: str = "notifier", env=None):
     proc = run_service("notifier", "--config", str(cloud_config.path), name=name, env=env)
-    wait_until(
-        lambda: "subscribed to vigil/alerts/#" in proc.log_tail(100) or not proc.alive(),
-        20,
-        what="the notifier to subscribe",
-    )
-    assert proc.alive(), proc.log_tail()
+    wait_ready(proc, 20)
     return proc
 
 
@@ -138,12 +143,9 @@ def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
         ae.stop()
     wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
     broker.stop()
+    restarted = now_ms()
     broker.start()
-    wait_until(
-        lambda: notifier.log_tail(200).count("subscribed to vigil/alerts/#") >= 2,
-        20,
-        what="the notifier to reconnect",
-    )
+    wait_ready(notifier, 20, after_ms=restarted)
     controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
     try:
         wait_until(lambda: sink.messages, 30, what="the email once SMTP is up")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TypeVar
 
 from vigil.settings import (
@@ -40,6 +41,12 @@ def service_parser(
         "--validate-config",
         action="store_true",
         help="check the configuration, print ok or the error, and exit",
+    )
+    ap.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write readiness here (JSON, atomically): what a launcher waits on",
     )
     return ap
 

@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from vigil.settings import BrokerSettings, MqttClientSettings
+from vigil.topicfilter import TopicFilter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class MqttClient:
         self.ident = ident
         self.persistent_session = persistent_session
         self.unrouted_is_refused = unrouted_is_refused
+        self._manual_ack = manual_ack
         self._receive_maximum = receive_maximum
         self._client = mqttc.Client(
             CallbackAPIVersion.VERSION2,
@@ -90,9 +92,12 @@ class MqttClient:
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._subscriptions: dict[str, int] = {}
-        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._handlers: list[tuple[TopicFilter, MessageHandler]] = []
+        self._unrouted_logged = False
         self.on_connected: list[Callable[[bool], None]] = []
         self.on_disconnected: list[Callable[[], None]] = []
+        #: called (on paho's thread) once the broker granted every subscription
+        self.on_subscribed: list[Callable[[], None]] = []
         #: called with the mid of each QoS 1 publish the broker accepted
         self.on_published: list[Callable[[int], None]] = []
         #: called with the mid and reason of each publish the broker refused (e.g. its ACL)
@@ -150,9 +155,11 @@ class MqttClient:
 
     # -- subscriptions and handlers -----------------------------------------------------
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler`` (on paho's thread)."""
+        """Route messages matching ``topic_filter`` to ``handler`` (on paho's thread). A
+        shared subscription (``$share/GROUP/FILTER``) routes the messages matching FILTER."""
+        parsed = TopicFilter.parse(topic_filter)  # InvalidFilter (a ValueError) if not one
         self._subscriptions[topic_filter] = qos
-        self._handlers.append((topic_filter, handler))
+        self._handlers.append((parsed, handler))
         if self.connected:
             _rc, mid = self._client.subscribe(topic_filter, qos)
             if mid is not None:
@@ -160,15 +167,21 @@ class MqttClient:
 
     def _on_message(self, _c: mqttc.Client, _u: object, msg: mqttc.MQTTMessage) -> None:
         for topic_filter, handler in self._handlers:
-            if mqttc.topic_matches_sub(topic_filter, msg.topic):
+            if topic_filter.matches(msg.topic):
                 try:
                     handler(msg)
                 except Exception:
                     log.exception(
-                        "handler for %s failed on a message on %s", topic_filter, msg.topic
+                        "handler for %s failed on a message on %s", topic_filter.raw, msg.topic
                     )
                 return
-        log.warning("message on %s matched no handler", msg.topic)
+        # Not ours (a subscription this client no longer routes): acknowledged, or the
+        # broker would hold it in flight, and redeliver it, forever.
+        if msg.qos and self._manual_ack:
+            self._client.ack(msg.mid, msg.qos)
+        if not self._unrouted_logged:
+            self._unrouted_logged = True
+            log.warning("message on %s matched no handler; acknowledged and dropped", msg.topic)
 
     # -- publishing ---------------------------------------------------------------------
     def publish(
@@ -290,6 +303,8 @@ class MqttClient:
         log.info("subscribed to %s", topic_filter)
         if not self._pending_subs:
             self.subscribed.set()
+            for cb in self.on_subscribed:
+                cb()
 
     def _on_disconnect(
         self,

@@ -7,6 +7,7 @@ anything else propagates.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -56,3 +57,30 @@ def retry_until(
             time.sleep(delay)
         elif stop.wait(delay):
             return None
+
+
+def retry(
+    what: str,
+    action: Callable[[], object],
+    errors: type[Exception] | tuple[type[Exception], ...],
+    *,
+    backoff: Backoff,
+    log: logging.Logger,
+    stop: threading.Event | None = None,
+    on_failure: Callable[[Exception], None] | None = None,
+) -> bool:
+    """The one retry loop of a service: ``action`` until it returns, waiting ``backoff``
+    after each failure with one of ``errors``. The first failure is logged (``cannot
+    {what}: ...; retrying``), as is the recovery; each failure is passed to
+    ``on_failure`` (a metric). False if ``stop`` was set first."""
+
+    def on_error(exc: Exception, failures: int) -> None:
+        if on_failure is not None:
+            on_failure(exc)
+        if failures == 1:
+            log.warning("cannot %s: %s; retrying (backoff up to %gs)", what, exc, backoff.cap_s)
+
+    failures = retry_until(action, errors, backoff=backoff, on_error=on_error, stop=stop)
+    if failures:
+        log.info("managed to %s after %d failed attempt(s)", what, failures)
+    return failures is not None

@@ -1,0 +1,189 @@
+"""The consumer runtime: what every service that consumes MQTT at QoS 1 shares (ingest, the
+alert engine, the notifier). Each service keeps only its own logic, a *handler* of batches.
+
+- **Received**: each message, frozen, with the number of the connection it came on and the
+  subscription (``$share``-aware :class:`~vigil.topicfilter.TopicFilter`) it matched.
+- **Queue and batches**: paho's network thread only puts the message on a bounded queue. One
+  worker thread takes batches, closed by count (``batch_max``) or by time (``linger_s``
+  after the first), and calls the handler.
+- **Acknowledgement after the durable step**: the handler returns True once the batch's
+  effects are durable (stored, published, saved); only then is every message of the batch
+  acknowledged, each on the connection it arrived on. A message from an earlier connection is
+  not acknowledged there: the broker re-sent it on the new connection (its packet id may name
+  another message now), and that copy is acknowledged instead. False (stopping before the
+  batch was durable) acknowledges nothing: the broker redelivers to the persistent session.
+- **Crash-only**: a handler that raises ends the process (``on_fatal``, exit status 70),
+  after one log line. A process that keeps its session but no longer acknowledges would stall
+  the pipeline silently; a restarted one gets every unacknowledged message again.
+- **Readiness** (:mod:`vigil.readiness`): ready once the broker granted every subscription,
+  not ready while disconnected; a file (``--ready-file``) and the gauge ``vigil_ready``.
+
+The queue's bound is a multiple of the session's Receive Maximum, which already caps the
+messages the broker has in flight to this client; the bound holds even across a reconnect,
+when old copies may still be queued beside the re-sent ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+
+from vigil.batching import Batcher
+from vigil.messages import now_ms
+from vigil.metrics import ServiceMetrics
+from vigil.mqtt import MqttClient
+from vigil.readiness import Readiness
+from vigil.settings import BrokerSettings, MqttClientSettings
+from vigil.topicfilter import TopicFilter
+
+log = logging.getLogger(__name__)
+
+#: the process exit status of a consumer whose handler failed (EX_SOFTWARE)
+FATAL_EXIT = 70
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as it arrived."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    connection: int  # the connection it came on: its acknowledgement goes on that one
+    received_at: int  # epoch ms
+    subscription: TopicFilter
+    retain: bool = False
+
+
+BatchHandler = Callable[[list[Received]], bool]
+
+
+def _exit_fatal() -> None:
+    os._exit(FATAL_EXIT)
+
+
+class Consumer:
+    """One service's QoS 1 consumption: subscribe, batch, handle, acknowledge."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        ident: MqttClientSettings,
+        *,
+        service: str,
+        subscriptions: Sequence[str],
+        handler: BatchHandler,
+        batch_max: int,
+        linger_s: float,
+        receive_maximum: int,
+        metrics: ServiceMetrics,
+        readiness: Readiness | None = None,
+    ) -> None:
+        self.service = service
+        self.handler = handler
+        self.batch_max = batch_max
+        self.linger_s = linger_s
+        self.metrics = metrics
+        self.readiness = readiness or Readiness(service, None)
+        self.filters = [TopicFilter.parse(s) for s in subscriptions]
+        self.mqtt = MqttClient(
+            broker,
+            ident,
+            persistent_session=True,
+            manual_ack=True,
+            receive_maximum=receive_maximum,
+        )
+        #: set when stopping; handlers wait on it instead of sleeping
+        self.stopping = threading.Event()
+        self.on_fatal: Callable[[], None] = _exit_fatal
+        self._queue: queue.Queue[Received] = queue.Queue(maxsize=4 * receive_maximum + 16)
+        self._ready_gauge = metrics.gauge(
+            "vigil_ready", "1 while the service is ready (connected, subscriptions granted)"
+        ).labels(service)
+        for f in self.filters:
+            self.mqtt.subscribe(f.raw, self._receiver(f), qos=1)
+        self.mqtt.on_subscribed.append(lambda: self._set_ready(True, "subscribed"))
+        self.mqtt.on_disconnected.append(lambda: self._set_ready(False, "disconnected"))
+        self._worker = threading.Thread(target=self._run, name=f"{service}-worker", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+        self.mqtt.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop taking batches, let the one in hand finish (its handler sees ``stopping``),
+        disconnect, and say not ready."""
+        self.stopping.set()
+        self._worker.join(timeout)
+        self.mqtt.stop()
+        self._set_ready(False, "stopped")
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def _set_ready(self, ready: bool, detail: str) -> None:
+        self._ready_gauge.set(1 if ready else 0)
+        try:
+            self.readiness.set(ready, detail)
+        except OSError as exc:  # the signal is lost, not the service
+            log.error("cannot write the ready file %s: %s", self.readiness.path, exc)
+
+    # -- paho's thread: hand over, nothing else -------------------------------------------
+    def _receiver(self, subscription: TopicFilter) -> Callable[[paho.MQTTMessage], None]:
+        def receive(msg: paho.MQTTMessage) -> None:
+            self._queue.put(
+                Received(
+                    msg.topic,
+                    bytes(msg.payload),
+                    msg.qos,
+                    msg.mid,
+                    self.mqtt.connection,
+                    now_ms(),
+                    subscription,
+                    bool(msg.retain),
+                )
+            )
+
+        return receive
+
+    # -- the worker -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.critical(
+                "%s: handling a batch failed; exiting so the service is restarted "
+                "(unacknowledged messages will be redelivered)",
+                self.service,
+                exc_info=True,
+            )
+            self.on_fatal()
+
+    def _loop(self) -> None:
+        batcher: Batcher[Received] = Batcher(self.batch_max, self.linger_s)
+        while not self.stopping.is_set():
+            left = batcher.time_left()
+            try:
+                batcher.add(self._queue.get(timeout=0.2 if left is None else max(left, 0.0005)))
+                while not batcher.full:  # what is already waiting, cheaply
+                    batcher.add(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            if len(batcher) and batcher.ready():
+                self.handle(batcher.take())
+
+    def handle(self, batch: list[Received]) -> None:
+        """Run the handler on ``batch``; acknowledge it if the handler says it is durable."""
+        if not self.handler(batch):
+            return
+        for msg in batch:
+            self.mqtt.ack(msg.mid, msg.qos, msg.connection)
