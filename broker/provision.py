@@ -31,7 +31,8 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 
 #: The service users and what each may do, as (access, topic-under-root) pairs.
 SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
-    "vigil-ingest": (("read", "data/#"), ("write", "deadletter/#")),
+    # Ingest confirms what it stored to each device (vigil/ack/{device}).
+    "vigil-ingest": (("read", "data/#"), ("write", "deadletter/#"), ("write", "ack/#")),
     # Every consumer dead-letters what it cannot process (vigil.contain).
     "vigil-alert-engine": (
         ("read", "data/#"),
@@ -49,6 +50,7 @@ DEVICE_PATTERNS: tuple[tuple[str, str], ...] = (
     ("write", "data/%u/#"),
     ("readwrite", "status/%u"),
     ("read", "config/devices/%u"),
+    ("read", "ack/%u"),
 )
 
 

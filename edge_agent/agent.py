@@ -1,8 +1,15 @@
-"""The agent's loop: take readings, commit them to the outbox, publish, delete on PUBACK.
+"""The agent's loop: take readings, commit them to the outbox, publish, and delete them once
+ingest confirms they are stored.
 
 One thread owns the outbox and the loop; paho's network thread only posts events (connected,
-disconnected, acknowledged mid) to a queue the loop drains, so no lock is held across paho
-calls and an acknowledgement is always matched after its publish was recorded.
+disconnected, acknowledged mid, confirmation) to a queue the loop drains, so no lock is held
+across paho calls and an acknowledgement is always matched after its publish was recorded.
+
+A reading leaves the outbox only on a storage confirmation (``{root}/ack/{device}``, id
+ranges, published by ingest once the reading is stored at the configured consistency). The
+broker's PUBACK only frees the in-flight slot. A reading published but not confirmed within
+``confirm_timeout_s`` (the broker died before persisting it, no consumer session existed,
+the confirmation was lost) is published again; storage absorbs the repeat.
 
 Publishing: readings with an id above ``_cursor`` have never been handed to paho in this
 process. While connected the loop publishes them oldest first, at most ``batch_max`` per
@@ -28,7 +35,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from edge_agent.outbox import Outbox
 from edge_agent.quotes import Fetcher, QuoteFeed
 from edge_agent.sensors import SensorBank
-from vigil.messages import DeviceStatus, Reading, encode_readings
+from vigil.messages import Confirmation, DeviceStatus, InvalidMessage, Reading, encode_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError, Will
 from vigil.settings import AgentConfig
@@ -40,9 +47,11 @@ MAX_INFLIGHT = 20
 #: a refused publish (ACL, or no subscriber session to queue it) is retried with this backoff
 REFUSED_RETRY_MIN_S = 1.0
 REFUSED_RETRY_MAX_S = 60.0
+#: re-send rounds back off up to this many confirm_timeout_s while nothing is confirmed
+RESEND_BACKOFF_MAX = 8
 #: Longest the loop waits before it looks at the stop flag again.
 MAX_WAIT_S = 0.5
-Event = tuple[Literal["connected", "disconnected", "acked", "refused"], int]
+Event = tuple[Literal["connected", "disconnected", "acked", "refused", "confirmed"], int | bytes]
 
 
 class Agent:
@@ -66,8 +75,18 @@ class Agent:
         self.quotes = QuoteFeed(config.quotes, config.seed, quote_fetcher)
         self.metrics = metrics or ServiceMetrics("edge_agent", "publish")
         self._depth_gauge = self.metrics.gauge(
-            "vigil_outbox_depth", "Readings in the outbox not yet acknowledged by the broker"
+            "vigil_outbox_depth", "Readings in the outbox, not yet confirmed stored"
         ).labels("edge_agent")
+        self._unconfirmed_gauge = self.metrics.gauge(
+            "vigil_outbox_unconfirmed", "Readings published and waiting for their confirmation"
+        ).labels("edge_agent")
+        self._oldest_gauge = self.metrics.gauge(
+            "vigil_outbox_oldest_unconfirmed_seconds",
+            "How long the oldest published reading has waited for its confirmation",
+        ).labels("edge_agent")
+        self._resent = self.metrics.counter(
+            "vigil_outbox_resent", "Readings published again after confirm_timeout_s"
+        )
         self.outbox = Outbox(config.outbox_path, self.device, now_us=int(clock() * 1_000_000))
         will = DeviceStatus(self.device, "offline", None, "connection lost").encode()
         # "No matching subscribers" means no ingest session exists to queue the readings:
@@ -83,6 +102,16 @@ class Agent:
         self.client.on_disconnected.append(lambda: self._events.put(("disconnected", 0)))
         self.client.on_published.append(lambda mid: self._events.put(("acked", mid)))
         self.client.on_refused.append(self._on_refused)
+        self.client.subscribe(
+            topics.ack(self.device),
+            lambda msg: self._events.put(("confirmed", bytes(msg.payload))),
+            qos=1,
+        )
+        #: reading id -> monotonic time it was handed to paho, until confirmed
+        self._sent: dict[int, float] = {}
+        self._bad_confirmation_logged = False
+        self._resend_after = 0.0  # monotonic time before which no re-send round starts
+        self._resend_rounds = 0  # re-send rounds since the last confirmation
         self._inflight: dict[int, list[int]] = {}  # paho mid -> reading ids
         self._cursor = 0  # highest reading id handed to paho by this process
         self._online = False
@@ -150,27 +179,76 @@ class Agent:
         return readings
 
     def flush(self) -> None:
-        """Publish readings never handed to paho yet, within the in-flight budget."""
+        """Publish readings unconfirmed past ``confirm_timeout_s`` again, then readings never
+        handed to paho yet, within the in-flight budget. Only once the broker granted the
+        confirmation topic: a confirmation sent before that would be lost."""
         if time.monotonic() < self._retry_after:
             return
-        while self.client.connected and len(self._inflight) < MAX_INFLIGHT:
-            batch = self.outbox.pending(after_id=self._cursor, limit=self.config.batch_max)
-            if not batch:
+        due = self._due() if time.monotonic() >= self._resend_after else []
+        if due:
+            # One window's worth per round; while nothing is confirmed, rounds back off
+            # (x2 up to RESEND_BACKOFF_MAX), so a long ingest outage cannot flood the
+            # broker's queue with copies.
+            due = due[: MAX_INFLIGHT * self.config.batch_max]
+            self._resend_after = time.monotonic() + self.config.confirm_timeout_s * min(
+                2**self._resend_rounds, RESEND_BACKOFF_MAX
+            )
+            self._resend_rounds += 1
+            log.info(
+                "%d reading(s) not confirmed stored after %.0fs: publishing them again",
+                len(due),
+                self.config.confirm_timeout_s,
+            )
+        while (
+            self.client.connected
+            and self.client.subscribed.is_set()
+            and len(self._inflight) < MAX_INFLIGHT
+        ):
+            if due:
+                batch = self.outbox.get(due[: self.config.batch_max])
+                gone = set(due[: self.config.batch_max]) - {r.id for r in batch}
+                for rid in gone:  # confirmed meanwhile or dropped: nothing to send
+                    self._sent.pop(rid, None)
+                due = due[self.config.batch_max :]
+                if not batch:
+                    continue
+                self._resent.inc(len(batch))
+            else:
+                batch = self.outbox.pending(after_id=self._cursor, limit=self.config.batch_max)
+                if not batch:
+                    return
+            if not self._publish(batch):
                 return
-            info = self.client.publish(self.data_topic, encode_readings(self.device, batch))
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                self.metrics.error("publish")
-                if not self._publish_failing:
-                    log.error(
-                        "publish to %s refused by the client (%s); retrying",
-                        self.data_topic,
-                        info.rc,
-                    )
-                    self._publish_failing = True
-                return
-            self._publish_failing = False
-            self._inflight[info.mid] = [r.id for r in batch]
-            self._cursor = batch[-1].id
+
+    def _due(self) -> list[int]:
+        """Ids published but unconfirmed for longer than ``confirm_timeout_s``, and not in
+        flight (paho still re-sends those itself), oldest first."""
+        if not self._sent:
+            return []
+        deadline = time.monotonic() - self.config.confirm_timeout_s
+        flying = {i for ids in self._inflight.values() for i in ids}
+        return sorted(i for i, t in self._sent.items() if t <= deadline and i not in flying)
+
+    def _publish(self, batch: list[Reading]) -> bool:
+        """Hand ``batch`` to paho as one message; False if paho refused it."""
+        info = self.client.publish(self.data_topic, encode_readings(self.device, batch))
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self.metrics.error("publish")
+            if not self._publish_failing:
+                log.error(
+                    "publish to %s refused by the client (%s); retrying",
+                    self.data_topic,
+                    info.rc,
+                )
+                self._publish_failing = True
+            return False
+        self._publish_failing = False
+        self._inflight[info.mid] = [r.id for r in batch]
+        now = time.monotonic()
+        for r in batch:
+            self._sent[r.id] = now
+        self._cursor = max(self._cursor, batch[-1].id)
+        return True
 
     # -- events from paho's thread --------------------------------------------------------
     def _on_refused(self, mid: int, _reason: str) -> None:  # MqttClient logs the reason
@@ -185,23 +263,49 @@ class Agent:
         except queue.Empty:
             pass
         self._depth_gauge.set(self.outbox.depth)
+        self._unconfirmed_gauge.set(len(self._sent))
+        oldest = min(self._sent.values(), default=None)
+        self._oldest_gauge.set(0 if oldest is None else time.monotonic() - oldest)
+
+    def _confirmed(self, payload: bytes) -> None:
+        try:
+            confirmation = Confirmation.decode(payload)
+            if confirmation.device != self.device:
+                raise InvalidMessage(f"it names device {confirmation.device!r}")
+        except InvalidMessage as exc:
+            self.metrics.error("bad_confirmation")
+            if not self._bad_confirmation_logged:
+                self._bad_confirmation_logged = True
+                log.warning("ignoring a confirmation that is not one: %s", exc.reason)
+            return
+        self._resend_rounds = 0
+        self._resend_after = 0.0
+        # By range: readings an earlier run published are confirmed the same way.
+        deleted = self.outbox.delete_ranges(confirmation.ranges)
+        for i in [i for i in self._sent if i in confirmation]:
+            del self._sent[i]
+        self.metrics.messages_out.inc(deleted)
 
     def _handle(self, event: Event) -> None:
         kind, mid = event
+        if kind == "confirmed":
+            assert isinstance(mid, bytes)
+            self._confirmed(mid)
+            return
+        assert isinstance(mid, int)
         if kind == "refused":  # not delivered: keep the readings and try them again later
             refused = self._inflight.pop(mid, [])
             if refused:
                 self._refused += len(refused)
                 self.metrics.error("refused", len(refused))
+                for i in refused:
+                    self._sent.pop(i, None)
                 self._cursor = min(self._cursor, min(refused) - 1)
                 self._retry_after = time.monotonic() + self._retry_delay
                 self._retry_delay = min(self._retry_delay * 2, REFUSED_RETRY_MAX_S)
-        elif kind == "acked":
-            acked = self._inflight.pop(mid, [])
-            if acked:
+        elif kind == "acked":  # the broker has it: the slot is free, the reading stays
+            if self._inflight.pop(mid, None):
                 self._retry_delay = REFUSED_RETRY_MIN_S
-                self.outbox.delete(acked)
-                self.metrics.messages_out.inc(len(acked))
         elif kind == "connected":
             self._online = True
             online = DeviceStatus(self.device, "online", int(self.clock() * 1000))

@@ -1,9 +1,11 @@
-"""The outbox: every reading the agent takes, kept in SQLite until the broker acknowledged it.
+"""The outbox: every reading the agent takes, kept in SQLite until ingest confirms it stored.
 
-A reading is committed here before it is published and deleted only on the broker's PUBACK,
-so neither a lost connection nor a crash of the agent loses it (at-least-once: a reading
-acknowledged but not yet deleted when the agent dies is published again, with the same id,
-and the ingest service drops the duplicate).
+A reading is committed here before it is published and deleted only when ingest confirms it
+is stored (``{root}/ack/{device}``), not on the broker's PUBACK: a broker killed before it
+persisted the message, or one with no consumer session yet, would otherwise lose it. So
+neither a lost connection, nor a crash of the agent or the broker, loses it (at-least-once:
+a reading stored but not yet confirmed is published again, with the same id, and storage
+absorbs the repeat by point identity).
 
 Durability: the database runs in WAL mode with ``synchronous=FULL``: a commit is fsynced
 before ``commit`` returns, so it survives the agent process being killed (SIGKILL, crash,
@@ -28,7 +30,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from edge_agent.samples import Sample
 from vigil.messages import MAX_ID, Kind, Reading
@@ -46,7 +48,7 @@ class OutboxError(Exception):
 
 
 class Outbox:
-    """The readings of one device not yet acknowledged by the broker, oldest first."""
+    """The readings of one device not yet confirmed stored, oldest first."""
 
     def __init__(self, path: Path | str, device: str, *, now_us: int) -> None:
         """Open (or create) the outbox at ``path`` for ``device``; a new outbox seeds its id
@@ -86,7 +88,7 @@ class Outbox:
 
     @property
     def depth(self) -> int:
-        """How many readings wait for an acknowledgement."""
+        """How many readings wait for their storage confirmation."""
         return self._depth
 
     @property
@@ -127,6 +129,18 @@ class Outbox:
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
+        return self._readings(rows)
+
+    def get(self, ids: Sequence[int]) -> list[Reading]:
+        """The readings among ``ids`` still here, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, ts, kind, metric, value, unit, tags FROM readings"
+            " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps([int(i) for i in ids]),),
+        ).fetchall()
+        return self._readings(rows)
+
+    def _readings(self, rows: Iterable[tuple[Any, ...]]) -> list[Reading]:
         return [
             Reading(rid, self.device, ts, cast(Kind, kind), metric, value, unit, json.loads(tags))
             for rid, ts, kind, metric, value, unit, tags in rows
@@ -138,6 +152,15 @@ class Outbox:
             cur = self._db.executemany("DELETE FROM readings WHERE id = ?", [(i,) for i in ids])
         self._depth -= cur.rowcount
         return cur.rowcount
+
+    def delete_ranges(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Forget the readings in the inclusive id ``ranges``; returns how many were here."""
+        with self._tx():
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", list(ranges))
+            deleted = self._db.total_changes - before
+        self._depth -= deleted
+        return deleted
 
     def close(self) -> None:
         self._db.close()

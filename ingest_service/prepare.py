@@ -24,10 +24,28 @@ class Prepared:
     readings: list[tuple[int, list[Reading]]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
+    #: (device, id) of the readings dropped as already stored: confirmed again to the device
+    already: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def all_readings(self) -> list[Reading]:
         return [r for _, rs in self.readings for r in rs]
+
+
+def confirmations(work: Prepared, topics: Topics) -> dict[str, list[int]]:
+    """Per device, the ids to confirm once the batch is durable: the readings stored, those
+    already stored before (a redelivery or a re-send), and those refused for good (their dead
+    letter holds them); re-sending any of these would change nothing."""
+    out: dict[str, list[int]] = {}
+    for r in work.all_readings:
+        out.setdefault(r.device, []).append(r.id)
+    for device, rid in work.already:
+        out.setdefault(device, []).append(rid)
+    for d in work.dead:
+        of = topics.device_of(d.topic)
+        if d.reading_id is not None and of is not None:
+            out.setdefault(of, []).append(d.reading_id)
+    return out
 
 
 def prepare(batch: list[Received], topics: Topics, recent: RecentIds) -> Prepared:
@@ -55,6 +73,8 @@ def prepare(batch: list[Received], topics: Topics, recent: RecentIds) -> Prepare
             key = (r.device, r.id)
             if key in in_batch or key in recent:
                 out.duplicates += 1
+                if key not in in_batch:
+                    out.already.append(key)
                 continue
             in_batch.add(key)
             fresh.append(r)

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 from ingest_service.dedupe import RecentIds
-from ingest_service.prepare import Prepared, dead_letter, prepare
+from ingest_service.prepare import Prepared, confirmations, dead_letter, prepare
 from storage_nodes import Rejected, RetriableStorageError, StorageCluster
 from storage_nodes.hints import HintStore
 from storage_nodes.metrics import StorageCollector
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetters
-from vigil.messages import Reading
+from vigil.messages import Confirmation, Reading
 from vigil.metrics import ServiceMetrics
 from vigil.readiness import Readiness
 from vigil.retry import Backoff, retry
@@ -103,6 +103,7 @@ class IngestService:
         work = prepare(batch, self.topics, self.recent)
         if not self._store(work, batch) or not self.dead_letters.publish(work.dead):
             return False
+        self._confirm(work)
         for r in work.all_readings:
             self.recent.add((r.device, r.id))
         self.metrics.messages_out.inc(len(work.all_readings))  # stored at the consistency
@@ -110,6 +111,13 @@ class IngestService:
             self.duplicates.inc(work.duplicates)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return True
+
+    def _confirm(self, work: Prepared) -> None:
+        """Tell each device which of its readings are now safe (``{root}/ack/{device}``).
+        Not waited for: paho sends it across reconnects, and a lost one only costs the
+        agent a re-send after its ``confirm_timeout_s``, which storage absorbs."""
+        for device, ids in confirmations(work, self.topics).items():
+            self.mqtt.publish(self.topics.ack(device), Confirmation.of(device, ids).encode())
 
     def _store(self, work: Prepared, batch: list[Received]) -> bool:
         """Write the batch, retrying while servers are unreachable; False if stopping

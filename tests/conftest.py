@@ -19,6 +19,7 @@ from support import (
     CONSUMERS,
     STORED_T0,
     STORED_VALUES,
+    Confirmer,
     MqttProbe,
     ready_path,
     unique,
@@ -345,6 +346,14 @@ def run_service(tmp_path: Path) -> Iterator[ServiceRunner]:
         proc.stop()
     for proc in started:
         print(f"----- {proc.name} log -----\n{proc.log_tail(60)}")
+
+
+@pytest.fixture
+def confirmer(broker: BrokerHandle) -> Iterator[Confirmer]:
+    """Confirms every reading on the data topics, as ingest does once they are stored."""
+    c = Confirmer.start(broker.settings, broker.ident("vigil-ingest", unique("confirmer-")))
+    yield c
+    c.stop()
 
 
 @pytest.fixture

@@ -274,3 +274,38 @@ def sequence(path: Path) -> tuple[int, int]:
     with sqlite3.connect(path) as db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
     return int(meta["first_id"]), int(meta["next_id"])
+
+
+@dataclass
+class Confirmer:
+    """Ingest's side of the confirmation contract, for agent tests that are not about
+    storage: with ingest's broker identity, it confirms every reading it receives on the
+    data topics (``{root}/ack/{device}``) as ingest does once it has stored them."""
+
+    client: MqttClient
+    confirmed: set[tuple[str, int]] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, broker: BrokerSettings, ident: MqttClientSettings) -> Confirmer:
+        from vigil.messages import Confirmation, parse_readings
+
+        me = cls(MqttClient(broker, ident))
+        topics = broker.topics
+
+        def confirm(msg: paho.MQTTMessage) -> None:
+            device = topics.device_of(msg.topic)
+            if device is None:
+                return
+            ids = [r.id for r in parse_readings(bytes(msg.payload), device)]
+            me.client.publish(topics.ack(device), Confirmation.of(device, ids).encode())
+            me.confirmed.update((device, i) for i in ids)
+
+        me.client.subscribe(topics.data_filter, confirm, qos=1)
+        me.client.start()
+        if not me.client.subscribed.wait(10):
+            me.client.stop()
+            raise AssertionError("the confirmer could not subscribe")
+        return me
+
+    def stop(self) -> None:
+        self.client.stop()

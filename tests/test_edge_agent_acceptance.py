@@ -54,8 +54,12 @@ def reader(broker) -> Iterator[DurableReader]:
     r.client.stop()
 
 
-def test_readings_taken_while_the_broker_is_down_arrive_when_it_is_back(broker, reader, tmp_path):
-    config = load_agent_config(write_agent_config(tmp_path, broker, "dev-6"), environ={})
+def test_readings_taken_while_the_broker_is_down_arrive_when_it_is_back(
+    broker, reader, confirmer, tmp_path
+):
+    config = load_agent_config(
+        write_agent_config(tmp_path, broker, "dev-6", confirm_timeout_s=2), environ={}
+    )
     agent = Agent(config)
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
@@ -80,7 +84,7 @@ def test_readings_taken_while_the_broker_is_down_arrive_when_it_is_back(broker, 
         wait_until(
             lambda: not set(outbox_ids(config.outbox_path)) & held,
             timeout=10,
-            what="the held readings deleted once acknowledged",
+            what="the held readings deleted once confirmed",
         )
         assert reader.sessions[-1] is True  # the reader's queue outlived the broker restart
     finally:
@@ -89,11 +93,11 @@ def test_readings_taken_while_the_broker_is_down_arrive_when_it_is_back(broker, 
 
 
 def test_agent_killed_while_broker_down_then_both_restarted_loses_no_reading(
-    broker, reader, tmp_path, run_service
+    broker, reader, confirmer, tmp_path, run_service
 ):
     """The acceptance test: SIGKILL the agent while the broker is down, restart both, and
     every reading the agent had taken arrives."""
-    path = write_agent_config(tmp_path, broker, "dev-7")
+    path = write_agent_config(tmp_path, broker, "dev-7", confirm_timeout_s=2)
     outbox = tmp_path / "dev-7-outbox.sqlite3"
     agent = run_service("edge_agent", "--config", str(path), name="agent-1")
     wait_until(lambda: len(reader.received()) >= 6, timeout=15, what="readings before outage")
@@ -133,5 +137,5 @@ def test_agent_killed_while_broker_down_then_both_restarted_loses_no_reading(
     wait_until(
         lambda: not set(outbox_ids(outbox)) & taken,
         timeout=10,
-        what="the held readings deleted once acknowledged",
+        what="the held readings deleted once confirmed",
     )

@@ -110,14 +110,14 @@ def test_the_last_will_marks_a_killed_agent_offline(broker, tmp_path, probe, run
 
 
 def test_ticks_takes_that_many_rounds_and_exits_once_delivered(
-    broker, tmp_path, probe, run_service
+    broker, tmp_path, probe, confirmer, run_service
 ):
     path = write_agent_config(tmp_path, broker, "dev-9", quotes={}, sensors=[{"metric": "t"}])
     watch = probe("vigil/data/dev-9")
     proc = run_service("edge_agent", "--config", str(path), "--ticks", "3")
     wait_until(lambda: proc.returncode() is not None, timeout=15, what="the agent to exit")
     assert proc.returncode() == 0
-    # the broker acknowledged all three before the agent exited; the probe may lag a little
+    # all three were confirmed stored before the agent exited; the probe may lag a little
     wait_until(
         lambda: sum(len(parse_readings(m.payload, "dev-9")) for m in watch.messages) >= 3,
         what="the three readings at the probe",

@@ -24,7 +24,7 @@ import base64
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -262,6 +262,76 @@ class DeviceStatus:
             ts = _check_int(ts, "status message ts", 0, MAX_TS_MS)
         reason = _check_str(obj.get("reason", "") or "", "status message reason", 200)
         return cls(str(device), state, ts, reason)
+
+
+# -- storage confirmations ----------------------------------------------------------------
+#: Most id ranges one confirmation carries (a batch of readings of one device, usually one).
+MAX_CONFIRM_RANGES = 10_000
+MAX_CONFIRM_BYTES = 512 * 1024
+
+
+def id_ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """``ids`` as sorted, merged, inclusive ranges: ``[1, 2, 3, 7]`` -> ``[(1, 3), (7, 7)]``."""
+    return id_ranges_of((i, i) for i in ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """On ``{root}/ack/{device}``, ingest -> device: these of the device's readings are
+    stored at the configured consistency (or were refused for good and dead-lettered), so
+    the agent may drop them from its outbox. Inclusive id ranges, sorted and disjoint."""
+
+    device: str
+    ranges: tuple[tuple[int, int], ...]
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"v": 1, "device": self.device, "ids": [list(r) for r in self.ranges]},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def of(cls, device: str, ids: Iterable[int]) -> Confirmation:
+        return cls(device, tuple(id_ranges(ids)))
+
+    def __contains__(self, rid: object) -> bool:
+        return isinstance(rid, int) and any(lo <= rid <= hi for lo, hi in self.ranges)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Confirmation:
+        """Validate a confirmation; InvalidMessage says what is wrong."""
+        obj = _json(payload, "confirmation", MAX_CONFIRM_BYTES)
+        if not isinstance(obj, dict):
+            raise InvalidMessage("confirmation must be a JSON object")
+        version = obj.get("v")
+        if isinstance(version, bool) or version != 1:
+            raise InvalidMessage(f"unsupported confirmation version {_show(version)}")
+        device, ids = obj.get("device"), obj.get("ids")
+        if not is_name(device):
+            raise InvalidMessage(f"confirmation device {_show(device)} is not a valid name")
+        if not isinstance(ids, list) or len(ids) > MAX_CONFIRM_RANGES:
+            raise InvalidMessage(
+                f"confirmation ids must be a list of at most {MAX_CONFIRM_RANGES} [first, last]"
+            )
+        ranges = []
+        for n, pair in enumerate(ids):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise InvalidMessage(f"confirmation ids[{n}] must be [first, last]")
+            lo = _check_int(pair[0], f"confirmation ids[{n}][0]", 1, MAX_ID)
+            hi = _check_int(pair[1], f"confirmation ids[{n}][1]", lo, MAX_ID)
+            ranges.append((lo, hi))
+        return cls(str(device), tuple(id_ranges_of(ranges)))
+
+
+def id_ranges_of(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive ranges sorted and merged (overlapping or adjacent ones become one)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 # -- rules -------------------------------------------------------------------------------

@@ -616,6 +616,12 @@ class AgentConfig(Model):
     outbox_path: FilePath
     interval_s: Float = Field(1.0, gt=0)
     batch_max: Int = Field(50, ge=1, le=1000, description="readings per message at most")
+    confirm_timeout_s: Float = Field(
+        30.0,
+        ge=1,
+        le=86_400,
+        description="a reading published but not confirmed stored this long is published again",
+    )
     seed: Int = 0
     sensors: list[SensorSpec] = []
     quotes: QuoteSettings = QuoteSettings()

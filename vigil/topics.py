@@ -6,6 +6,7 @@
     {root}/config/rules                  retained rule set snapshot, api -> alert engine
     {root}/alerts/{device}/{rule_id}     alert transitions, alert engine -> notifier, users
     {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
+    {root}/ack/{device}                  storage confirmations (id ranges), ingest -> device
 
 The device identity is always the third level, so broker ACLs written with ``%u``
 confine a device to its own subtrees. Everything here is pure and tested directly.
@@ -25,6 +26,7 @@ STATUS = "status"
 CONFIG = "config"
 ALERTS = "alerts"
 DEADLETTER = "deadletter"
+ACK = "ack"
 
 #: Placeholder device level for a dead letter whose topic names no valid device.
 UNKNOWN_DEVICE = "_unknown"
@@ -72,6 +74,9 @@ class Topics:
     def deadletter(self, device: str | None) -> str:
         level = device if is_name(device) else UNKNOWN_DEVICE
         return f"{self.root}/{DEADLETTER}/{level}"
+
+    def ack(self, device: str) -> str:
+        return f"{self.root}/{ACK}/{check_name(device, 'device id')}"
 
     # -- subscription filters ---------------------------------------------------------
     @property
