@@ -49,6 +49,8 @@ REFUSED_RETRY_MIN_S = 1.0
 REFUSED_RETRY_MAX_S = 60.0
 #: re-send rounds back off up to this many confirm_timeout_s while nothing is confirmed
 RESEND_BACKOFF_MAX = 8
+#: how often the outbox's bounds (bytes, age) are enforced
+OUTBOX_CHECK_S = 10.0
 #: Longest the loop waits before it looks at the stop flag again.
 MAX_WAIT_S = 0.5
 Event = tuple[Literal["connected", "disconnected", "acked", "refused", "confirmed"], int | bytes]
@@ -84,6 +86,10 @@ class Agent:
             "vigil_outbox_oldest_unconfirmed_seconds",
             "How long the oldest published reading has waited for its confirmation",
         ).labels("edge_agent")
+        self._dropped = self.metrics.counter(
+            "vigil_outbox_dropped",
+            "Readings dropped unsent: the outbox was full or they were too old",
+        )
         self._resent = self.metrics.counter(
             "vigil_outbox_resent", "Readings published again after confirm_timeout_s"
         )
@@ -131,10 +137,11 @@ class Agent:
                 self.outbox.path,
                 self.outbox.depth,
             )
+        self.trim_outbox()
         self._depth_gauge.set(self.outbox.depth)
         self.client.start()
         interval = self.config.interval_s
-        next_tick = next_quotes = time.monotonic()
+        next_tick = next_quotes = next_trim = time.monotonic()
         taken = 0
         drain_deadline: float | None = None
         try:
@@ -153,6 +160,9 @@ class Agent:
                     drain_deadline = drain_deadline or now + drain_timeout_s
                     if self.outbox.depth == 0 or now >= drain_deadline:
                         break
+                if now >= next_trim:
+                    next_trim = now + OUTBOX_CHECK_S
+                    self.trim_outbox()
                 self.flush()
                 wait = next_tick - time.monotonic() if ticks is None or taken < ticks else 0.1
                 self._handle_events(timeout=min(max(wait, 0.0), MAX_WAIT_S))
@@ -177,6 +187,40 @@ class Agent:
         self._depth_gauge.set(self.outbox.depth)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return readings
+
+    def trim_outbox(self) -> None:
+        """Enforce the outbox's bounds: when it is full (``outbox_max_bytes``) or readings
+        are older than ``outbox_max_age_s``, the oldest are dropped, counted, logged and
+        shown on the status (count and id ranges). Newest data wins: a device that cannot
+        deliver for long keeps its latest readings."""
+        drops = self.outbox.trim(
+            now_ms=int(self.clock() * 1000),
+            max_age_ms=int(self.config.outbox_max_age_s * 1000),
+            max_bytes=self.config.outbox_max_bytes,
+        )
+        for drop in drops:
+            for i in drop.ids:
+                self._sent.pop(i, None)
+            self._dropped.inc(len(drop.ids))
+            lo, hi = drop.ranges[0][0], drop.ranges[-1][1]
+            log.warning(
+                "outbox %s: dropped %d unsent reading(s), ids %d-%d (%s)",
+                self.outbox.path,
+                len(drop.ids),
+                lo,
+                hi,
+                "older than outbox_max_age_s"
+                if drop.reason == "age"
+                else "the outbox is full: outbox_max_bytes",
+            )
+        if drops and self.client.connected:
+            self.client.publish(self.status_topic, self._status("online").encode(), retain=True)
+
+    def _status(self, state: Literal["online", "offline"], reason: str = "") -> DeviceStatus:
+        count, ranges = self.outbox.dropped
+        return DeviceStatus(
+            self.device, state, int(self.clock() * 1000), reason, count, tuple(ranges)
+        )
 
     def flush(self) -> None:
         """Publish readings unconfirmed past ``confirm_timeout_s`` again, then readings never
@@ -308,8 +352,7 @@ class Agent:
                 self._retry_delay = REFUSED_RETRY_MIN_S
         elif kind == "connected":
             self._online = True
-            online = DeviceStatus(self.device, "online", int(self.clock() * 1000))
-            self.client.publish(self.status_topic, online.encode(), retain=True)
+            self.client.publish(self.status_topic, self._status("online").encode(), retain=True)
             backlog = self.outbox.depth - sum(len(ids) for ids in self._inflight.values())
             if backlog > 0:
                 log.info("connected: publishing %d readings waiting in the outbox", backlog)
@@ -320,7 +363,7 @@ class Agent:
     def _shutdown(self) -> None:
         try:
             if self.client.connected:
-                offline = DeviceStatus(self.device, "offline", int(self.clock() * 1000), "stopped")
+                offline = self._status("offline", "stopped")
                 self.client.publish_wait(
                     self.status_topic, offline.encode(), retain=True, timeout=5
                 )

@@ -29,11 +29,12 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from edge_agent.samples import Sample
-from vigil.messages import MAX_ID, Kind, Reading
+from vigil.messages import MAX_ID, Kind, Reading, id_ranges, id_ranges_of
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -41,6 +42,24 @@ SCHEMA = (
         id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL, metric TEXT NOT NULL,
         value REAL NOT NULL, unit TEXT NOT NULL, tags TEXT NOT NULL)""",
 )
+
+
+#: id ranges of dropped readings the outbox remembers (the latest; the count is kept in all)
+KEEP_DROPPED_RANGES = 50
+#: bytes a reading row costs beyond its text columns (ids, numbers, SQLite's overhead)
+ROW_OVERHEAD = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Readings the outbox dropped unsent in one trim."""
+
+    reason: str  # "age" or "bytes"
+    ids: list[int]
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return id_ranges(self.ids)
 
 
 class OutboxError(Exception):
@@ -161,6 +180,64 @@ class Outbox:
             deleted = self._db.total_changes - before
         self._depth -= deleted
         return deleted
+
+    def size_bytes(self) -> int:
+        """What the readings take, estimated from their columns (the file itself only
+        grows: SQLite reuses freed pages)."""
+        (size,) = self._db.execute(
+            "SELECT COALESCE(SUM(? + LENGTH(kind) + LENGTH(metric) + LENGTH(unit)"
+            " + LENGTH(tags)), 0) FROM readings",
+            (ROW_OVERHEAD,),
+        ).fetchone()
+        return int(size)
+
+    def trim(self, *, now_ms: int, max_age_ms: int, max_bytes: int) -> list[Dropped]:
+        """Drop what is past the bounds, oldest first: readings taken more than
+        ``max_age_ms`` ago, then the oldest until the rest fits in 90 % of ``max_bytes``
+        (so a full outbox is not trimmed every round). Dropped readings are counted, and the
+        latest id ranges kept, in the outbox itself."""
+        out = []
+        old = [
+            i
+            for (i,) in self._db.execute(
+                "SELECT id FROM readings WHERE ts < ? ORDER BY id", (now_ms - max_age_ms,)
+            )
+        ]
+        if old:
+            out.append(Dropped("age", old))
+            self._drop(old)
+        size = self.size_bytes()
+        if size > max_bytes and self._depth:
+            per_row = size / self._depth
+            n = min(self._depth, int((size - 0.9 * max_bytes) / per_row) + 1)
+            oldest = [
+                i for (i,) in self._db.execute("SELECT id FROM readings ORDER BY id LIMIT ?", (n,))
+            ]
+            out.append(Dropped("bytes", oldest))
+            self._drop(oldest)
+        return out
+
+    def _drop(self, ids: list[int]) -> None:
+        count, ranges = self.dropped
+        ranges = id_ranges_of([*ranges, *id_ranges(ids)])[-KEEP_DROPPED_RANGES:]
+        with self._tx():
+            self._db.executemany("DELETE FROM readings WHERE id = ?", [(i,) for i in ids])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("dropped", str(count + len(ids))), ("dropped_ranges", json.dumps(ranges))],
+            )
+        self._depth -= len(ids)
+
+    @property
+    def dropped(self) -> tuple[int, list[tuple[int, int]]]:
+        """How many readings this outbox dropped unsent in all, and the latest id ranges."""
+        meta = dict(
+            self._db.execute(
+                "SELECT key, value FROM meta WHERE key IN ('dropped', 'dropped_ranges')"
+            ).fetchall()
+        )
+        ranges = [(int(a), int(b)) for a, b in json.loads(meta.get("dropped_ranges", "[]"))]
+        return int(meta.get("dropped", "0")), ranges
 
     def close(self) -> None:
         self._db.close()

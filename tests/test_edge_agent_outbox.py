@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.outbox import Outbox, OutboxError
 from edge_agent.samples import Sample
-from vigil.messages import MAX_ID
+from vigil.messages import MAX_ID, DeviceStatus
 
 T0_US = 1_700_000_000_000_000  # 2023-11-14 in microseconds
 TS_MS = 1_700_000_000_000
@@ -101,3 +101,32 @@ def test_ids_never_reach_2_pow_53(tmp_path):
     with pytest.raises(OutboxError, match="exhausted"):
         box.add(TS_MS, samples(1))
     assert box.depth == 3
+
+
+def test_a_full_outbox_drops_its_oldest_and_remembers_what(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", "dev-1", now_us=1_000)
+    box.add(1_000, [Sample("sensor", "t", float(i)) for i in range(100)])  # ids 1000..1099
+    box.add(9_000, [Sample("sensor", "t", float(i)) for i in range(100)])  # ids 1100..1199
+    size = box.size_bytes()
+    # too old: the first round (taken at 1,000 ms) is past 5 s at 9,500 ms
+    drops = box.trim(now_ms=9_500, max_age_ms=5_000, max_bytes=10 * size)
+    assert [(d.reason, d.ranges) for d in drops] == [("age", [(1000, 1099)])]
+    assert box.depth == 100 and box.dropped == (100, [(1000, 1099)])
+    # full: the oldest go until 90 % of the bound is left
+    drops = box.trim(now_ms=9_500, max_age_ms=10**9, max_bytes=size // 4)
+    assert [d.reason for d in drops] == ["bytes"] and drops[0].ranges[0][0] == 1100
+    assert box.size_bytes() <= 0.9 * (size // 4) and box.depth > 0
+    kept = [r.id for r in box.pending(limit=1000)]
+    assert kept == list(range(drops[0].ranges[-1][1] + 1, 1200))  # the newest are kept
+    count, ranges = box.dropped
+    assert count == 200 - box.depth and ranges == [(1000, drops[0].ranges[-1][1])]
+    box.close()
+    reopened = Outbox(tmp_path / "o.sqlite3", "dev-1", now_us=5)
+    assert reopened.dropped == (count, ranges)  # it survives a restart
+    reopened.close()
+
+
+def test_a_status_shows_what_was_dropped():
+    s = DeviceStatus("dev-1", "online", 5, "", 300, ((1, 100), (150, 349)))
+    assert DeviceStatus.decode(s.encode()) == s
+    assert "dropped" not in DeviceStatus("dev-1", "online", 5).encode().decode()

@@ -35,6 +35,8 @@ from vigil.text import shown
 KINDS = ("sensor", "quote")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_STATUS_BYTES = 4 * 1024
+#: id ranges of dropped readings a status carries at most (the latest)
+MAX_STATUS_RANGES = 50
 MAX_ALERT_BYTES = 16 * 1024
 MAX_RULESET_BYTES = 4 * 1024 * 1024
 MAX_BATCH = 1000
@@ -153,6 +155,19 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
     return value
 
 
+def _check_ranges(value: object, where: str, max_n: int) -> list[tuple[int, int]]:
+    """A JSON list of inclusive reading-id ranges ``[[first, last], ...]``."""
+    if not isinstance(value, list) or len(value) > max_n:
+        raise InvalidMessage(f"{where} must be a list of at most {max_n} [first, last]")
+    ranges = []
+    for n, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise InvalidMessage(f"{where}[{n}] must be [first, last]")
+        lo = _check_int(pair[0], f"{where}[{n}][0]", 1, MAX_ID)
+        ranges.append((lo, _check_int(pair[1], f"{where}[{n}][1]", lo, MAX_ID)))
+    return ranges
+
+
 def _parse_reading(obj: object, device: str, where: str) -> Reading:
     if not isinstance(obj, dict):
         raise InvalidMessage(f"{where} must be a JSON object")
@@ -232,18 +247,28 @@ def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
 # -- status ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
-    """Retained on ``{root}/status/{device}``; the last will publishes state offline."""
+    """Retained on ``{root}/status/{device}``; the last will publishes state offline.
+    ``dropped``: readings the agent's outbox dropped unsent (full, or too old), in all;
+    ``dropped_ids``: the id ranges of the latest of them (at most ``MAX_STATUS_RANGES``)."""
 
     device: str
     state: Literal["online", "offline"]
     ts: int | None = None
     reason: str = ""
+    dropped: int = 0
+    dropped_ids: tuple[tuple[int, int], ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"device": self.device, "state": self.state, "ts": self.ts, "reason": self.reason},
-            separators=(",", ":"),
-        ).encode()
+        obj: dict[str, Any] = {
+            "device": self.device,
+            "state": self.state,
+            "ts": self.ts,
+            "reason": self.reason,
+        }
+        if self.dropped:
+            obj["dropped"] = self.dropped
+            obj["dropped_ids"] = [list(r) for r in self.dropped_ids[-MAX_STATUS_RANGES:]]
+        return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> DeviceStatus:
@@ -261,7 +286,11 @@ class DeviceStatus:
         if ts is not None:
             ts = _check_int(ts, "status message ts", 0, MAX_TS_MS)
         reason = _check_str(obj.get("reason", "") or "", "status message reason", 200)
-        return cls(str(device), state, ts, reason)
+        dropped = _check_int(obj.get("dropped", 0), "status message dropped", 0, MAX_ID)
+        ranges = _check_ranges(
+            obj.get("dropped_ids", []), "status message dropped_ids", MAX_STATUS_RANGES
+        )
+        return cls(str(device), state, ts, reason, dropped, tuple(ranges))
 
 
 # -- storage confirmations ----------------------------------------------------------------
@@ -309,17 +338,7 @@ class Confirmation:
         device, ids = obj.get("device"), obj.get("ids")
         if not is_name(device):
             raise InvalidMessage(f"confirmation device {_show(device)} is not a valid name")
-        if not isinstance(ids, list) or len(ids) > MAX_CONFIRM_RANGES:
-            raise InvalidMessage(
-                f"confirmation ids must be a list of at most {MAX_CONFIRM_RANGES} [first, last]"
-            )
-        ranges = []
-        for n, pair in enumerate(ids):
-            if not isinstance(pair, list) or len(pair) != 2:
-                raise InvalidMessage(f"confirmation ids[{n}] must be [first, last]")
-            lo = _check_int(pair[0], f"confirmation ids[{n}][0]", 1, MAX_ID)
-            hi = _check_int(pair[1], f"confirmation ids[{n}][1]", lo, MAX_ID)
-            ranges.append((lo, hi))
+        ranges = _check_ranges(ids, "confirmation ids", MAX_CONFIRM_RANGES)
         return cls(str(device), tuple(id_ranges_of(ranges)))
 
 

@@ -616,6 +616,16 @@ class AgentConfig(Model):
     outbox_path: FilePath
     interval_s: Float = Field(1.0, gt=0)
     batch_max: Int = Field(50, ge=1, le=1000, description="readings per message at most")
+    outbox_max_bytes: Int = Field(
+        256 * 1024 * 1024,
+        ge=64 * 1024,
+        description="when the outbox holds more, its oldest readings are dropped (counted)",
+    )
+    outbox_max_age_s: Float = Field(
+        7 * 86_400.0,
+        ge=60,
+        description="readings older than this are dropped from the outbox (counted)",
+    )
     confirm_timeout_s: Float = Field(
         30.0,
         ge=1,
