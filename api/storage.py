@@ -115,7 +115,7 @@ _jobs = Jobs()
 
 def storage_ops(res: ApiResources) -> StorageOps:
     """Node operations on the API's own cluster, following the writers' hint folders."""
-    dirs = [d for d in (res.config.ingest.hints_dir,) if d is not None]
+    dirs = res.config.ingest.hint_dirs()
     return StorageOps(res.config.storage, writer_dirs=dirs, cluster=res.storage)
 
 

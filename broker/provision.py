@@ -21,6 +21,7 @@ from pathlib import Path
 from broker.plugin_build import build_plugin
 from vigil.atomic import load_or_create_secret, write_atomic
 from vigil.messages import MAX_RULESET_BYTES
+from vigil.settings import INGEST_MEMBER_USERS
 from vigil.topics import Topics
 
 #: The largest MQTT packet the broker takes: the rule-set snapshot's limit plus room for the
@@ -29,10 +30,13 @@ MAX_PACKET_BYTES = MAX_RULESET_BYTES + 64 * 1024
 MOSQUITTO_PASSWD = "mosquitto_passwd"  # noqa: S105 - a program name
 MOSQUITTO = "/usr/sbin/mosquitto"
 
+#: Ingest's grants: it confirms what it stored to each device (vigil/ack/{device}).
+INGEST_ACCESS = (("read", "data/#"), ("write", "deadletter/#"), ("write", "ack/#"))
 #: The service users and what each may do, as (access, topic-under-root) pairs.
 SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
-    # Ingest confirms what it stored to each device (vigil/ack/{device}).
-    "vigil-ingest": (("read", "data/#"), ("write", "deadletter/#"), ("write", "ack/#")),
+    "vigil-ingest": INGEST_ACCESS,
+    # Each process of a scaled-out ingest (ingest.members > 1) has its own user.
+    **dict.fromkeys(INGEST_MEMBER_USERS, INGEST_ACCESS),
     # Every consumer dead-letters what it cannot process (vigil.contain).
     "vigil-alert-engine": (
         ("read", "data/#"),

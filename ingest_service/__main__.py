@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
-from vigil.cli import load_or_exit, load_service_config, service_parser
+from vigil.cli import check_secret_files, load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
-from vigil.settings import VigilConfig
+from vigil.settings import ConfigError, SecretFile, VigilConfig
 
 log = logging.getLogger("ingest_service")
 
@@ -20,10 +21,30 @@ def load(path: str) -> VigilConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_parser("vigil-ingest", __doc__ or "").parse_args(argv)
+    ap = service_parser("vigil-ingest", __doc__ or "")
+    ap.add_argument(
+        "--member",
+        type=int,
+        default=None,
+        help="run as process N of ingest.members (1-based): its own broker user, hints, port",
+    )
+    args = ap.parse_args(argv)
     config = load_or_exit(args, load)
     if isinstance(config, int):
         return config
+    if args.member is not None:
+        try:
+            member = config.ingest.member(args.member)
+            check_secret_files(
+                args.config,
+                [SecretFile("ingest.mqtt.password_file", member.mqtt.password_file)]
+                if member.mqtt.password_file
+                else [],
+            )
+        except (ValueError, ConfigError) as exc:
+            print(f"{args.config}: ingest.members: {exc}", file=sys.stderr)
+            return 2
+        config = config.model_copy(update={"ingest": member})
     setup_logging("ingest")
     from ingest_service.service import IngestService
 
@@ -33,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     service.metrics.serve(config.ingest.metrics_port, config.ingest.metrics_host)
     service.start()
-    log.info("consuming %s as %s", config.broker.topics.data_filter, config.ingest.mqtt.client_id)
+    log.info(
+        "consuming %s as %s",
+        config.ingest.subscription(config.broker.topics.data_filter),
+        config.ingest.mqtt.client_id,
+    )
     stop.wait()
     log.info("stopping")
     service.stop()

@@ -62,7 +62,7 @@ class IngestService:
             config.broker,
             self.settings.mqtt,
             service=SERVICE,
-            subscriptions=[self.topics.data_filter],
+            subscriptions=[self.settings.subscription(self.topics.data_filter)],
             handler=self.process,
             batch_max=self.settings.batch_max_messages,
             linger_s=self.settings.batch_linger_ms / 1000,

@@ -199,13 +199,26 @@ class Stack:
             port=smtp.port,
         )
         conf = ["--config", str(self.config_path)]
-        for name, module in (
-            ("ingest", "ingest_service"),
-            ("alert-engine", "alert_engine"),
-            ("notifier", "notifier"),
-        ):
+        members = c.ingest.members
+        consumers: list[tuple[str, str, list[str]]] = [
+            *(
+                [("ingest", "ingest_service", [])]
+                if members == 1
+                else [
+                    (f"ingest-{n}", "ingest_service", ["--member", str(n)])
+                    for n in range(1, members + 1)
+                ]
+            ),
+            ("alert-engine", "alert_engine", []),
+            ("notifier", "notifier", []),
+        ]
+        for name, module, member_args in consumers:
             ready = self.state / "run" / f"{name}.ready.json"
-            self._child(name, [*py, module, *conf, "--ready-file", str(ready)], ready_file=ready)
+            self._child(
+                name,
+                [*py, module, *conf, *member_args, "--ready-file", str(ready)],
+                ready_file=ready,
+            )
         self._child("api", [*py, "api", *conf], host=c.api.host, port=c.api.port)
         for path, agent in self.agents:
             self._child(f"agent-{agent.device_id}", [*py, "edge_agent", "--config", str(path)])
@@ -289,7 +302,14 @@ class Stack:
             },
             "mail_folder": str((self.state / "mail").resolve()),
             "metrics": {
-                "ingest": c.ingest.metrics_port,
+                **(
+                    {"ingest": c.ingest.metrics_port}
+                    if c.ingest.members == 1
+                    else {
+                        f"ingest-{n}": c.ingest.member(n).metrics_port
+                        for n in range(1, c.ingest.members + 1)
+                    }
+                ),
                 "alert_engine": c.alert_engine.metrics_port,
                 "notifier": c.notifier.metrics_port,
                 "api": c.api.metrics_port,

@@ -172,7 +172,7 @@ def _add_url(args: argparse.Namespace, progress: _Progress) -> str:
 
 
 def writer_dirs(config: VigilConfig) -> list[Path]:
-    return [d for d in (config.ingest.hints_dir,) if d is not None]
+    return config.ingest.hint_dirs()
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -199,7 +199,9 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         assert "too-hot" in email and "my-device" in email
 
         pids = list(info["pids"].values())
-        assert len(pids) == 12  # broker, 3 InfluxDB, mail sink, 4 services, 3 agents
+        # broker, 3 InfluxDB, mail sink, 2 ingest members, 3 other services, 3 agents
+        assert len(pids) == 13
+        assert {"ingest-1", "ingest-2"} <= set(info["pids"]) and "ingest" not in info["pids"]
 
         # A child killed outright is restarted, and stack.json names its new pid.
         os.kill(info["pids"]["notifier"], signal.SIGKILL)

@@ -10,6 +10,7 @@ import yaml
 
 from vigil.cli import check_secret_files
 from vigil.settings import (
+    INGEST_MEMBER_USERS,
     RESERVED_USERS,
     SERVICE_USERS,
     SERVICES,
@@ -97,7 +98,7 @@ def test_the_reserved_names_are_the_brokers_service_users():
     from broker.provision import SERVICE_ACCESS
 
     assert set(SERVICE_ACCESS) == RESERVED_USERS
-    assert set(SERVICE_USERS.values()) | {VIEWER_USER} == RESERVED_USERS
+    assert set(SERVICE_USERS.values()) | set(INGEST_MEMBER_USERS) | {VIEWER_USER} == RESERVED_USERS
     assert tuple(SERVICE_USERS) == SERVICES
 
 

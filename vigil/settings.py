@@ -66,9 +66,22 @@ SERVICE_USERS: Mapping[str, str] = {
 }
 #: The read-only broker user handed out for watching.
 VIEWER_USER = "vigil-viewer"
+#: Most ingest processes on one shared subscription (each has its own broker user)
+MAX_INGEST_MEMBERS = 8
+#: Each member's metrics port is ``ingest.metrics_port`` + this x (member - 1)
+MEMBER_PORT_STEP = 100
+
+
+def ingest_member_user(member: int) -> str:
+    """The broker user (and client id) of ingest process ``member`` (1-based) when
+    ``ingest.members`` > 1."""
+    return f"{SERVICE_USERS['ingest']}-{member}"
+
+
+INGEST_MEMBER_USERS = tuple(ingest_member_user(n) for n in range(1, MAX_INGEST_MEMBERS + 1))
 #: Broker user names that belong to Vigil itself: no device may take one. The broker's
 #: provisioning (``broker/provision.py`` SERVICE_ACCESS) grants exactly these users.
-RESERVED_USERS = frozenset({*SERVICE_USERS.values(), VIEWER_USER})
+RESERVED_USERS = frozenset({*SERVICE_USERS.values(), *INGEST_MEMBER_USERS, VIEWER_USER})
 #: The cloud services, by section name, in the order they are checked.
 SERVICES = tuple(SERVICE_USERS)
 
@@ -379,6 +392,60 @@ class IngestSettings(Model):
     )
     metrics_port: ListenPort = 9101
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
+    members: Int = Field(
+        1,
+        ge=1,
+        le=MAX_INGEST_MEMBERS,
+        description="ingest processes on one MQTT 5 shared subscription; above 1, member N "
+        "is broker user vigil-ingest-N, with hints in hints_dir/member-N and metrics on "
+        f"metrics_port + {MEMBER_PORT_STEP} x (N - 1)",
+    )
+    share_group: Annotated[str, AfterValidator(_name)] = Field(
+        "ingest", description="the shared subscription's group"
+    )
+
+    @model_validator(mode="after")
+    def _members_fit(self) -> IngestSettings:
+        last = self.metrics_port + MEMBER_PORT_STEP * (self.members - 1)
+        if self.metrics_port and last > 65535:
+            raise KeyedError("members", f"member {self.members}'s metrics port {last} > 65535")
+        return self
+
+    def subscription(self, data_filter: str) -> str:
+        """What ingest subscribes to: the data filter, shared when there are members."""
+        return f"$share/{self.share_group}/{data_filter}" if self.members > 1 else data_filter
+
+    def member(self, n: int) -> IngestSettings:
+        """The settings of member ``n`` (1-based) of ``members`` > 1: its own broker user
+        (password file beside the configured one), hint folder and metrics port."""
+        if not 1 <= n <= self.members:
+            raise ValueError(f"ingest member {n} is not one of 1..{self.members}")
+        user = ingest_member_user(n)
+        secret = self.mqtt.password_file
+        mqtt = self.mqtt.model_copy(
+            update={
+                "username": user,
+                "client_id": user,
+                "password_file": None if secret is None else secret.with_name(f"{user}.password"),
+            }
+        )
+        return self.model_copy(
+            update={
+                "mqtt": mqtt,
+                "hints_dir": None if self.hints_dir is None else self.hints_dir / f"member-{n}",
+                "metrics_port": self.metrics_port + MEMBER_PORT_STEP * (n - 1)
+                if self.metrics_port
+                else 0,
+            }
+        )
+
+    def hint_dirs(self) -> list[Path]:
+        """The hint folders of every ingest process (what the storage operations read)."""
+        if self.hints_dir is None:
+            return []
+        if self.members == 1:
+            return [self.hints_dir]
+        return [self.hints_dir / f"member-{n}" for n in range(1, self.members + 1)]
 
 
 class AlertEngineSettings(Model):
@@ -489,6 +556,11 @@ class VigilConfig(Model):
         for i, node in enumerate(self.storage.nodes):
             yield _Socket(f"storage.nodes[{i}].url", *url_endpoint(node.url), False)
         ingest, engine, notifier, api = self.ingest, self.alert_engine, self.notifier, self.api
+        for n in range(2, ingest.members + 1):
+            port = ingest.member(n).metrics_port
+            yield _Socket(
+                f"ingest.members (member {n})", _norm_host(ingest.metrics_host), port, True
+            )
         for key, host, port in (
             ("ingest.metrics_port", ingest.metrics_host, ingest.metrics_port),
             ("alert_engine.metrics_port", engine.metrics_host, engine.metrics_port),
