@@ -558,19 +558,19 @@ def timeline(rig: Rig, how: str, sizes: Sizes) -> dict[str, Any]:
     for t in threads:
         t.start()
     events: dict[str, float] = {}
+
+    def outage(begins: bool) -> None:
+        events["out" if begins else "back"] = time.perf_counter()
+        if how == "sigstop":
+            os.kill(rig.proc(victim).pid, signal.SIGSTOP if begins else signal.SIGCONT)
+        else:
+            (ops.fail if begins else ops.recover)(victim)
+
     try:
         time.sleep(up_s)
-        events["out"] = time.perf_counter()
-        if how == "sigstop":
-            os.kill(rig.proc(victim).pid, signal.SIGSTOP)
-        else:
-            ops.fail(victim)
+        outage(True)
         time.sleep(out_s)
-        events["back"] = time.perf_counter()
-        if how == "sigstop":
-            os.kill(rig.proc(victim).pid, signal.SIGCONT)
-        else:
-            ops.recover(victim)
+        outage(False)
         time.sleep(back_s)
     finally:
         with contextlib.suppress(ProcessLookupError):

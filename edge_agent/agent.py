@@ -113,7 +113,8 @@ class Agent:
             lambda msg: self._events.put(("confirmed", bytes(msg.payload))),
             qos=1,
         )
-        #: reading id -> monotonic time it was handed to paho, until confirmed
+        #: reading id -> monotonic time it was handed to paho, until confirmed; kept in that
+        #: order (a re-sent id moves to the end), so the oldest is always first
         self._sent: dict[int, float] = {}
         self._bad_confirmation_logged = False
         self._resend_after = 0.0  # monotonic time before which no re-send round starts
@@ -271,7 +272,13 @@ class Agent:
             return []
         deadline = time.monotonic() - self.config.confirm_timeout_s
         flying = {i for ids in self._inflight.values() for i in ids}
-        return sorted(i for i, t in self._sent.items() if t <= deadline and i not in flying)
+        due = []
+        for i, t in self._sent.items():  # oldest first: stop at the first one not yet due
+            if t > deadline:
+                break
+            if i not in flying:
+                due.append(i)
+        return sorted(due)
 
     def _publish(self, batch: list[Reading]) -> bool:
         """Hand ``batch`` to paho as one message; False if paho refused it."""
@@ -290,6 +297,7 @@ class Agent:
         self._inflight[info.mid] = [r.id for r in batch]
         now = time.monotonic()
         for r in batch:
+            self._sent.pop(r.id, None)  # to the end: the order stays the order of time
             self._sent[r.id] = now
         self._cursor = max(self._cursor, batch[-1].id)
         return True
@@ -308,7 +316,7 @@ class Agent:
             pass
         self._depth_gauge.set(self.outbox.depth)
         self._unconfirmed_gauge.set(len(self._sent))
-        oldest = min(self._sent.values(), default=None)
+        oldest = next(iter(self._sent.values()), None)
         self._oldest_gauge.set(0 if oldest is None else time.monotonic() - oldest)
 
     def _confirmed(self, payload: bytes) -> None:
@@ -326,8 +334,13 @@ class Agent:
         self._resend_after = 0.0
         # By range: readings an earlier run published are confirmed the same way.
         deleted = self.outbox.delete_ranges(confirmation.ranges)
-        for i in [i for i in self._sent if i in confirmation]:
-            del self._sent[i]
+        for lo, hi in confirmation.ranges:
+            if hi - lo < len(self._sent):  # walk the smaller of the range and _sent
+                for i in range(lo, hi + 1):
+                    self._sent.pop(i, None)
+            else:
+                for i in [i for i in self._sent if lo <= i <= hi]:
+                    del self._sent[i]
         self.metrics.messages_out.inc(deleted)
 
     def _handle(self, event: Event) -> None:

@@ -166,11 +166,8 @@ class Outbox:
         ]
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Forget acknowledged readings; returns how many were still here."""
-        with self._tx():
-            cur = self._db.executemany("DELETE FROM readings WHERE id = ?", [(i,) for i in ids])
-        self._depth -= cur.rowcount
-        return cur.rowcount
+        """Forget the readings ``ids``; returns how many were still here."""
+        return self.delete_ranges(id_ranges(ids))
 
     def delete_ranges(self, ranges: Iterable[tuple[int, int]]) -> int:
         """Forget the readings in the inclusive id ``ranges``; returns how many were here."""

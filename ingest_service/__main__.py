@@ -9,7 +9,7 @@ import threading
 
 from vigil.cli import check_secret_files, load_or_exit, load_service_config, service_parser
 from vigil.logs import setup_logging
-from vigil.settings import ConfigError, SecretFile, VigilConfig
+from vigil.settings import ConfigError, VigilConfig, service_secret_files
 
 log = logging.getLogger("ingest_service")
 
@@ -34,17 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return config
     if args.member is not None:
         try:
-            member = config.ingest.member(args.member)
-            check_secret_files(
-                args.config,
-                [SecretFile("ingest.mqtt.password_file", member.mqtt.password_file)]
-                if member.mqtt.password_file
-                else [],
-            )
-        except (ValueError, ConfigError) as exc:
+            config = config.model_copy(update={"ingest": config.ingest.member(args.member)})
+        except ValueError as exc:
             print(f"{args.config}: ingest.members: {exc}", file=sys.stderr)
             return 2
-        config = config.model_copy(update={"ingest": member})
+        try:  # the member's own password file
+            check_secret_files(args.config, service_secret_files(config, "ingest"))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     setup_logging("ingest")
     from ingest_service.service import IngestService
 

@@ -105,7 +105,6 @@ class Notifier:
             await stop.wait()
         finally:
             self._stopping.set()
-            self.consumer.stopping.set()
             await asyncio.to_thread(self.consumer.stop, STOP_GRACE_S)
             in_flight = self._in_flight
             if in_flight is not None and not in_flight.done():

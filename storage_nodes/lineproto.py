@@ -59,10 +59,7 @@ def reading_to_line(reading: Reading) -> str:
     tags = {"device": reading.device, "kind": reading.kind, **reading.tags}
     if reading.unit:
         tags["unit"] = reading.unit
-    return (
-        f"{_series_prefix(reading.metric, tuple(sorted(tags.items())))} "
-        f"value={float(reading.value)!r},id={reading.id}i {point_time_ns(reading)}"
-    )
+    return _line(reading.metric, tags, float(reading.value), reading.id, point_time_ns(reading))
 
 
 @lru_cache(maxsize=4096)

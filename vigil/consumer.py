@@ -18,9 +18,11 @@ alert engine, the notifier). Each service keeps only its own logic, a *handler* 
 - **Readiness** (:mod:`vigil.readiness`): ready once the broker granted every subscription,
   not ready while disconnected; a file (``--ready-file``) and the gauge ``vigil_ready``.
 
-The queue's bound is a multiple of the session's Receive Maximum, which already caps the
-messages the broker has in flight to this client; the bound holds even across a reconnect,
-when old copies may still be queued beside the re-sent ones.
+The queue's bound is a multiple of the session's Receive Maximum, which normally caps the
+messages the broker has in flight to this client, with room for old copies still queued
+beside the ones re-sent after a reconnect. It is back-pressure, not a limit that loses
+anything: Mosquitto 2.0.11 ignores Receive Maximum when a session resumes and sends its whole
+queue at once; paho's thread then waits in ``put`` until the worker has taken batches.
 """
 
 from __future__ import annotations
@@ -92,7 +94,6 @@ class Consumer:
         self.linger_s = linger_s
         self.metrics = metrics
         self.readiness = readiness or Readiness(service, None)
-        self.filters = [TopicFilter.parse(s) for s in subscriptions]
         self.mqtt = MqttClient(
             broker,
             ident,
@@ -107,8 +108,8 @@ class Consumer:
         self._ready_gauge = metrics.gauge(
             "vigil_ready", "1 while the service is ready (connected, subscriptions granted)"
         ).labels(service)
-        for f in self.filters:
-            self.mqtt.subscribe(f.raw, self._receiver(f), qos=1)
+        for raw in subscriptions:
+            self.mqtt.subscribe(raw, self._receiver(TopicFilter.parse(raw)), qos=1)
         self.mqtt.on_subscribed.append(lambda: self._set_ready(True, "subscribed"))
         self.mqtt.on_disconnected.append(lambda: self._set_ready(False, "disconnected"))
         self._worker = threading.Thread(target=self._run, name=f"{service}-worker", daemon=True)
@@ -125,10 +126,6 @@ class Consumer:
         self._worker.join(timeout)
         self.mqtt.stop()
         self._set_ready(False, "stopped")
-
-    @property
-    def alive(self) -> bool:
-        return self._worker.is_alive()
 
     def _set_ready(self, ready: bool, detail: str) -> None:
         self._ready_gauge.set(1 if ready else 0)

@@ -9,12 +9,12 @@ service from one written by the process it started.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vigil.atomic import write_atomic
 
@@ -51,14 +51,7 @@ class ReadyState:
         return cls(service, pid, ready, since, detail)
 
     def to_json(self) -> str:
-        fields: dict[str, Any] = {
-            "service": self.service,
-            "pid": self.pid,
-            "ready": self.ready,
-            "since_ms": self.since_ms,
-            "detail": self.detail,
-        }
-        return json.dumps(fields) + "\n"
+        return json.dumps(dataclasses.asdict(self)) + "\n"
 
 
 def read_ready(path: Path) -> ReadyState | None:
@@ -81,19 +74,13 @@ class Readiness:
     def __init__(self, service: str, path: Path | None) -> None:
         self.service = service
         self.path = path
-        self.ready = False
         self._last: tuple[bool, str] | None = None
 
     def set(self, ready: bool, detail: str = "") -> None:
         if self._last == (ready, detail):
             return
         self._last = (ready, detail)
-        self.ready = ready
         if self.path is None:
             return
         state = ReadyState(self.service, os.getpid(), ready, int(time.time() * 1000), detail)
         write_atomic(self.path, state.to_json())
-
-    def clear(self) -> None:
-        """Stopping: say not ready (the file stays, for whoever waits on it)."""
-        self.set(False, "stopped")

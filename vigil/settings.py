@@ -441,11 +441,11 @@ class IngestSettings(Model):
 
     def hint_dirs(self) -> list[Path]:
         """The hint folders of every ingest process (what the storage operations read)."""
-        if self.hints_dir is None:
-            return []
         if self.members == 1:
-            return [self.hints_dir]
-        return [self.hints_dir / f"member-{n}" for n in range(1, self.members + 1)]
+            dirs = [self.hints_dir]
+        else:
+            dirs = [self.member(n).hints_dir for n in range(1, self.members + 1)]
+        return [d for d in dirs if d is not None]
 
 
 class AlertEngineSettings(Model):
