@@ -15,12 +15,14 @@ from flask import Flask, Response, request
 
 from api import auth, db, devices, health, problems, request_metrics, ring, rules
 from api import storage as storage_routes
+from api.broker_admin import BrokerAdmin
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
+from vigil.device_config import DeviceConfig, DeviceSettings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import ConfigError, VigilConfig
@@ -94,12 +96,24 @@ def create_app(
             store.close()
 
     publisher = RulePublisher(client, topics.rules, read_snapshot, metrics)
+    broker_admin = BrokerAdmin(client, settings.broker_owners_file)
+    if broker_admin.enabled:
+        broker_admin.write_owners(_added_devices(database))
+
+    def republish_configs(_session_present: bool) -> None:
+        """Every stored live configuration, again, on each connect (the broker may have
+        lost a retained message; agents ignore a version they applied)."""
+        for device, payload in _live_configs(database):
+            client.publish(topics.device_config(device), payload, retain=True)
+
+    client.on_connected.append(republish_configs)
     res = ApiResources(
         config=config,
         storage=storage or StorageCluster(config.storage),
         mqtt=client,
         status=board,
         publisher=publisher,
+        broker_admin=broker_admin,
         metrics=metrics,
         owns_storage=storage is None,
         owns_mqtt=owns_mqtt,
@@ -117,3 +131,33 @@ def create_app(
     if owns_mqtt:
         client.start()
     return app
+
+
+def _added_devices(database: Path) -> list[str]:
+    store = db.Store.open(database)
+    try:
+        return store.added_devices()
+    finally:
+        store.close()
+
+
+def _live_configs(database: Path) -> list[tuple[str, bytes]]:
+    """(device, payload) of every stored live configuration."""
+    store = db.Store.open(database)
+    try:
+        rows = store.devices()
+    finally:
+        store.close()
+    out = []
+    for row in rows:
+        if row.config is None:
+            continue
+        try:
+            settings = DeviceSettings.model_validate_json(row.config)
+        except ValueError:
+            continue  # stored by this API, validated then: only a hand-edited row
+        live = DeviceConfig(
+            device=row.id, version=row.config_version, **settings.model_dump(exclude_none=True)
+        )
+        out.append((row.id, live.encode()))
+    return out

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +43,33 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- Devices added through the API (added = 1), and the state the API keeps for configured
+-- ones (added = 0): disabled, and the live configuration (JSON of DeviceSettings).
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    added INTEGER NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    config TEXT,
+    config_version INTEGER NOT NULL DEFAULT 0
+);
 """
+_DEVICE_SELECT = (
+    "SELECT id, description, added, disabled, created_at, config, config_version FROM devices"
+)
+DEVICE_QUERIES = {
+    "all": _DEVICE_SELECT + " ORDER BY id",
+    "one": _DEVICE_SELECT + " WHERE id = ?",
+    "added": _DEVICE_SELECT + " WHERE added = 1 ORDER BY id",
+}
 VERSION_KEY = "rules_version"
 CHANGED_AT_KEY = "rules_changed_at"
 #: Most rules kept: with every field at its longest the snapshot stays under the 4 MiB the
 #: alert engine accepts (vigil.messages.MAX_RULESET_BYTES).
 MAX_RULES = 1000
+#: Most devices added through the API.
+MAX_DEVICES = 10_000
 #: Largest stored rule body read back (a valid one is under 3 KiB).
 MAX_STORED_RULE_BYTES = 64 * 1024
 
@@ -65,6 +88,32 @@ class TooManyRules(Exception):
 
 class DuplicateToken(Exception):
     pass
+
+
+class DuplicateDevice(Exception):
+    def __init__(self, device: str) -> None:
+        super().__init__(f"device {device!r} already exists")
+        self.device = device
+
+
+class TooManyDevices(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"there are already {limit} devices added through the API, the most")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """What the API keeps about a device. ``added``: through the API (else configured in
+    vigil.yaml); ``config``: the live configuration's JSON, or None."""
+
+    id: str
+    description: str
+    added: bool
+    disabled: bool
+    created_at: int
+    config: str | None
+    config_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +320,88 @@ class Store:
             "SELECT name FROM tokens WHERE sha256 = ?", (sha256_hex,)
         ).fetchone()
         return str(row[0]) if row else None
+
+    # -- devices --------------------------------------------------------------------------
+    def _device_rows(self, which: str, args: tuple[object, ...] = ()) -> list[DeviceRow]:
+        rows = self.conn.execute(DEVICE_QUERIES[which], args)
+        return [
+            DeviceRow(str(i), str(d), bool(a), bool(x), int(c), None if j is None else str(j), v)
+            for i, d, a, x, c, j, v in rows
+        ]
+
+    def devices(self) -> list[DeviceRow]:
+        return self._device_rows("all")
+
+    def device(self, device: str) -> DeviceRow | None:
+        rows = self._device_rows("one", (device,))
+        return rows[0] if rows else None
+
+    def added_devices(self) -> list[str]:
+        return [row.id for row in self._device_rows("added")]
+
+    def add_device(self, device: str, description: str) -> None:
+        """Register a device added through the API. Raises DuplicateDevice (a row exists:
+        added, or state of a configured one) or TooManyDevices."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            (count,) = self.conn.execute("SELECT count(*) FROM devices WHERE added = 1").fetchone()
+            if count >= MAX_DEVICES:
+                raise TooManyDevices(MAX_DEVICES)
+            self.conn.execute(
+                "INSERT INTO devices (id, description, added, created_at) VALUES (?, ?, 1, ?)",
+                (device, description, now_ms()),
+            )
+        except sqlite3.IntegrityError:
+            self.conn.execute("ROLLBACK")
+            raise DuplicateDevice(device) from None
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _ensure_row(self, device: str) -> None:
+        """A row for a configured device's state (no-op if there is one)."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO devices (id, added, created_at) VALUES (?, 0, ?)",
+            (device, now_ms()),
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def set_disabled(self, device: str, disabled: bool) -> None:
+        with self._transaction():
+            self._ensure_row(device)
+            self.conn.execute(
+                "UPDATE devices SET disabled = ? WHERE id = ?", (int(disabled), device)
+            )
+
+    def set_device_config(self, device: str, config: str | None) -> int:
+        """Store ``device``'s live configuration (None: remove it); returns its new version,
+        which only grows (seeded from the clock, like the rule-set version)."""
+        with self._transaction():
+            self._ensure_row(device)
+            (old,) = self.conn.execute(
+                "SELECT config_version FROM devices WHERE id = ?", (device,)
+            ).fetchone()
+            version = max(int(old) + 1, now_ms())
+            self.conn.execute(
+                "UPDATE devices SET config = ?, config_version = ? WHERE id = ?",
+                (config, version, device),
+            )
+        return version
+
+    def delete_device(self, device: str) -> bool:
+        """Forget a device added through the API; False if there was none."""
+        cur = self.conn.execute("DELETE FROM devices WHERE id = ? AND added = 1", (device,))
+        return cur.rowcount > 0
 
 
 # -- Flask binding (tutorial style) -------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from api.broker_admin import BrokerAdmin
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
@@ -29,6 +30,7 @@ class ApiResources:
     mqtt: MqttClient
     status: StatusBoard
     publisher: RulePublisher
+    broker_admin: BrokerAdmin
     metrics: ServiceMetrics
     owns_storage: bool
     owns_mqtt: bool

@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from api.db import DeviceRow
 from vigil.messages import DeviceStatus, InvalidMessage
 from vigil.settings import DeviceEntry
 from vigil.topics import STATUS, Topics
@@ -68,24 +69,50 @@ class StatusBoard:
 def status_dict(status: DeviceStatus | None) -> dict[str, Any] | None:
     if status is None:
         return None
-    return {"state": status.state, "ts": status.ts, "reason": status.reason}
+    out: dict[str, Any] = {"state": status.state, "ts": status.ts, "reason": status.reason}
+    if status.dropped:
+        out["dropped"] = status.dropped
+        out["dropped_ids"] = [list(r) for r in status.dropped_ids]
+    out["config_version"] = status.config_version
+    if status.config_error:
+        out["config_error"] = status.config_error
+    return out
 
 
 def device_view(
-    device: str, configured: dict[str, DeviceEntry], status: DeviceStatus | None
+    device: str,
+    configured: dict[str, DeviceEntry],
+    status: DeviceStatus | None,
+    row: DeviceRow | None = None,
 ) -> dict[str, Any]:
     entry = configured.get(device)
+    added = row is not None and row.added
+    if entry is not None:
+        description = entry.description
+    else:
+        description = row.description if added and row is not None else ""
     return {
         "id": device,
-        "description": entry.description if entry else "",
+        "description": description,
         "configured": entry is not None,
+        "added": added,
+        "disabled": row is not None and row.disabled,
+        "config_version": row.config_version if row and row.config is not None else None,
         "status": status_dict(status),
     }
 
 
 def list_devices(
-    configured: list[DeviceEntry], statuses: dict[str, DeviceStatus]
+    configured: list[DeviceEntry],
+    statuses: dict[str, DeviceStatus],
+    rows: dict[str, DeviceRow] | None = None,
 ) -> list[dict[str, Any]]:
-    """Configured devices and every device seen on the status topics, sorted by id."""
+    """Configured devices, devices added through the API and every device seen on the
+    status topics, sorted by id."""
+    rows = rows or {}
     by_id = {d.id: d for d in configured}
-    return [device_view(d, by_id, statuses.get(d)) for d in sorted(set(by_id) | set(statuses))]
+    added = {d for d, row in rows.items() if row.added}
+    return [
+        device_view(d, by_id, statuses.get(d), rows.get(d))
+        for d in sorted(set(by_id) | set(statuses) | added)
+    ]

@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         help="absolute path the broker loads Vigil's client-id plugin from, as built into "
         "its image (default: build it here with cc, cached in build/mosquitto/)",
     )
+    p.add_argument(
+        "--dynsec-plugin",
+        type=_plugin,
+        metavar="PATH",
+        help="absolute path of Mosquitto's dynamic-security plugin in the broker's image "
+        "(default: where Debian's mosquitto package installs it)",
+    )
 
     a = sub.add_parser("acl", help="print the ACL for a topic root")
     a.add_argument(
@@ -127,6 +134,7 @@ def _provision(args: argparse.Namespace) -> BrokerFiles:
         run_as=args.run_as,
         log_to_file=not args.log_stderr,
         plugin=args.plugin,
+        dynsec_plugin=args.dynsec_plugin,
     )
 
 
@@ -148,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker provision: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"mosquitto.conf  {files.conf.resolve()}")
-    print(f"password file   {files.passwd.resolve()}")
+    print(f"password file   {files.passwd.resolve()} (services)")
+    print(f"dynamic security {files.dynsec.resolve()} (devices)")
     print(f"acl             {files.acl.resolve()}")
     print(f"client ids      {files.client_ids.resolve()}")
+    print(f"live client ids {files.live_client_ids.resolve()} (devices added through the API)")
     print(f"plugin          {files.plugin}")
     print(f"persistence     {files.persistence_dir.resolve()}")
     print(

@@ -20,10 +20,16 @@ stay in the outbox and go out once the connection is back. A message the broker 
 (PUBACK reason code, e.g. not authorized, or "no matching subscribers" while no consumer
 session exists) is not a delivery: its readings stay in the outbox and are published again
 after a backoff (1 s doubling to 60 s).
+
+Live configuration: the agent subscribes to ``{root}/config/devices/{device}`` (retained,
+versioned, published by the API; :mod:`vigil.device_config`). A new version is validated and
+applied between two ticks (sensors, sampling interval, tickers, batch size); the status
+topic then says which version is in force, or why the latest was rejected.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
@@ -35,6 +41,12 @@ from paho.mqtt.enums import MQTTErrorCode
 from edge_agent.outbox import Outbox
 from edge_agent.quotes import Fetcher, QuoteFeed
 from edge_agent.sensors import SensorBank
+from vigil.device_config import (
+    MAX_DEVICE_CONFIG_BYTES,
+    DeviceConfig,
+    DeviceSettings,
+    decode_device_config,
+)
 from vigil.messages import Confirmation, DeviceStatus, InvalidMessage, Reading, encode_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError, Will
@@ -53,7 +65,9 @@ RESEND_BACKOFF_MAX = 8
 OUTBOX_CHECK_S = 10.0
 #: Longest the loop waits before it looks at the stop flag again.
 MAX_WAIT_S = 0.5
-Event = tuple[Literal["connected", "disconnected", "acked", "refused", "confirmed"], int | bytes]
+Event = tuple[
+    Literal["connected", "disconnected", "acked", "refused", "confirmed", "config"], int | bytes
+]
 
 
 class Agent:
@@ -67,7 +81,11 @@ class Agent:
         quote_fetcher: Fetcher | None = None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
+        #: the agent's own file; ``config`` is it with the live configuration applied
+        self.base_config = config
         self.config = config
+        self.config_version = 0  # the live configuration applied (0: none, the file)
+        self.config_error = ""  # why the latest live configuration was rejected
         self.clock = clock
         self.device = config.device_id
         topics = config.broker.topics
@@ -113,6 +131,11 @@ class Agent:
             lambda msg: self._events.put(("confirmed", bytes(msg.payload))),
             qos=1,
         )
+        self.client.subscribe(
+            topics.device_config(self.device),
+            lambda msg: self._events.put(("config", bytes(msg.payload))),
+            qos=1,
+        )
         #: reading id -> monotonic time it was handed to paho, until confirmed; kept in that
         #: order (a re-sent id moves to the end), so the oldest is always first
         self._sent: dict[int, float] = {}
@@ -141,7 +164,6 @@ class Agent:
         self.trim_outbox()
         self._depth_gauge.set(self.outbox.depth)
         self.client.start()
-        interval = self.config.interval_s
         next_tick = next_quotes = next_trim = time.monotonic()
         taken = 0
         drain_deadline: float | None = None
@@ -154,9 +176,10 @@ class Agent:
                         next_quotes = now + self.config.quotes.interval_s
                     self.tick(with_quotes=with_quotes)
                     taken += 1
-                    next_tick += interval
+                    next_tick += self.config.interval_s  # read anew: live config changes it
                     if next_tick <= now:  # fell behind (a slow quote fetch): skip, no burst
-                        next_tick = now + interval
+                        next_tick = now + self.config.interval_s
+                next_tick = min(next_tick, now + self.config.interval_s)  # a shorter interval
                 if ticks is not None and taken >= ticks:
                     drain_deadline = drain_deadline or now + drain_timeout_s
                     if self.outbox.depth == 0 or now >= drain_deadline:
@@ -220,8 +243,73 @@ class Agent:
     def _status(self, state: Literal["online", "offline"], reason: str = "") -> DeviceStatus:
         count, ranges = self.outbox.dropped
         return DeviceStatus(
-            self.device, state, int(self.clock() * 1000), reason, count, tuple(ranges)
+            self.device,
+            state,
+            int(self.clock() * 1000),
+            reason,
+            count,
+            tuple(ranges),
+            self.config_version,
+            self.config_error,
         )
+
+    # -- live configuration ---------------------------------------------------------------
+    def apply_config(self, payload: bytes) -> bool:
+        """Apply a message of the device's config topic; True if the configuration changed.
+
+        A configuration that is not valid, or names another device, is rejected: the one in
+        force stays, and the status says why. A version already applied, or older, changes
+        nothing (the retained message comes again on every reconnect). An empty message
+        (the API removed the live configuration) brings back the agent's own file."""
+        if not payload:
+            if self.config_version == 0:
+                return False
+            self._use(DeviceSettings(), 0)
+            log.info("live configuration removed: back to %s's own file", self.device)
+            return True
+        try:
+            live = decode_device_config(payload)
+            if live.device != self.device:
+                raise InvalidMessage(f"it is for device {live.device!r}")
+        except InvalidMessage as exc:
+            version = _version_of(payload)
+            self.config_error = f"{'version ' + str(version) if version else 'config'} rejected: "
+            self.config_error += exc.reason
+            log.warning(
+                "live configuration for %s rejected, keeping version %d: %s",
+                self.device,
+                self.config_version,
+                exc.reason,
+            )
+            return True
+        if live.version <= self.config_version:
+            return False
+        try:
+            self._use(live.settings, live.version)
+        except ValueError as exc:
+            self.config_error = f"version {live.version} rejected: {exc}"
+            log.warning("live configuration version %d rejected: %s", live.version, exc)
+            return True
+        log.info("live configuration version %d applied: %s", live.version, _summary(live))
+        return True
+
+    def _use(self, live: DeviceSettings, version: int) -> None:
+        """Make ``live`` (over the agent's own file) the configuration in force."""
+        base = self.base_config
+        tickers = live.tickers if live.tickers is not None else base.quotes.symbols
+        config = base.model_copy(
+            update={
+                "interval_s": live.interval_s or base.interval_s,
+                "batch_max": live.batch_max or base.batch_max,
+                "sensors": live.sensors if live.sensors is not None else base.sensors,
+                "quotes": base.quotes.model_copy(update={"symbols": list(tickers)}),
+            }
+        )
+        self.quotes.set_symbols(config.quotes.symbols)  # ValueError: nothing changed
+        self.sensors = SensorBank(config.sensors, config.seed)
+        self.config = config
+        self.config_version = version
+        self.config_error = ""
 
     def flush(self) -> None:
         """Publish readings unconfirmed past ``confirm_timeout_s`` again, then readings never
@@ -349,6 +437,11 @@ class Agent:
             assert isinstance(mid, bytes)
             self._confirmed(mid)
             return
+        if kind == "config":
+            assert isinstance(mid, bytes)
+            if self.apply_config(mid) and self.client.connected:
+                self.client.publish(self.status_topic, self._status("online").encode(), retain=True)
+            return
         assert isinstance(mid, int)
         if kind == "refused":  # not delivered: keep the readings and try them again later
             refused = self._inflight.pop(mid, [])
@@ -393,3 +486,28 @@ class Agent:
                     self._refused,
                 )
             self.outbox.close()
+
+
+def _version_of(payload: bytes) -> int:
+    """The version a rejected configuration claims, if it says one (0 if not)."""
+    try:
+        obj = json.loads(payload[:MAX_DEVICE_CONFIG_BYTES])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return 0
+    version = obj.get("version") if isinstance(obj, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and 0 < version <= 2**53:
+        return version
+    return 0
+
+
+def _summary(live: DeviceConfig) -> str:
+    parts = []
+    if live.interval_s is not None:
+        parts.append(f"interval {live.interval_s:g}s")
+    if live.batch_max is not None:
+        parts.append(f"batch {live.batch_max}")
+    if live.sensors is not None:
+        parts.append(f"sensors {', '.join(s.metric for s in live.sensors) or 'none'}")
+    if live.tickers is not None:
+        parts.append(f"tickers {', '.join(live.tickers) or 'none'}")
+    return "; ".join(parts) or "nothing changed from the file"

@@ -143,8 +143,19 @@ class QuoteFeed:
             listeners=[self._outages],
             name="yfinance",
         )
+        self._seed = seed
         self._walks = {s: RandomWalk(seed, s) for s in self.symbols}
         self._currency = dict.fromkeys(self.symbols, DEFAULT_CURRENCY)
+
+    def set_symbols(self, symbols: list[str]) -> None:
+        """Quote ``symbols`` from now on (live configuration). The breaker and the walks of
+        symbols kept carry on; ValueError (nothing changed) for a symbol without a usable
+        metric name."""
+        wanted = [s.upper() for s in symbols]
+        metrics = {s: metric_for(s) for s in wanted}
+        self.symbols, self.metrics = wanted, metrics
+        self._walks = {s: self._walks.get(s) or RandomWalk(self._seed, s) for s in wanted}
+        self._currency = {s: self._currency.get(s, DEFAULT_CURRENCY) for s in wanted}
 
     @property
     def failures(self) -> int:

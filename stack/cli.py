@@ -5,6 +5,8 @@ vigil ingest|alert-engine|notifier|api [--config ...]
 vigil agent --config config/agents/demo-1.yaml
 vigil storage status|fail|recover|add|remove|strategy|repair|replicas
                           the storage cluster's node operations (vigil storage --help)
+vigil devices list|add|disable|enable|remove|config
+                          devices managed live over the API (vigil devices --help)
 vigil validate-config     check config/vigil.yaml and config/agents/*.yaml as every
                           service would at start, secret files included
     vigil admin-token --secrets DIR
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from stack.storage_cli import main as storage_main
 
         return storage_main(argv[1:])
+    if argv and argv[0] == "devices":
+        from stack.devices_cli import main as devices_main
+
+        return devices_main(argv[1:])
     if argv and argv[0] in SERVICES:
         module = importlib.import_module(f"{SERVICES[argv[0]]}.__main__")
         return int(module.main(argv[1:]))
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} (see vigil {name} --help)")
     sub.add_parser("storage", help="node operations (see vigil storage --help)")
+    sub.add_parser("devices", help="add, disable, remove, configure (see vigil devices --help)")
     args = ap.parse_args(argv)
     try:
         if args.command == "validate-config":

@@ -307,6 +307,7 @@ def cloud_config(
             "database": str(tmp_path / "api" / "api.sqlite3"),
             "admin_token_sha256_file": str(token_hash),
             "metrics_port": free_port(),
+            "broker_owners_file": str(broker.files.live_client_ids),
         },
         "devices": [{"id": d} for d in TEST_DEVICES],
     }

@@ -17,9 +17,12 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from vigil.messages import Alert, Reading
-from vigil.mqtt import MqttClient
+from vigil.mqtt import SESSION_NEVER_EXPIRES, MqttClient
 from vigil.readiness import read_ready
 from vigil.settings import BrokerSettings, MqttClientSettings
 
@@ -219,6 +222,59 @@ def publish_all(
             assert info.is_published(), "broker did not acknowledge a publish"
     finally:
         client.stop()
+
+
+# -- CONNACKs -----------------------------------------------------------------------------
+#: MQTT 5 CONNACK "Not authorized"; paho reports MQTT 3.1.1's code 5 as the same reason
+NOT_AUTHORIZED = 135
+
+
+def connack(
+    broker,
+    user: str | None,
+    client_id: str,
+    *,
+    mqtt5: bool = True,
+    clean_start: bool = True,
+    password: str | None = None,
+) -> tuple[int, str | None]:
+    """One CONNECT as ``user`` with ``client_id``: the CONNACK's reason code (0 = accepted)
+    and, for MQTT 5, the client id the broker assigned. An accepted client disconnects at
+    once (clean start false asks for a session that never expires, as Vigil's consumers do)."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if mqtt5 else clean_start,
+    )
+    if user is not None:
+        client.username_pw_set(user, password if password is not None else broker.password(user))
+    got: list[tuple[int, str | None]] = []
+
+    def on_connect(_c, _u, _flags, rc, props) -> None:
+        assigned = getattr(props, "AssignedClientIdentifier", None) if props else None
+        got.append((rc.value, assigned))
+
+    client.on_connect = on_connect
+    kw = {}
+    if mqtt5:
+        props = Properties(PacketTypes.CONNECT)
+        if not clean_start:
+            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+        kw = {"clean_start": clean_start, "properties": props}
+    client.connect(broker.files.host, broker.files.port, keepalive=5, **kw)
+    deadline = time.monotonic() + 5
+    try:
+        while not got and time.monotonic() < deadline:
+            client.loop(0.05)
+        assert got, f"no CONNACK for {user} as {client_id!r}"
+        if got[0][0] == 0:
+            client.disconnect()  # paho closes the socket once DISCONNECT is written
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    return got[0]
 
 
 # -- edge agents ------------------------------------------------------------------------

@@ -36,8 +36,10 @@ ALERTS = "vigil/alerts/dev-1/high-temp"
 
 
 def client(broker, user: str) -> MqttClient:
-    """A connected client of a provisioned user (stop it when done)."""
-    return connected(broker.settings, broker.ident(user, unique(f"{user}-")))
+    """A connected client of a provisioned user (stop it when done). A device's credential
+    is bound to its own client id; a service's own id stays free for the service."""
+    client_id = None if user.startswith("dev-") else unique(f"{user}-")
+    return connected(broker.settings, broker.ident(user, client_id))
 
 
 def publish_rules(broker, rules: list[Rule], version: int) -> None:

@@ -40,7 +40,7 @@ def test_a_crossing_reading_becomes_one_alert_and_one_email(
     watch = probe("vigil/alerts/#")
     mail = smtp_server.sink.messages
 
-    dev = connected(broker.settings, broker.ident("dev-3", unique("dev-3-")))
+    dev = connected(broker.settings, broker.ident("dev-3"))
 
     def send(value: float, n: int) -> None:
         r = reading(value, n, "dev-3", "humidity")

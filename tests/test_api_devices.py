@@ -84,12 +84,23 @@ def test_devices_show_the_status_a_device_retained(broker, cloud_config, cluster
 
         body = wait_until(listed, 10, what="dev-1 in the device list")
         assert body["devices"] == [
-            {"id": "dev-0", "description": "bench", "configured": True, "status": None},
+            {
+                "id": "dev-0",
+                "description": "bench",
+                "configured": True,
+                "added": False,
+                "disabled": False,
+                "config_version": None,
+                "status": None,
+            },
             {
                 "id": "dev-1",
                 "description": "",
                 "configured": False,
-                "status": {"state": "online", "ts": T0, "reason": ""},
+                "added": False,
+                "disabled": False,
+                "config_version": None,
+                "status": {"state": "online", "ts": T0, "reason": "", "config_version": 0},
             },
         ]
         device.publish_wait(
@@ -104,6 +115,7 @@ def test_devices_show_the_status_a_device_retained(broker, cloud_config, cluster
             "state": "offline",
             "ts": T0 + 5,
             "reason": "bye",
+            "config_version": 0,
         }
         assert client.get("/devices/dev-0").get_json()["status"] is None
         resp = client.get("/devices/dev-5")

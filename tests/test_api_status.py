@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as paho
 
+from api.db import DeviceRow
 from api.status import StatusBoard, list_devices
 from vigil.messages import DeviceStatus
 from vigil.settings import DeviceEntry
@@ -38,21 +39,40 @@ def test_bad_or_mismatched_status_messages_are_ignored():
     assert board.all() == {}
 
 
-def test_devices_list_merges_configured_and_seen_devices_sorted():
+def test_devices_list_merges_configured_added_and_seen_devices_sorted():
     configured = [DeviceEntry(id="b", description="bench"), DeviceEntry(id="a")]
     seen = {"c": DeviceStatus("c", "online", 5), "b": DeviceStatus("b", "offline", 7, "will")}
-    assert list_devices(configured, seen) == [
-        {"id": "a", "description": "", "configured": True, "status": None},
+    rows = {
+        "b": DeviceRow("b", "", False, True, 1, '{"interval_s": 2.0}', 42),
+        "d": DeviceRow("d", "added live", True, False, 1, None, 0),
+    }
+    none = {"added": False, "disabled": False, "config_version": None}
+    assert list_devices(configured, seen, rows) == [
+        {"id": "a", "description": "", "configured": True, **none, "status": None},
         {
             "id": "b",
             "description": "bench",
             "configured": True,
-            "status": {"state": "offline", "ts": 7, "reason": "will"},
+            "added": False,
+            "disabled": True,
+            "config_version": 42,
+            "status": {"state": "offline", "ts": 7, "reason": "will", "config_version": 0},
         },
         {
             "id": "c",
             "description": "",
             "configured": False,
-            "status": {"state": "online", "ts": 5, "reason": ""},
+            **none,
+            "status": {"state": "online", "ts": 5, "reason": "", "config_version": 0},
+        },
+        {
+            "id": "d",
+            "description": "added live",
+            "configured": False,
+            "added": True,
+            "disabled": False,
+            "config_version": None,
+            "status": None,
         },
     ]
+    assert [d["id"] for d in list_devices(configured, seen)] == ["a", "b", "c"]

@@ -23,14 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from support import (
     ALERT_T0,
+    NOT_AUTHORIZED,
     alert,
+    connack,
     connected,
     counted,
     parsed,
@@ -41,14 +39,14 @@ from support import (
 
 from broker.provision import provision
 from stack.process import free_port
+from vigil import dynsec
+from vigil.atomic import write_atomic
 from vigil.messages import Alert, Reading, Rule, encode_readings, encode_rules
-from vigil.mqtt import SESSION_NEVER_EXPIRES, MqttClient
+from vigil.mqtt import MqttClient
 from vigil.topics import Topics
 
 pytestmark = pytest.mark.integration
 
-#: MQTT 5 CONNACK "Not authorized"; paho reports MQTT 3.1.1's code 5 as the same reason
-NOT_AUTHORIZED = 135
 #: (MQTT 5, clean start): every way of asking for a session
 VARIANTS = [(True, True), (True, False), (False, True), (False, False)]
 ATTACK_S = 2.0
@@ -56,54 +54,6 @@ ATTACKER = "dev-1"
 
 
 # -- helpers -----------------------------------------------------------------------------
-def connack(
-    broker,
-    user: str | None,
-    client_id: str,
-    *,
-    mqtt5: bool = True,
-    clean_start: bool = True,
-    password: str | None = None,
-) -> tuple[int, str | None]:
-    """One CONNECT as ``user`` with ``client_id``: the CONNACK's reason code (0 = accepted)
-    and, for MQTT 5, the client id the broker assigned. An accepted client disconnects at
-    once (clean start false asks for a session that never expires, as Vigil's consumers do)."""
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
-        clean_session=None if mqtt5 else clean_start,
-    )
-    if user is not None:
-        client.username_pw_set(user, password if password is not None else broker.password(user))
-    got: list[tuple[int, str | None]] = []
-
-    def on_connect(_c, _u, _flags, rc, props) -> None:
-        assigned = getattr(props, "AssignedClientIdentifier", None) if props else None
-        got.append((rc.value, assigned))
-
-    client.on_connect = on_connect
-    kw = {}
-    if mqtt5:
-        props = Properties(PacketTypes.CONNECT)
-        if not clean_start:
-            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
-        kw = {"clean_start": clean_start, "properties": props}
-    client.connect(broker.files.host, broker.files.port, keepalive=5, **kw)
-    deadline = time.monotonic() + 5
-    try:
-        while not got and time.monotonic() < deadline:
-            client.loop(0.05)
-        assert got, f"no CONNACK for {user} as {client_id!r}"
-        if got[0][0] == 0:
-            client.disconnect()  # paho closes the socket once DISCONNECT is written
-    finally:
-        sock = client.socket()
-        if sock is not None:
-            sock.close()
-    return got[0]
-
-
 def refusals(broker, client_id: str, user: str) -> int:
     """How many connects the plugin logged refusing ``client_id`` to ``user``."""
     line = f'vigil_clientid: refused client id "{client_id}" to user "{user}" from 127.0.0.1:'
@@ -362,12 +312,17 @@ def test_owners_keep_their_ids_and_nobody_else_gets_them(broker):
             assert got == want, (user, client_id, mqtt5, clean)
     # ids nobody owns are free to any user (the viewer's watchers, the tests' probes)
     assert connack(broker, "vigil-viewer", unique("watch-"))[0] == 0
-    assert connack(broker, "dev-1", unique("dev-1-"), mqtt5=False)[0] == 0
+    assert connack(broker, "vigil-viewer", unique("watch-"), mqtt5=False)[0] == 0
+    # a device's credential is bound to its own id (the dynamic-security plugin): a hostile
+    # device cannot open sessions under other ids either
+    assert connack(broker, "dev-1", unique("dev-1-"), mqtt5=False)[0] == NOT_AUTHORIZED
+    assert connack(broker, "dev-1", unique("dev-1-"))[0] == NOT_AUTHORIZED
     # an empty id gets one from the broker before the check (MQTT 5 says which); 3.1.1
     # allows it with clean start only
-    rc, assigned = connack(broker, "dev-1", "")
+    rc, assigned = connack(broker, "vigil-viewer", "")
     assert rc == 0 and assigned and assigned.startswith("auto-")
-    assert connack(broker, "dev-1", "", mqtt5=False)[0] == 0
+    assert connack(broker, "vigil-viewer", "", mqtt5=False)[0] == 0
+    assert connack(broker, "dev-1", "")[0] == NOT_AUTHORIZED
     # the plugin never makes a wrong password right
     assert connack(broker, "dev-1", "dev-1", password="wrong")[0] == NOT_AUTHORIZED
     log = broker.files.log.read_text()
@@ -377,21 +332,41 @@ def test_owners_keep_their_ids_and_nobody_else_gets_them(broker):
 
 
 def test_the_owners_file_is_read_again_on_sighup(broker):
-    assert connack(broker, "dev-1", "spare-id")[0] == 0
+    assert connack(broker, "vigil-viewer", "spare-id")[0] == 0
     owners = broker.files.client_ids
-    owners.write_text(owners.read_text() + "spare-id dev-2\n")
+    owners.write_text(owners.read_text() + "spare-id vigil-api\n")
     os.kill(broker.proc.pid, signal.SIGHUP)
     wait_until(
-        lambda: connack(broker, "dev-1", "spare-id")[0] == NOT_AUTHORIZED, 5, what="the reload"
+        lambda: connack(broker, "vigil-viewer", "spare-id")[0] == NOT_AUTHORIZED,
+        5,
+        what="the reload",
     )
-    assert connack(broker, "dev-2", "spare-id")[0] == 0
+    assert connack(broker, "vigil-api", "spare-id")[0] == 0
     # A broken file on reload keeps the table in force.
     owners.write_text("not-two-fields\n")
     os.kill(broker.proc.pid, signal.SIGHUP)
     wait_until(lambda: "keeping the previous" in broker.files.log.read_text(), 5)
-    assert connack(broker, "dev-1", "spare-id")[0] == NOT_AUTHORIZED
-    assert connack(broker, "dev-1", "vigil-ingest")[0] == NOT_AUTHORIZED
-    assert connack(broker, "dev-1", "dev-1")[0] == 0, "the password file was reloaded too"
+    assert connack(broker, "vigil-viewer", "spare-id")[0] == NOT_AUTHORIZED
+    assert connack(broker, "vigil-viewer", "vigil-ingest")[0] == NOT_AUTHORIZED
+    assert connack(broker, "dev-1", "dev-1")[0] == 0
+
+
+def test_the_live_owners_file_applies_on_the_next_connect_without_a_signal(broker):
+    """What the API writes when it adds a device: no reload, no restart."""
+    live = broker.files.live_client_ids
+    assert connack(broker, "vigil-viewer", "dev-live")[0] == 0
+    write_atomic(live, dynsec.render_owners(["dev-live"]), mode=0o644)
+    assert connack(broker, "vigil-viewer", "dev-live")[0] == NOT_AUTHORIZED
+    # A broken version keeps the table in force, and says so once.
+    write_atomic(live, "one-field\n", mode=0o644)
+    for _ in range(3):
+        assert connack(broker, "vigil-viewer", "dev-live")[0] == NOT_AUTHORIZED
+    log = broker.files.log.read_text()
+    assert log.count("keeping the previous") == 1, log
+    # Gone: nothing is reserved live any more; the static table still is.
+    live.unlink()
+    assert connack(broker, "vigil-viewer", "dev-live")[0] == 0
+    assert connack(broker, "vigil-viewer", "vigil-ingest")[0] == NOT_AUTHORIZED
 
 
 @pytest.mark.parametrize(

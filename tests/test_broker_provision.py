@@ -4,6 +4,7 @@ cache, and the one-line error a missing compiler or header gives."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from broker.provision import (
     render_client_ids,
     render_conf,
 )
+from vigil import dynsec
 from vigil.topics import Topics
 
 
@@ -52,6 +54,9 @@ def test_conf_loads_the_plugin_for_every_listener_before_the_password_file():
         acl_file=Path("/b/acl"),
         plugin=Path("/usr/lib/vigil/vigil_clientid.so"),
         client_ids_file=Path("/b/clientids"),
+        live_client_ids_file=Path("/b/clientids.devices"),
+        dynsec_plugin=Path("/usr/lib/mosquitto_dynamic_security.so"),
+        dynsec_file=Path("/b/dynamic-security.json"),
         persistence_dir=Path("/b/data"),
         log_file=None,
         run_as="root",
@@ -60,9 +65,19 @@ def test_conf_loads_the_plugin_for_every_listener_before_the_password_file():
     at = {line.split()[0]: i for i, line in enumerate(lines)}
     assert "plugin /usr/lib/vigil/vigil_clientid.so" in lines
     assert "plugin_opt_owners /b/clientids" in lines
+    assert "plugin_opt_owners_live /b/clientids.devices" in lines
     # per_listener_settings false first (Mosquitto requires it before security settings):
     # the plugin then applies to the global security options, i.e. every listener.
-    assert at["per_listener_settings"] < at["plugin"] < at["plugin_opt_owners"] < at["listener"]
+    assert at["per_listener_settings"] < at["plugin_opt_owners"] < at["listener"]
+    # Vigil's plugin first (client ids), then dynamic security (devices), then the password
+    # file (services): plugins are consulted in the order they are loaded.
+    plugins = [line for line in lines if line.startswith("plugin ")]
+    assert plugins == [
+        "plugin /usr/lib/vigil/vigil_clientid.so",
+        "plugin /usr/lib/mosquitto_dynamic_security.so",
+    ]
+    assert lines.index(plugins[1]) < lines.index("password_file /b/passwd")
+    assert lines.index("plugin_opt_config_file /b/dynamic-security.json") > lines.index(plugins[1])
     assert "per_listener_settings false" in lines and "allow_anonymous false" in lines
 
 
@@ -75,6 +90,7 @@ def test_provision_writes_the_owners_file_for_every_user(tmp_path):
         devices=["dev-a", "dev-b"],
         topics=Topics(),
         plugin=Path("/opt/vigil_clientid.so"),
+        dynsec_plugin=Path("/opt/dynsec.so"),
     )
     assert files.plugin == Path("/opt/vigil_clientid.so")
     assert files.client_ids.read_text() == render_client_ids(
@@ -92,7 +108,51 @@ def test_provision_writes_the_owners_file_for_every_user(tmp_path):
             devices=[],
             topics=Topics(),
             plugin=Path("vigil_clientid.so"),
+            dynsec_plugin=Path("/opt/dynsec.so"),
         )
+
+
+def test_provision_puts_services_in_the_password_file_and_devices_in_dynamic_security(tmp_path):
+    def run(devices):
+        return provision(
+            broker_dir=tmp_path / "b",
+            secrets_dir=tmp_path / "s",
+            host="127.0.0.1",
+            port=1883,
+            devices=devices,
+            topics=Topics(),
+            plugin=Path("/opt/vigil_clientid.so"),
+            dynsec_plugin=Path("/opt/dynsec.so"),
+        )
+
+    files = run(["dev-a", "dev-b"])
+    passwd_users = {line.split(":")[0] for line in files.passwd.read_text().splitlines()}
+    assert passwd_users == set(SERVICE_ACCESS)
+    config = json.loads(files.dynsec.read_text())
+    assert dynsec.client_names(config) == ["dev-a", "dev-b"]
+    by_name = {c["username"]: c for c in config["clients"]}
+    assert dynsec.verifies(by_name["dev-a"], files.creds["dev-a"])
+    assert by_name["dev-a"]["clientid"] == "dev-a"
+    assert files.dynsec.stat().st_mode & 0o777 == 0o600
+    assert files.live_client_ids.read_text() == dynsec.render_owners([])
+    conf = files.conf.read_text()
+    assert f"plugin_opt_config_file {files.dynsec.resolve()}\n" in conf
+    assert "plugin /opt/dynsec.so\n" in conf
+    # What the running broker added and disabled survives a provision (the next start).
+    config["clients"].append(dynsec.client_entry("dev-live", "pw"))
+    by_name["dev-b"]["disabled"] = True
+    files.dynsec.write_text(json.dumps(config))
+    files.live_client_ids.write_text(dynsec.render_owners(["dev-live"]))
+    again = run(["dev-a", "dev-b"])
+    config = json.loads(again.dynsec.read_text())
+    assert dynsec.client_names(config) == ["dev-a", "dev-b", "dev-live"]
+    assert {c["username"]: c.get("disabled") for c in config["clients"]}["dev-b"] is True
+    assert again.live_client_ids.read_text() == dynsec.render_owners(["dev-live"])
+    # A broken file is named, not overwritten.
+    again.dynsec.write_text("{not json")
+    with pytest.raises(ValueError, match=r"dynamic-security\.json"):
+        run(["dev-a"])
+    assert again.dynsec.read_text() == "{not json"
 
 
 def test_plugin_name_follows_source_and_flags():

@@ -11,6 +11,7 @@ runs (real mosquitto_passwd; no broker is started).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import stat
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from broker.__main__ import main as broker_main
 from broker.plugin_build import CFLAGS
 from broker.provision import SERVICE_ACCESS, render_acl
+from vigil import dynsec
 from vigil.settings import (
     AgentConfig,
     AlertEngineSettings,
@@ -856,9 +858,11 @@ def test_broker_provision_writes_files_once(
     assert sorted(reserved) == sorted([u, u] for u in users), "every user owns its own id"
     assert {p.stem for p in (tmp_path / "s").glob("*.password")} == users
     passwd = (tmp_path / "b" / "passwd").read_text()
-    assert {line.split(":")[0] for line in passwd.splitlines()} == users
+    assert {line.split(":")[0] for line in passwd.splitlines()} == set(SERVICE_ACCESS)
+    dynsec_file = (tmp_path / "b" / "dynamic-security.json").read_text()
+    assert dynsec.client_names(json.loads(dynsec_file)) == ["dev-a", "dev-b"]
     pw = (tmp_path / "s" / "dev-a.password").read_text()
-    assert pw.strip() not in passwd, "password file must hold hashes"
+    assert pw.strip() not in passwd + dynsec_file, "credential files must hold hashes"
     assert stat.S_IMODE((tmp_path / "s" / "dev-a.password").stat().st_mode) == 0o600
     assert broker_main(argv) == 0
     assert (tmp_path / "s" / "dev-a.password").read_text() == pw, "password regenerated"

@@ -20,6 +20,8 @@ def test_broker_confines_a_device_to_its_own_subtree(broker, probe):
         str(broker.files.port),
         "-u",
         "dev-1",
+        "-i",
+        "dev-1",  # a device's credential is bound to its own client id
         "-P",
         pw,
         "-q",

@@ -147,6 +147,8 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
                 str(broker_port),
                 "-u",
                 "my-device",
+                "-i",
+                "my-device",
                 "-P",
                 password,
                 "-q",

@@ -34,7 +34,8 @@ from vigil.text import shown
 
 KINDS = ("sensor", "quote")
 MAX_PAYLOAD_BYTES = 256 * 1024
-MAX_STATUS_BYTES = 4 * 1024
+#: a status with every field at its longest is under 6 KiB
+MAX_STATUS_BYTES = 16 * 1024
 #: id ranges of dropped readings a status carries at most (the latest)
 MAX_STATUS_RANGES = 50
 MAX_ALERT_BYTES = 16 * 1024
@@ -245,6 +246,11 @@ def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
 
 
 # -- status ------------------------------------------------------------------------------
+#: Longest reason a status gives for a rejected live configuration.
+MAX_CONFIG_ERROR = 500
+MAX_CONFIG_VERSION = 2**53
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
     """Retained on ``{root}/status/{device}``; the last will publishes state offline.
@@ -257,6 +263,10 @@ class DeviceStatus:
     reason: str = ""
     dropped: int = 0
     dropped_ids: tuple[tuple[int, int], ...] = ()
+    #: the live configuration version applied (0: the agent's own file)
+    config_version: int = 0
+    #: why the latest live configuration was rejected ("" if it was not)
+    config_error: str = ""
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -268,6 +278,10 @@ class DeviceStatus:
         if self.dropped:
             obj["dropped"] = self.dropped
             obj["dropped_ids"] = [list(r) for r in self.dropped_ids[-MAX_STATUS_RANGES:]]
+        if self.config_version:
+            obj["config_version"] = self.config_version
+        if self.config_error:
+            obj["config_error"] = self.config_error[:MAX_CONFIG_ERROR]
         return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
@@ -290,7 +304,15 @@ class DeviceStatus:
         ranges = _check_ranges(
             obj.get("dropped_ids", []), "status message dropped_ids", MAX_STATUS_RANGES
         )
-        return cls(str(device), state, ts, reason, dropped, tuple(ranges))
+        config_version = _check_int(
+            obj.get("config_version", 0), "status message config_version", 0, MAX_CONFIG_VERSION
+        )
+        config_error = _check_str(
+            obj.get("config_error", "") or "", "status message config_error", MAX_CONFIG_ERROR
+        )
+        return cls(
+            str(device), state, ts, reason, dropped, tuple(ranges), config_version, config_error
+        )
 
 
 # -- storage confirmations ----------------------------------------------------------------

@@ -501,6 +501,11 @@ class ApiSettings(Model):
     )
     metrics_port: ListenPort = 9104
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
+    broker_owners_file: FilePath | None = Field(
+        None,
+        description="the broker's live owners file (clientids.devices in the broker folder): "
+        "set, devices can be added and removed through the API while the broker runs",
+    )
 
 
 class DeviceEntry(Model):
@@ -1085,12 +1090,17 @@ def load_model(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        key, reason = _error_key(errors[0])
-        if len(errors) > 1:
-            more = len(errors) - 1
-            reason += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise ConfigError(spath, key, reason) from None
+        raise ConfigError(spath, *validation_error(exc)) from None
+
+
+def validation_error(exc: ValidationError) -> tuple[str, str]:
+    """(key, reason) of the first error, with how many more there are."""
+    errors = exc.errors()
+    key, reason = _error_key(errors[0])
+    if len(errors) > 1:
+        more = len(errors) - 1
+        reason += f" (and {more} more error{'s' if more > 1 else ''})"
+    return key, reason
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> VigilConfig:

@@ -22,10 +22,19 @@
  *   plugin /path/to/vigil_clientid.so
  *   plugin_opt_owners /path/to/clientids
  *
+ *   plugin_opt_owners_live /path/to/clientids.devices     (optional)
+ *
  * The owners file: one "<client id> <username>" per line; blank lines and lines starting with
  * '#' are ignored. Names hold no white space. It is read at start (an unreadable or malformed
  * file stops the broker: refusing nothing would be silent) and again on SIGHUP (a bad file
  * then keeps the previous table and logs why).
+ *
+ * The live owners file has the same format and holds the devices added while the broker runs
+ * (Vigil's API writes it atomically when it adds or removes a device). It is checked on every
+ * CONNECT and read again whenever it changed (inode, size or modification time), so a device
+ * added a moment ago has its id reserved before it first connects. A missing file is an empty
+ * table; a bad one keeps the previous table and logs why. An id is reserved if either file
+ * lists it; the first file is checked first.
  *
  * Generated and built by Vigil's broker/provision.py; the same source is compiled into the
  * compose broker image (deploy/mosquitto/Dockerfile).
@@ -34,6 +43,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 
 #include "mosquitto_broker.h"
 #include "mosquitto_plugin.h"
@@ -41,6 +52,7 @@
 
 #define PLUGIN_NAME "vigil_clientid"
 #define OWNERS_OPTION "owners"
+#define LIVE_OPTION "owners_live"
 #define MAX_LINE 512
 
 struct owner {
@@ -53,10 +65,22 @@ struct table {
 	size_t count;
 };
 
+/* What identifies a version of the live file: re-read when any of these changes. */
+struct stamp {
+	int exists;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+};
+
 struct state {
 	mosquitto_plugin_id_t *pid;
 	char *path;
 	struct table table;
+	char *live_path; /* NULL: no live file */
+	struct table live;
+	struct stamp live_stamp;
 };
 
 static int owner_cmp(const void *a, const void *b)
@@ -164,6 +188,47 @@ static const char *owner_of(const struct table *t, const char *client_id)
 	return found ? found->username : NULL;
 }
 
+static void stamp_of(const char *path, struct stamp *out)
+{
+	struct stat sb;
+
+	memset(out, 0, sizeof(*out));
+	if(stat(path, &sb) == 0){
+		out->exists = 1;
+		out->dev = sb.st_dev;
+		out->ino = sb.st_ino;
+		out->size = sb.st_size;
+		out->mtime = sb.st_mtim;
+	}
+}
+
+static int stamp_eq(const struct stamp *a, const struct stamp *b)
+{
+	return a->exists == b->exists && a->dev == b->dev && a->ino == b->ino && a->size == b->size
+		&& a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+/* Re-reads the live owners file if it changed since the last read. */
+static void live_refresh(struct state *st)
+{
+	struct stamp now;
+	struct table fresh = {NULL, 0};
+
+	if(st->live_path == NULL) return;
+	stamp_of(st->live_path, &now);
+	if(stamp_eq(&now, &st->live_stamp)) return;
+	if(now.exists && table_load(st->live_path, &fresh) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				PLUGIN_NAME ": keeping the previous %lu live reserved client ids",
+				(unsigned long)st->live.count);
+		st->live_stamp = now; /* logged once per version of the file */
+		return;
+	}
+	table_free(&st->live);
+	st->live = fresh;
+	st->live_stamp = now;
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
@@ -176,6 +241,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_PLUGIN_DEFER; /* no id, no session to take */
 	}
 	owner = owner_of(&st->table, client_id);
+	if(owner == NULL){
+		live_refresh(st);
+		owner = owner_of(&st->live, client_id);
+	}
 	if(owner == NULL){
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
@@ -230,12 +299,14 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		struct mosquitto_opt *opts, int opt_count)
 {
 	struct state *st;
-	const char *path = NULL;
+	const char *path = NULL, *live_path = NULL;
 	int i, rc;
 
 	for(i = 0; i < opt_count; i++){
 		if(strcmp(opts[i].key, OWNERS_OPTION) == 0){
 			path = opts[i].value;
+		}else if(strcmp(opts[i].key, LIVE_OPTION) == 0){
+			live_path = opts[i].value;
 		}
 	}
 	if(path == NULL || path[0] == '\0'){
@@ -251,6 +322,14 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 		free(st);
 		return MOSQ_ERR_NOMEM;
 	}
+	if(live_path != NULL && live_path[0] != '\0'){
+		st->live_path = strdup(live_path);
+		if(st->live_path == NULL){
+			free(st->path);
+			free(st);
+			return MOSQ_ERR_NOMEM;
+		}
+	}
 	rc = table_load(st->path, &st->table);
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, st);
@@ -264,6 +343,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data,
 	if(rc != MOSQ_ERR_SUCCESS){
 		table_free(&st->table);
 		free(st->path);
+		free(st->live_path);
 		free(st);
 		return rc;
 	}
@@ -281,7 +361,9 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	mosquitto_callback_unregister(st->pid, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(st->pid, MOSQ_EVT_RELOAD, on_reload, NULL);
 	table_free(&st->table);
+	table_free(&st->live);
 	free(st->path);
+	free(st->live_path);
 	free(st);
 	return MOSQ_ERR_SUCCESS;
 }
