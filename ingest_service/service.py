@@ -12,6 +12,7 @@ session.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
 STORAGE_BACKOFF = Backoff(initial_s=0.1, cap_s=5.0, jitter=0.0)
+#: a leaving process's session counts as drained once nothing arrived for this long
+LEAVE_QUIET_S = 2.0
 
 
 class IngestService:
@@ -89,10 +92,62 @@ class IngestService:
         )
         self.consumer.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, end_session: bool = False) -> None:
         """Stop taking messages, finish the batch in hand, disconnect."""
-        self.consumer.stop(timeout)
+        self.consumer.stop(timeout, end_session=end_session)
         self.storage.close()
+
+    def leave(self, timeout_s: float, quiet_s: float = LEAVE_QUIET_S) -> bool:
+        """Retire this identity for good (a member no longer configured, or the single
+        process after a switch to members): connect to its session, unsubscribe so the
+        broker routes it nothing new, handle what the session still holds, replay every
+        hint it queued, then end the session and delete the hint folder. True once all of
+        that is done; False (the session and the hints kept, for a later run or repair)
+        if it did not finish within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        who = self.settings.mqtt.client_id
+        self.start()
+        if not self.mqtt.subscribed.wait(max(0.0, deadline - time.monotonic())):
+            log.error("leave: %s could not connect to the broker in time", who)
+            self.stop()
+            return False
+        data = self.topics.data_filter
+        self.mqtt.unsubscribe([data, f"$share/{self.settings.share_group}/{data}"])
+        log.info("leave: %s unsubscribed; handling what its session still holds", who)
+        while not self.consumer.drained(quiet_s) and time.monotonic() < deadline:
+            self._stop.wait(0.2)
+        drained = self.consumer.drained(quiet_s)
+        pending = self._hints_pending()
+        if pending:
+            log.info("leave: replaying %d hinted point(s) before leaving", sum(pending.values()))
+        while pending and time.monotonic() < deadline:
+            self._stop.wait(0.5)
+            pending = self._hints_pending()
+        if not drained or pending:
+            left = ", ".join(f"{n}: {p}" for n, p in sorted(pending.items())) or "none"
+            log.error(
+                "leave: %s did not finish within %.0fs (session %s; hinted points left: %s): "
+                "its session and hints are kept; run --leave again once the servers are up, "
+                "or run 'vigil storage repair'",
+                who,
+                timeout_s,
+                "drained" if drained else "still delivering",
+                left,
+            )
+            self.stop()
+            return False
+        self.stop(end_session=True)
+        if self.settings.hints_dir is not None and self.settings.hints_dir.exists():
+            shutil.rmtree(self.settings.hints_dir)
+        log.info("leave: %s left: session ended, no hint left, hint folder removed", who)
+        return True
+
+    def _hints_pending(self) -> dict[str, int]:
+        return {
+            name: int(s["points"])
+            for name, s in self.storage.hint_stats().items()
+            if s["points"] > 0
+        }
 
     # -- the batch handler ----------------------------------------------------------------
     def process(self, batch: list[Received]) -> bool:

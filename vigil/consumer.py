@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -113,18 +114,23 @@ class Consumer:
         self.mqtt.on_subscribed.append(lambda: self._set_ready(True, "subscribed"))
         self.mqtt.on_disconnected.append(lambda: self._set_ready(False, "disconnected"))
         self._worker = threading.Thread(target=self._run, name=f"{service}-worker", daemon=True)
+        # written by one thread each (paho's, the worker): read by drained()
+        self._received = 0
+        self._handled = 0
+        self._last_received = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._worker.start()
         self.mqtt.start()
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0, *, end_session: bool = False) -> None:
         """Stop taking batches, let the one in hand finish (its handler sees ``stopping``),
-        disconnect, and say not ready."""
+        disconnect (``end_session``: and have the broker discard the session), and say not
+        ready."""
         self.stopping.set()
         self._worker.join(timeout)
-        self.mqtt.stop()
+        self.mqtt.stop(end_session=end_session)
         self._set_ready(False, "stopped")
 
     def _set_ready(self, ready: bool, detail: str) -> None:
@@ -137,6 +143,8 @@ class Consumer:
     # -- paho's thread: hand over, nothing else -------------------------------------------
     def _receiver(self, subscription: TopicFilter) -> Callable[[paho.MQTTMessage], None]:
         def receive(msg: paho.MQTTMessage) -> None:
+            self._received += 1
+            self._last_received = time.monotonic()
             self._queue.put(
                 Received(
                     msg.topic,
@@ -184,3 +192,9 @@ class Consumer:
             return
         for msg in batch:
             self.mqtt.ack(msg.mid, msg.qos, msg.connection)
+        self._handled += len(batch)
+
+    def drained(self, quiet_s: float) -> bool:
+        """Every message received so far is handled and acknowledged, and none came for
+        ``quiet_s``: what a consumer that leaves for good waits for."""
+        return self._received == self._handled and time.monotonic() - self._last_received >= quiet_s

@@ -145,10 +145,17 @@ class MqttClient:
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect and stop the network thread. ``end_session``: ask the broker to
+        discard this client's persistent session now (DISCONNECT with Session Expiry
+        Interval 0): what a consumer that leaves for good does."""
         self._stopping = True
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
         try:
-            self._client.disconnect()
+            self._client.disconnect(properties=props)
         finally:
             self._client.loop_stop()
             self._connected.clear()
@@ -164,6 +171,17 @@ class MqttClient:
             _rc, mid = self._client.subscribe(topic_filter, qos)
             if mid is not None:
                 self._pending_subs[mid] = topic_filter
+
+    def unsubscribe(self, topic_filters: list[str], timeout: float = 10.0) -> bool:
+        """Stop subscribing ``topic_filters`` (also on later reconnects) and wait for the
+        broker's UNSUBACK; False if it did not come in time. Their handlers stay: messages
+        the session already holds are still delivered, and handled."""
+        for f in topic_filters:
+            self._subscriptions.pop(f, None)
+        done = threading.Event()
+        self._client.on_unsubscribe = lambda *_a: done.set()
+        rc, _mid = self._client.unsubscribe(topic_filters)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS and done.wait(timeout)
 
     def _on_message(self, _c: mqttc.Client, _u: object, msg: mqttc.MQTTMessage) -> None:
         for topic_filter, handler in self._handlers:

@@ -439,6 +439,17 @@ class IngestSettings(Model):
             }
         )
 
+    def former(self, n: int | None) -> IngestSettings:
+        """The identity of an ingest process that may no longer be configured (what
+        ``--leave`` retires): member ``n`` of up to MAX_INGEST_MEMBERS, or with None the
+        single process's own user and hint folder."""
+        if n is None:
+            return self.model_copy(update={"members": 1})
+        if not 1 <= n <= MAX_INGEST_MEMBERS:
+            raise ValueError(f"ingest member {n} is not one of 1..{MAX_INGEST_MEMBERS}")
+        # a member's subscription was shared: at least two members
+        return self.model_copy(update={"members": max(self.members, n, 2)}).member(n)
+
     def hint_dirs(self) -> list[Path]:
         """The hint folders of every ingest process (what the storage operations read)."""
         if self.members == 1:
