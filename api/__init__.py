@@ -16,6 +16,7 @@ from flask import Flask, Response, request
 from api import auth, db, devices, health, problems, request_metrics, ring, rules
 from api import storage as storage_routes
 from api.broker_admin import BrokerAdmin
+from api.gapcheck import GapChecker
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
@@ -119,6 +120,15 @@ def create_app(
         owns_mqtt=owns_mqtt,
     )
     metrics.registry.register(StorageCollector(res.storage, "api"))
+    res.gap_check = GapChecker(
+        res.storage,
+        status=board,
+        mqtt=client,
+        topics=topics,
+        metrics=metrics,
+        interval_s=settings.gap_check_interval_s,
+    )
+    res.gap_check.start()
     # Hooks run in registration order: time the request before authenticating it.
     request_metrics.init_app(app, metrics)
     problems.init_app(app)

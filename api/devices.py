@@ -207,6 +207,15 @@ def get_device(device: str) -> dict[str, Any]:
     return device_view(device, configured, status, row)
 
 
+@bp.get("/<device>/gaps")
+def gap_report(device: str) -> dict[str, Any]:
+    """The latest gap check of a device: readings neither stored nor explained by its
+    status (null until checked: the status must carry first_id and settled_below)."""
+    reject_args(_args())
+    checker = resources().gap_check
+    return {"device": device, "check": checker.report(device) if checker is not None else None}
+
+
 # -- live configuration -------------------------------------------------------------------
 def _publish_config(device: str, payload: bytes) -> bool:
     """Publish (retained) and wait for the broker's acknowledgement; False if it did not

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from api.broker_admin import BrokerAdmin
+from api.gapcheck import GapChecker
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
@@ -35,10 +36,13 @@ class ApiResources:
     owns_storage: bool
     owns_mqtt: bool
     auto_repair: AutoRepair | None = None
+    gap_check: GapChecker | None = None
 
     def close(self) -> None:
         """Stop what the app started; a client or cluster passed in stays the caller's."""
         self.publisher.stop()
+        if self.gap_check is not None:
+            self.gap_check.stop()
         if self.owns_mqtt:
             self.mqtt.stop()
         if self.owns_storage:

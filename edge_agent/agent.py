@@ -251,6 +251,8 @@ class Agent:
             tuple(ranges),
             self.config_version,
             self.config_error,
+            self.outbox.first_id,
+            self.outbox.lowest_id(),
         )
 
     # -- live configuration ---------------------------------------------------------------

@@ -110,6 +110,12 @@ class Outbox:
         """How many readings wait for their storage confirmation."""
         return self._depth
 
+    def lowest_id(self) -> int:
+        """The lowest id still in the outbox; its next id when it is empty. Every id below
+        it has left: confirmed stored, or dropped."""
+        row = self._db.execute("SELECT min(id) FROM readings").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.next_id
+
     @property
     def next_id(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])

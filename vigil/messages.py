@@ -267,6 +267,10 @@ class DeviceStatus:
     config_version: int = 0
     #: why the latest live configuration was rejected ("" if it was not)
     config_error: str = ""
+    #: the outbox's first id, and the lowest id still in it (its next id when empty):
+    #: every id in between has left it, confirmed stored or dropped (vigil.gaps)
+    first_id: int = 0
+    settled_below: int = 0
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -282,6 +286,9 @@ class DeviceStatus:
             obj["config_version"] = self.config_version
         if self.config_error:
             obj["config_error"] = self.config_error[:MAX_CONFIG_ERROR]
+        if self.first_id:
+            obj["first_id"] = self.first_id
+            obj["settled_below"] = self.settled_below
         return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
@@ -310,8 +317,21 @@ class DeviceStatus:
         config_error = _check_str(
             obj.get("config_error", "") or "", "status message config_error", MAX_CONFIG_ERROR
         )
+        first_id = _check_int(obj.get("first_id", 0), "status message first_id", 0, MAX_ID)
+        settled = _check_int(
+            obj.get("settled_below", first_id), "status message settled_below", first_id, MAX_ID + 1
+        )
         return cls(
-            str(device), state, ts, reason, dropped, tuple(ranges), config_version, config_error
+            str(device),
+            state,
+            ts,
+            reason,
+            dropped,
+            tuple(ranges),
+            config_version,
+            config_error,
+            first_id,
+            settled,
         )
 
 

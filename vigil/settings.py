@@ -512,6 +512,12 @@ class ApiSettings(Model):
     )
     metrics_port: ListenPort = 9104
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
+    gap_check_interval_s: Float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="how often stored readings are compared with what devices sent (0: off)",
+    )
     broker_owners_file: FilePath | None = Field(
         None,
         description="the broker's live owners file (clientids.devices in the broker folder): "

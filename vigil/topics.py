@@ -7,6 +7,7 @@
     {root}/alerts/{device}/{rule_id}     alert transitions, alert engine -> notifier, users
     {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
     {root}/ack/{device}                  storage confirmations (id ranges), ingest -> device
+    {root}/events/{device}               pipeline events about a device (gaps), api -> users
 
 The device identity is always the third level, so broker ACLs written with ``%u``
 confine a device to its own subtrees. Everything here is pure and tested directly.
@@ -27,6 +28,7 @@ CONFIG = "config"
 ALERTS = "alerts"
 DEADLETTER = "deadletter"
 ACK = "ack"
+EVENTS = "events"
 
 #: Placeholder device level for a dead letter whose topic names no valid device.
 UNKNOWN_DEVICE = "_unknown"
@@ -77,6 +79,9 @@ class Topics:
 
     def ack(self, device: str) -> str:
         return f"{self.root}/{ACK}/{check_name(device, 'device id')}"
+
+    def events(self, device: str) -> str:
+        return f"{self.root}/{EVENTS}/{check_name(device, 'device id')}"
 
     # -- subscription filters ---------------------------------------------------------
     @property
