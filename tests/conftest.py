@@ -5,6 +5,7 @@ mail folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ from vigil.atomic import load_or_create_secret
 from vigil.messages import Reading
 from vigil.settings import (
     BrokerSettings,
-    MqttClientSettings,
+    ConsumerMqttSettings,
     StorageNode,
     StorageSettings,
     VigilConfig,
@@ -76,10 +77,14 @@ class BrokerHandle:
             host=self.files.host, port=self.files.port, topic_root=self.topics.root, keepalive_s=5
         )
 
-    def ident(self, user: str, client_id: str | None = None) -> MqttClientSettings:
-        """Credentials of a provisioned user (a service user or a device)."""
-        return MqttClientSettings(
-            client_id=client_id or user, username=user, password_file=self.files.password_file(user)
+    def ident(self, user: str, client_id: str | None = None) -> ConsumerMqttSettings:
+        """Credentials of a provisioned user (a service user or a device). A consumer given
+        them receives with VIGIL_TEST_TRANSPORT (fast unless set to paho)."""
+        return ConsumerMqttSettings(
+            client_id=client_id or user,
+            username=user,
+            password_file=self.files.password_file(user),
+            transport=os.environ.get("VIGIL_TEST_TRANSPORT", "fast"),
         )
 
     def password(self, user: str) -> str:

@@ -52,7 +52,7 @@ def run_agent(tmp_path, broker, device: str, ident: MqttClientSettings, **overri
         tmp_path,
         broker,
         device,
-        mqtt=ident.model_dump(mode="json"),
+        mqtt=ident.model_dump(mode="json", include={"client_id", "username", "password_file"}),
         quotes={},
         **overrides,
     )

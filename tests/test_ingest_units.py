@@ -39,6 +39,18 @@ def test_batch_closes_on_linger():
     assert b.ready()
 
 
+def test_a_list_past_the_size_waits_for_the_next_batches_due_with_the_first():
+    clock = Clock()
+    b: Batcher[int] = Batcher(3, 10.0, clock)
+    b.extend([])
+    assert b.time_left() is None
+    b.extend(list(range(7)))
+    assert b.take() == [0, 1, 2] and b.ready()  # full again
+    assert b.take() == [3, 4, 5]
+    assert not b.full and b.time_left() == pytest.approx(10.0)
+    assert b.take() == [6] and len(b) == 0
+
+
 def test_recent_ids_forget_the_oldest():
     ids = RecentIds(2)
     ids.add(("d", 1))

@@ -30,6 +30,13 @@ class Batcher(Generic[T]):
             self._opened_at = self._clock()
         self._items.append(item)
 
+    def extend(self, items: list[T]) -> None:
+        """Add items that arrived together; past ``max_items`` they wait for the next
+        batches, due when the first would have been."""
+        if items and not self._items:
+            self._opened_at = self._clock()
+        self._items.extend(items)
+
     @property
     def full(self) -> bool:
         return len(self._items) >= self.max_items
@@ -45,5 +52,9 @@ class Batcher(Generic[T]):
         return self.full or left == 0.0
 
     def take(self) -> list[T]:
-        items, self._items = self._items, []
+        """The batch: at most ``max_items``, the oldest first."""
+        if len(self._items) <= self.max_items:
+            items, self._items = self._items, []
+            return items
+        items, self._items = self._items[: self.max_items], self._items[self.max_items :]
         return items

@@ -3,9 +3,13 @@ alert engine, the notifier). Each service keeps only its own logic, a *handler* 
 
 - **Received**: each message, frozen, with the number of the connection it came on and the
   subscription (``$share``-aware :class:`~vigil.topicfilter.TopicFilter`) it matched.
-- **Queue and batches**: paho's network thread only puts the message on a bounded queue. One
-  worker thread takes batches, closed by count (``batch_max``) or by time (``linger_s``
-  after the first), and calls the handler.
+- **Transport**: :class:`vigil.fastmqtt.FastMqttClient` (``transport: fast``, the default),
+  which hands over the messages of one read as a list and writes a batch's PUBACKs in one
+  send, or paho through :class:`vigil.mqtt.MqttClient` (``transport: paho``). Both give
+  the same semantics; the tests run every service on both.
+- **Queue and batches**: the client's network thread only puts the messages on a bounded
+  hand-off. One worker thread takes batches, closed by count (``batch_max``) or by time
+  (``linger_s`` after the first), and calls the handler.
 - **Acknowledgement after the durable step**: the handler returns True once the batch's
   effects are durable (stored, published, saved); only then is every message of the batch
   acknowledged, each on the connection it arrived on. A message from an earlier connection is
@@ -22,25 +26,28 @@ The queue's bound is a multiple of the session's Receive Maximum, which normally
 messages the broker has in flight to this client, with room for old copies still queued
 beside the ones re-sent after a reconnect. It is back-pressure, not a limit that loses
 anything: Mosquitto 2.0.11 ignores Receive Maximum when a session resumes and sends its whole
-queue at once; paho's thread then waits in ``put`` until the worker has taken batches.
+queue at once; the network thread then waits in ``put`` until the worker has taken batches
+(or the consumer stops: what it held is not acknowledged, so the broker sends it again).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import paho.mqtt.client as paho
 
 from vigil.batching import Batcher
+from vigil.fastmqtt import FastMqttClient, Message
 from vigil.messages import now_ms
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
+from vigil.mqtt import Connection, MqttClient
 from vigil.readiness import Readiness
 from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
@@ -72,6 +79,46 @@ def _exit_fatal() -> None:
     os._exit(FATAL_EXIT)
 
 
+class Handoff:
+    """Lists of messages from the network thread to the worker, bounded by messages: ``put``
+    waits while ``bound`` or more are waiting, unless ``stopping`` is set (then it drops the
+    list: nothing of it was acknowledged)."""
+
+    def __init__(self, bound: int, stopping: threading.Event) -> None:
+        self.bound = bound
+        self._stopping = stopping
+        self._lists: deque[list[Received]] = deque()
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, items: list[Received]) -> bool:
+        with self._cond:
+            while self._count >= self.bound:
+                if self._stopping.is_set():
+                    return False
+                self._cond.wait(0.2)
+            self._lists.append(items)
+            self._count += len(items)
+            self._cond.notify_all()
+        return True
+
+    def get(self, timeout: float) -> list[Received] | None:
+        """The oldest list, waiting up to ``timeout`` for one; None if none came."""
+        with self._cond:
+            if not self._lists and not self._cond.wait_for(lambda: self._lists, timeout):
+                return None
+            items = self._lists.popleft()
+            self._count -= len(items)
+            self._cond.notify_all()
+            return items
+
+    def get_nowait(self) -> list[Received] | None:
+        return self.get(0.0) if self._lists else None
+
+
 class Consumer:
     """One service's QoS 1 consumption: subscribe, batch, handle, acknowledge."""
 
@@ -88,29 +135,49 @@ class Consumer:
         receive_maximum: int,
         metrics: ServiceMetrics,
         readiness: Readiness | None = None,
+        transport: Literal["fast", "paho"] | None = None,
     ) -> None:
+        """``transport``: the client to receive with; by default the identity's own
+        (``ident.transport``, fast if it has none)."""
         self.service = service
         self.handler = handler
         self.batch_max = batch_max
         self.linger_s = linger_s
         self.metrics = metrics
         self.readiness = readiness or Readiness(service, None)
-        self.mqtt = MqttClient(
-            broker,
-            ident,
-            persistent_session=True,
-            manual_ack=True,
-            receive_maximum=receive_maximum,
-        )
+        self.transport = transport or getattr(ident, "transport", "fast")
+        self._fast: FastMqttClient | None = None
+        self.mqtt: Connection
+        if self.transport == "fast":
+            self.mqtt = self._fast = FastMqttClient(
+                broker,
+                ident,
+                persistent_session=True,
+                manual_ack=True,
+                receive_maximum=receive_maximum,
+            )
+        else:
+            self._paho = MqttClient(
+                broker,
+                ident,
+                persistent_session=True,
+                manual_ack=True,
+                receive_maximum=receive_maximum,
+            )
+            self.mqtt = self._paho
         #: set when stopping; handlers wait on it instead of sleeping
         self.stopping = threading.Event()
         self.on_fatal: Callable[[], None] = _exit_fatal
-        self._queue: queue.Queue[Received] = queue.Queue(maxsize=4 * receive_maximum + 16)
+        self._handoff = Handoff(4 * receive_maximum + 16, self.stopping)
         self._ready_gauge = metrics.gauge(
             "vigil_ready", "1 while the service is ready (connected, subscriptions granted)"
         ).labels(service)
         for raw in subscriptions:
-            self.mqtt.subscribe(raw, self._receiver(TopicFilter.parse(raw)), qos=1)
+            subscription = TopicFilter.parse(raw)
+            if self._fast is not None:
+                self._fast.subscribe_batch(raw, self._batch_receiver(subscription), qos=1)
+            else:
+                self._paho.subscribe(raw, self._receiver(subscription), qos=1)
         self.mqtt.on_subscribed.append(lambda: self._set_ready(True, "subscribed"))
         self.mqtt.on_disconnected.append(lambda: self._set_ready(False, "disconnected"))
         self._worker = threading.Thread(target=self._run, name=f"{service}-worker", daemon=True)
@@ -140,22 +207,40 @@ class Consumer:
         except OSError as exc:  # the signal is lost, not the service
             log.error("cannot write the ready file %s: %s", self.readiness.path, exc)
 
-    # -- paho's thread: hand over, nothing else -------------------------------------------
+    # -- the network thread: hand over, nothing else -------------------------------------
     def _receiver(self, subscription: TopicFilter) -> Callable[[paho.MQTTMessage], None]:
         def receive(msg: paho.MQTTMessage) -> None:
             self._received += 1
             self._last_received = time.monotonic()
-            self._queue.put(
-                Received(
-                    msg.topic,
-                    bytes(msg.payload),
-                    msg.qos,
-                    msg.mid,
-                    self.mqtt.connection,
-                    now_ms(),
-                    subscription,
-                    bool(msg.retain),
-                )
+            self._handoff.put(
+                [
+                    Received(
+                        msg.topic,
+                        bytes(msg.payload),
+                        msg.qos,
+                        msg.mid,
+                        self.mqtt.connection,
+                        now_ms(),
+                        subscription,
+                        bool(msg.retain),
+                    )
+                ]
+            )
+
+        return receive
+
+    def _batch_receiver(self, subscription: TopicFilter) -> Callable[[list[Message]], None]:
+        def receive(messages: list[Message]) -> None:
+            self._received += len(messages)
+            self._last_received = time.monotonic()
+            at = now_ms()
+            self._handoff.put(
+                [
+                    Received(
+                        m.topic, m.payload, m.qos, m.mid, m.connection, at, subscription, m.retain
+                    )
+                    for m in messages
+                ]
             )
 
         return receive
@@ -177,12 +262,12 @@ class Consumer:
         batcher: Batcher[Received] = Batcher(self.batch_max, self.linger_s)
         while not self.stopping.is_set():
             left = batcher.time_left()
-            try:
-                batcher.add(self._queue.get(timeout=0.2 if left is None else max(left, 0.0005)))
-                while not batcher.full:  # what is already waiting, cheaply
-                    batcher.add(self._queue.get_nowait())
-            except queue.Empty:
-                pass
+            if not batcher.full:
+                items = self._handoff.get(0.2 if left is None else max(left, 0.0005))
+                while items is not None:
+                    batcher.extend(items)
+                    # what is already waiting, cheaply
+                    items = None if batcher.full else self._handoff.get_nowait()
             if len(batcher) and batcher.ready():
                 self.handle(batcher.take())
 
@@ -190,8 +275,11 @@ class Consumer:
         """Run the handler on ``batch``; acknowledge it if the handler says it is durable."""
         if not self.handler(batch):
             return
-        for msg in batch:
-            self.mqtt.ack(msg.mid, msg.qos, msg.connection)
+        if self._fast is not None:
+            self._fast.ack_many((m.mid, m.qos, m.connection) for m in batch)
+        else:
+            for m in batch:
+                self._paho.ack(m.mid, m.qos, m.connection)
         self._handled += len(batch)
 
     def drained(self, quiet_s: float) -> bool:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import paho.mqtt.client as mqttc
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -52,6 +53,44 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+class Connection(Protocol):
+    """What the consumer runtime and its services use of a client: :class:`MqttClient`
+    and :class:`vigil.fastmqtt.FastMqttClient` both are one."""
+
+    connection: int
+    subscribed: threading.Event
+    on_connected: list[Callable[[bool], None]]
+    on_disconnected: list[Callable[[], None]]
+    on_subscribed: list[Callable[[], None]]
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, *, end_session: bool = False) -> None: ...
+
+    def wait_connected(self, timeout: float | None = None) -> bool: ...
+
+    def unsubscribe(self, topic_filters: list[str], timeout: float = 10.0) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+        """Queue a publish (QoS 1: kept until acknowledged, across reconnects)."""
+
+    def publish_wait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float | None = 10.0,
+        stop: threading.Event | None = None,
+    ) -> None: ...
+
+    def ack(self, mid: int, qos: int, connection: int | None = None) -> bool: ...
 
 
 class MqttClient:

@@ -250,6 +250,17 @@ class MqttClientSettings(Model):
         return read_secret(self.password_file)
 
 
+class ConsumerMqttSettings(MqttClientSettings):
+    """The MQTT identity of a consuming service (ingest, alert engine, notifier), and the
+    client it receives with."""
+
+    transport: Literal["fast", "paho"] = Field(
+        "fast",
+        description="fast: vigil.fastmqtt (many packets per read, a batch's PUBACKs in one "
+        "write); paho: paho-mqtt, the reference implementation",
+    )
+
+
 class StorageNode(Model):
     name: str
     url: str = Field(description="InfluxDB 1.x HTTP API base, e.g. http://127.0.0.1:8086")
@@ -380,7 +391,7 @@ class StorageSettings(Model):
 
 
 class IngestSettings(Model):
-    mqtt: MqttClientSettings
+    mqtt: ConsumerMqttSettings
     batch_max_messages: Int = Field(2000, ge=1, le=100_000)
     batch_linger_ms: Int = Field(50, ge=0, le=60_000)
     dedupe_window: Int = Field(200_000, ge=1, le=10_000_000, description="message ids remembered")
@@ -460,7 +471,7 @@ class IngestSettings(Model):
 
 
 class AlertEngineSettings(Model):
-    mqtt: MqttClientSettings
+    mqtt: ConsumerMqttSettings
     state_path: FilePath
     metrics_port: ListenPort = 9102
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
@@ -494,7 +505,7 @@ class SmtpSettings(Model):
 
 
 class NotifierSettings(Model):
-    mqtt: MqttClientSettings
+    mqtt: ConsumerMqttSettings
     smtp: SmtpSettings = SmtpSettings()
     recipients: list[Email] = Field(min_length=1)
     state_path: FilePath

@@ -1,0 +1,109 @@
+"""The consumer runtime on both transports (vigil.fastmqtt and paho), against a real
+Mosquitto: batches by count, acknowledgement only after the handler's durable step,
+redelivery of what was not durable to the resumed session, readiness; and the hand-off's
+bound."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from support import connected, wait_until
+
+from vigil.consumer import Consumer, Handoff, Received
+from vigil.metrics import ServiceMetrics
+from vigil.readiness import Readiness, read_ready
+from vigil.topicfilter import TopicFilter
+
+
+def consumer(broker, tmp_path, transport: str, handler) -> Consumer:
+    return Consumer(
+        broker.settings,
+        broker.ident("vigil-ingest"),
+        service="ingest_service",
+        subscriptions=["vigil/data/#"],
+        handler=handler,
+        batch_max=100,
+        linger_s=0.05,
+        receive_maximum=500,
+        metrics=ServiceMetrics("ingest_service", "store"),
+        readiness=Readiness("ingest_service", tmp_path / f"{transport}.ready"),
+        transport=transport,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("transport", ["fast", "paho"])
+def test_only_what_the_handler_made_durable_is_acknowledged(broker, tmp_path, transport):
+    batches: list[list[Received]] = []
+    durable = threading.Event()
+    durable.set()
+
+    def handler(batch: list[Received]) -> bool:
+        batches.append(batch)
+        return durable.is_set()
+
+    c = consumer(broker, tmp_path, transport, handler)
+    c.start()
+    device = connected(broker.settings, broker.ident("dev-1"))
+    try:
+        wait_until(
+            lambda: (s := read_ready(tmp_path / f"{transport}.ready")) is not None and s.ready,
+            what="the ready file",
+        )
+        infos = [device.publish("vigil/data/dev-1", b"%d" % i, qos=1) for i in range(300)]
+        for info in infos:
+            info.wait_for_publish(10)
+        wait_until(lambda: sum(map(len, batches)) == 300, what="300 handled")
+        assert all(len(b) <= 100 for b in batches)
+        assert [int(m.payload) for b in batches for m in b] == list(range(300))
+        assert {m.subscription for b in batches for m in b} == {TopicFilter.parse("vigil/data/#")}
+        wait_until(lambda: c.drained(0.2), what="drained")
+
+        durable.clear()  # the next ones are handled, never durable: never acknowledged
+        for i in range(300, 350):
+            device.publish_wait("vigil/data/dev-1", b"%d" % i)
+        wait_until(lambda: sum(map(len, batches)) >= 350, what="350 handled")
+    finally:
+        c.stop()
+        device.stop()
+    ready = read_ready(tmp_path / f"{transport}.ready")
+    assert ready is not None and not ready.ready
+
+    again: list[Received] = []
+    c = consumer(broker, tmp_path, transport, lambda b: again.extend(b) or True)
+    c.start()
+    try:
+        wait_until(lambda: len(again) >= 50, what=f"the 50 not durable again (got {len(again)})")
+        time.sleep(0.5)  # and none of the 300 acknowledged
+        assert sorted(int(m.payload) for m in again) == list(range(300, 350))
+    finally:
+        c.stop(end_session=True)
+
+
+def received(n: int) -> Received:
+    return Received("t", b"", 1, n, 1, 0, TopicFilter.parse("#"))
+
+
+def test_the_handoff_holds_its_bound_and_gives_up_when_stopping():
+    stopping = threading.Event()
+    h = Handoff(3, stopping)
+    assert h.put([received(1), received(2)]) and h.put([received(3), received(4)])
+    assert len(h) == 4  # one list may take it past the bound
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: done.append(h.put([received(5)])))
+    t.start()
+    time.sleep(0.3)
+    assert done == []  # waiting for room
+    assert [m.mid for m in h.get(0.1) or []] == [1, 2]
+    t.join(2)
+    assert done == [True] and len(h) == 3
+    t = threading.Thread(target=lambda: done.append(h.put([received(6)])))
+    t.start()
+    stopping.set()
+    t.join(2)
+    assert done == [True, False] and len(h) == 3  # dropped: it was never acknowledged
+    assert [m.mid for m in h.get_nowait() or []] == [3, 4]
+    assert [m.mid for m in h.get(0.0) or []] == [5]
+    assert h.get(0.05) is None and h.get_nowait() is None
