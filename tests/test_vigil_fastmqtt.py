@@ -1,7 +1,7 @@
 """The fast receive path (vigil.fastmqtt): its pure core (decode, route, collect) directly and
 fuzzed, and the client against a real Mosquitto: batches, manual acks, a resumed session,
-shared subscriptions, publish_wait across an outage, refusals, and a broker that sends
-garbage."""
+shared subscriptions, refusals, and a broker that sends garbage (publish_wait across an
+outage: tests/test_vigil_mqtt.py, on both clients)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from support import connected, wait_until
 from vigil.fastmqtt import (
     FastMqttClient,
     MalformedPacket,
-    Message,
     Route,
     Router,
     collect,
@@ -26,7 +25,7 @@ from vigil.fastmqtt import (
     encode_acks,
     packet_length,
 )
-from vigil.mqtt import PublishError
+from vigil.mqtt import Message, PublishError
 from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
 
@@ -207,33 +206,6 @@ def test_a_shared_subscription_splits_the_stream_between_members(broker):
         device.stop()
         for c in members:
             c.stop(end_session=True)
-
-
-@pytest.mark.integration
-def test_publish_wait_while_the_broker_is_away_delivers_once_when_it_is_back(broker):
-    got: list[bytes] = []
-    watch = connected(
-        broker.settings, broker.ident("vigil-viewer", "fast-watcher"), persistent_session=True
-    )
-    watch.subscribe("vigil/alerts/#", lambda m: got.append(bytes(m.payload)))
-    assert watch.subscribed.wait(10)
-    client = started(fast(broker, "vigil-alert-engine"))
-    try:
-        client.publish_wait("vigil/alerts/dev-1/r", b"first", timeout=10)
-        broker.stop()
-        wait_until(lambda: not client.connected, what="the client to notice the outage")
-        with pytest.raises(PublishError, match="still queued"):
-            client.publish_wait("vigil/alerts/dev-1/r", b"held", timeout=0.5)
-        broker.start()
-        client.publish_wait("vigil/alerts/dev-1/r", b"second", timeout=30)
-        wait_until(
-            lambda: b"second" in got and b"held" in got, timeout=30, what=f"held, second ({got})"
-        )
-        assert sorted(got) == [b"first", b"held", b"second"]
-        assert client.connection == 2
-    finally:
-        client.stop()
-        watch.stop()
 
 
 @pytest.mark.integration

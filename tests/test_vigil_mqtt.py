@@ -8,11 +8,13 @@ import threading
 import pytest
 from support import connected, wait_until
 
+from vigil.fastmqtt import FastMqttClient
 from vigil.mqtt import MqttClient, PublishError
 
 
 @pytest.mark.integration
-def test_publish_wait_while_the_broker_is_away_delivers_once_when_it_is_back(broker):
+@pytest.mark.parametrize("client_class", [MqttClient, FastMqttClient])
+def test_publish_wait_while_the_broker_is_away_delivers_once_when_it_is_back(broker, client_class):
     # A persistent session, so the watcher misses nothing across the broker's restart.
     got: list[bytes] = []
     watch = connected(
@@ -20,8 +22,10 @@ def test_publish_wait_while_the_broker_is_away_delivers_once_when_it_is_back(bro
     )
     watch.subscribe("vigil/alerts/#", lambda m: got.append(bytes(m.payload)))
     assert watch.subscribed.wait(10)
-    client = connected(broker.settings, broker.ident("vigil-alert-engine"))
+    client = client_class(broker.settings, broker.ident("vigil-alert-engine"))
+    client.start()
     try:
+        assert client.wait_connected(10)
         broker.stop()
         wait_until(lambda: not client.connected, what="the client to notice the outage")
         with pytest.raises(PublishError, match="still queued"):
@@ -37,6 +41,7 @@ def test_publish_wait_while_the_broker_is_away_delivers_once_when_it_is_back(bro
         client.publish_wait("vigil/alerts/dev-1/r", b"last", timeout=30)
         wait_until(lambda: b"last" in got, what="the last message")
         assert got.count(b"held") == 1 and got.count(b"second") == 1
+        assert client.connection == 2
     finally:
         client.stop()
         watch.stop()

@@ -5,8 +5,9 @@ alert engine, the notifier). Each service keeps only its own logic, a *handler* 
   subscription (``$share``-aware :class:`~vigil.topicfilter.TopicFilter`) it matched.
 - **Transport**: :class:`vigil.fastmqtt.FastMqttClient` (``transport: fast``, the default),
   which hands over the messages of one read as a list and writes a batch's PUBACKs in one
-  send, or paho through :class:`vigil.mqtt.MqttClient` (``transport: paho``). Both give
-  the same semantics; the tests run every service on both.
+  send, or paho through :class:`vigil.mqtt.MqttClient` (``transport: paho``). Both are a
+  :class:`vigil.mqtt.ClientBase` with the same semantics; tests/test_consumer_transports.py
+  runs the runtime on both.
 - **Queue and batches**: the client's network thread only puts the messages on a bounded
   hand-off. One worker thread takes batches, closed by count (``batch_max``) or by time
   (``linger_s`` after the first), and calls the handler.
@@ -41,13 +42,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import paho.mqtt.client as paho
-
 from vigil.batching import Batcher
-from vigil.fastmqtt import FastMqttClient, Message
+from vigil.fastmqtt import FastMqttClient
 from vigil.messages import now_ms
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import Connection, MqttClient
+from vigil.mqtt import ClientBase, Message, MqttClient
 from vigil.readiness import Readiness
 from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
@@ -146,25 +145,14 @@ class Consumer:
         self.metrics = metrics
         self.readiness = readiness or Readiness(service, None)
         self.transport = transport or getattr(ident, "transport", "fast")
-        self._fast: FastMqttClient | None = None
-        self.mqtt: Connection
-        if self.transport == "fast":
-            self.mqtt = self._fast = FastMqttClient(
-                broker,
-                ident,
-                persistent_session=True,
-                manual_ack=True,
-                receive_maximum=receive_maximum,
-            )
-        else:
-            self._paho = MqttClient(
-                broker,
-                ident,
-                persistent_session=True,
-                manual_ack=True,
-                receive_maximum=receive_maximum,
-            )
-            self.mqtt = self._paho
+        client = FastMqttClient if self.transport == "fast" else MqttClient
+        self.mqtt: ClientBase = client(
+            broker,
+            ident,
+            persistent_session=True,
+            manual_ack=True,
+            receive_maximum=receive_maximum,
+        )
         #: set when stopping; handlers wait on it instead of sleeping
         self.stopping = threading.Event()
         self.on_fatal: Callable[[], None] = _exit_fatal
@@ -173,11 +161,7 @@ class Consumer:
             "vigil_ready", "1 while the service is ready (connected, subscriptions granted)"
         ).labels(service)
         for raw in subscriptions:
-            subscription = TopicFilter.parse(raw)
-            if self._fast is not None:
-                self._fast.subscribe_batch(raw, self._batch_receiver(subscription), qos=1)
-            else:
-                self._paho.subscribe(raw, self._receiver(subscription), qos=1)
+            self.mqtt.subscribe_batch(raw, self._receiver(TopicFilter.parse(raw)), qos=1)
         self.mqtt.on_subscribed.append(lambda: self._set_ready(True, "subscribed"))
         self.mqtt.on_disconnected.append(lambda: self._set_ready(False, "disconnected"))
         self._worker = threading.Thread(target=self._run, name=f"{service}-worker", daemon=True)
@@ -208,28 +192,7 @@ class Consumer:
             log.error("cannot write the ready file %s: %s", self.readiness.path, exc)
 
     # -- the network thread: hand over, nothing else -------------------------------------
-    def _receiver(self, subscription: TopicFilter) -> Callable[[paho.MQTTMessage], None]:
-        def receive(msg: paho.MQTTMessage) -> None:
-            self._received += 1
-            self._last_received = time.monotonic()
-            self._handoff.put(
-                [
-                    Received(
-                        msg.topic,
-                        bytes(msg.payload),
-                        msg.qos,
-                        msg.mid,
-                        self.mqtt.connection,
-                        now_ms(),
-                        subscription,
-                        bool(msg.retain),
-                    )
-                ]
-            )
-
-        return receive
-
-    def _batch_receiver(self, subscription: TopicFilter) -> Callable[[list[Message]], None]:
+    def _receiver(self, subscription: TopicFilter) -> Callable[[list[Message]], None]:
         def receive(messages: list[Message]) -> None:
             self._received += len(messages)
             self._last_received = time.monotonic()
@@ -275,11 +238,7 @@ class Consumer:
         """Run the handler on ``batch``; acknowledge it if the handler says it is durable."""
         if not self.handler(batch):
             return
-        if self._fast is not None:
-            self._fast.ack_many((m.mid, m.qos, m.connection) for m in batch)
-        else:
-            for m in batch:
-                self._paho.ack(m.mid, m.qos, m.connection)
+        self.mqtt.ack_many((m.mid, m.qos, m.connection) for m in batch)
         self._handled += len(batch)
 
     def drained(self, quiet_s: float) -> bool:

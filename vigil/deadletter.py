@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vigil.messages import encode_dead_letter
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import Connection, PublishError
+from vigil.mqtt import ClientBase, PublishError
 from vigil.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class DeadLetters:
 
     def __init__(
         self,
-        mqtt: Connection,
+        mqtt: ClientBase,
         topics: Topics,
         service: str,
         metrics: ServiceMetrics,

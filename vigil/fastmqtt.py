@@ -1,9 +1,8 @@
 """A fast MQTT 5 receive path for the data-path consumers (ingest, the alert engine).
 
-:class:`FastMqttClient` offers the part of :class:`vigil.mqtt.MqttClient` the consumers use
-(``subscribe``, ``ack``, ``publish``, ``publish_wait``, ``unsubscribe``, the ``connected``,
-``connection`` and ``subscribed`` state, the callback lists, ``start`` and ``stop``), with the
-same semantics and the same log lines, on a cheaper receive path.
+:class:`FastMqttClient` is a :class:`vigil.mqtt.ClientBase`, as the paho-based
+:class:`vigil.mqtt.MqttClient` is: the same calls, semantics and log lines (they live in the
+base), on a cheaper receive path.
 
 Why: a paho subscriber that does nothing costs 87-100 µs of CPU per message. paho runs a
 ``select`` loop, makes three or four ``recv`` calls per message (header byte, length,
@@ -48,7 +47,15 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import mqtt5
 
-from vigil.mqtt import NO_MATCHING_SUBSCRIBERS, SESSION_NEVER_EXPIRES, MqttError, PublishError, Will
+from vigil.mqtt import (
+    FAILURE,
+    SESSION_NEVER_EXPIRES,
+    BatchHandler,
+    ClientBase,
+    Message,
+    MqttError,
+    Will,
+)
 from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
 
@@ -63,8 +70,6 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 10.0
 #: TCP connect and CONNACK wait
 CONNECT_TIMEOUT_S = 10.0
-#: a reason code at or above this is a failure (MQTT 5, 2.4)
-FAILURE = 0x80
 #: the routing cache is emptied past this many topics (a device can publish on any subtopic)
 MAX_CACHED_TOPICS = 100_000
 #: the result codes ``publish`` returns in ``rc`` (paho's numbers)
@@ -87,22 +92,7 @@ class MalformedPacket(MqttError):
         self.offset, self.reason = offset, reason
 
 
-@dataclass(slots=True)
-class Message:
-    """One PUBLISH as received: what handlers get (the attributes of paho's MQTTMessage the
-    consumers read, plus the ``connection`` it arrived on, for :meth:`FastMqttClient.ack`)."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    retain: bool
-    connection: int
-    dup: bool = False
-
-
 MessageHandler = Callable[[Message], None]
-BatchHandler = Callable[[list[Message]], None]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -276,10 +266,12 @@ class _Refused(Exception):
     """The broker answered CONNECT with a failure (already logged)."""
 
 
-class FastMqttClient:
+class FastMqttClient(ClientBase):
     """One MQTT 5 connection with Vigil's defaults and a batched receive path. Start with
     :meth:`start`. Handlers run on the reader thread and must hand work over, not block
-    for long (while they run nothing is read)."""
+    for long (while they run nothing is read). The options are :class:`ClientBase`'s;
+    ``max_inflight`` is also capped by the broker's Receive Maximum, the rest wait, in
+    order."""
 
     def __init__(
         self,
@@ -293,29 +285,16 @@ class FastMqttClient:
         will: Will | None = None,
         unrouted_is_refused: bool = False,
     ) -> None:
-        """As :class:`vigil.mqtt.MqttClient`. ``max_inflight``: QoS 1 publishes sent and
-        not yet acknowledged at most (also capped by the broker's Receive Maximum); the
-        rest wait, in order."""
-        self.broker = broker
-        self.ident = ident
-        self.persistent_session = persistent_session
-        self.unrouted_is_refused = unrouted_is_refused
-        self._manual_ack = manual_ack
-        self._receive_maximum = receive_maximum
-        self._max_inflight = max_inflight
-        self._will = will
-        self.on_connected: list[Callable[[bool], None]] = []
-        self.on_disconnected: list[Callable[[], None]] = []
-        #: called (on the reader thread) once the broker granted every subscription
-        self.on_subscribed: list[Callable[[], None]] = []
-        #: called with the mid of each QoS 1 publish the broker accepted
-        self.on_published: list[Callable[[int], None]] = []
-        #: called with the mid and reason of each publish the broker refused (e.g. its ACL)
-        self.on_refused: list[Callable[[int, str], None]] = []
-        #: counts successful connections; messages carry the number they arrived on
-        self.connection = 0
-        self.subscribed = threading.Event()
-        self._connected = threading.Event()
+        super().__init__(
+            broker,
+            ident,
+            persistent_session=persistent_session,
+            manual_ack=manual_ack,
+            receive_maximum=receive_maximum,
+            max_inflight=max_inflight,
+            will=will,
+            unrouted_is_refused=unrouted_is_refused,
+        )
         self._stopping = threading.Event()
         self._router = Router()
         # _state guards what follows; _write guards the socket and every sendall. Order:
@@ -335,21 +314,10 @@ class FastMqttClient:
         self._keepalive_s = float(broker.keepalive_s)
         self._last_in = self._last_out = time.monotonic()
         self._ping_sent_at: float | None = None
-        self._last_error = ""
-        self._refusal_logged = False
-        self._unrouted_logged = False
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------------
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float | None = None) -> bool:
-        return self._connected.wait(timeout)
-
     def start(self) -> None:
-        """Connect in the background and keep reconnecting until :meth:`stop`."""
         if self._threads:
             return
         name = self.ident.client_id
@@ -361,9 +329,8 @@ class FastMqttClient:
             t.start()
 
     def stop(self, *, end_session: bool = False, timeout: float = 10.0) -> None:
-        """Send DISCONNECT, close the connection and stop the threads. ``end_session``: ask
-        the broker to discard this client's persistent session now (Session Expiry Interval
-        0), what a consumer that leaves for good does."""
+        """Send DISCONNECT, close the connection and stop the threads (waiting up to
+        ``timeout`` for each)."""
         self._stopping.set()
         packet = mqtt5.DisconnectPacket(session_expiry_interval=0 if end_session else None)
         with self._write:
@@ -388,8 +355,8 @@ class FastMqttClient:
         self._add(topic_filter, Route(TopicFilter.parse(topic_filter), handler, False), qos)
 
     def subscribe_batch(self, topic_filter: str, handler: BatchHandler, qos: int = 1) -> None:
-        """As :meth:`subscribe`, but ``handler`` gets a list: the messages for this
-        subscription that arrived together (one read), in order."""
+        """``handler`` gets the messages for this subscription that arrived together (one
+        read), in order."""
         self._add(topic_filter, Route(TopicFilter.parse(topic_filter), handler, True), qos)
 
     def _add(self, raw: str, route: Route, qos: int) -> None:
@@ -410,9 +377,6 @@ class FastMqttClient:
         return mqtt5.SubscribePacket(mid, [flt]).write()
 
     def unsubscribe(self, topic_filters: list[str], timeout: float = 10.0) -> bool:
-        """Stop subscribing ``topic_filters`` (also on later reconnects) and wait for the
-        broker's UNSUBACK; False if it did not come in time. Their handlers stay: messages
-        the session already holds are still delivered, and handled."""
         done = threading.Event()
         with self._state:
             for f in topic_filters:
@@ -430,14 +394,6 @@ class FastMqttClient:
 
     # -- acknowledging ------------------------------------------------------------------
     def ack(self, mid: int, qos: int, connection: int | None = None) -> bool:
-        """Acknowledge a message received with manual acknowledgement.
-
-        Pass the ``connection`` number the message arrived on (``Message.connection``):
-        after a reconnect the broker re-sends unacknowledged messages and may reuse packet
-        ids, so acknowledging an id from an earlier connection could acknowledge a
-        different, unprocessed message. Such acks are skipped (returns False); the re-sent
-        copy gets acknowledged instead.
-        """
         if qos == 0:
             return True
         if connection is not None and connection != self.connection:
@@ -446,9 +402,7 @@ class FastMqttClient:
         return True
 
     def ack_many(self, items: Iterable[tuple[int, int, int | None]]) -> int:
-        """Acknowledge ``(mid, qos, connection)`` triples, as :meth:`ack` each, with one
-        write; returns how many PUBACKs were written (QoS 0 and earlier connections need
-        none)."""
+        """As :meth:`ClientBase.ack_many`, with one write."""
         with self._write:  # the connection number cannot change meanwhile
             current = self.connection
             mids = [
@@ -465,8 +419,6 @@ class FastMqttClient:
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> PublishInfo:
-        """Send now or, for QoS 1, keep until acknowledged: sent on reconnect if the
-        connection is down, re-sent (DUP) if it drops before the PUBACK."""
         if qos not in _QOS:
             raise ValueError(f"QoS {qos} is not supported (0 or 1)")
         if qos == 0:
@@ -487,39 +439,13 @@ class FastMqttClient:
             self._pump()
         return info
 
-    def publish_wait(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        timeout: float | None = 10.0,
-        stop: threading.Event | None = None,
-    ) -> None:
-        """Publish once and wait until the broker acknowledged it (QoS 1) or it was sent.
+    def _not_queued(self, info: PublishInfo, qos: int) -> str | None:
+        if info.rc == MQTT_ERR_SUCCESS:
+            return None
+        return _RC_TEXT.get(info.rc, f"error {info.rc}")
 
-        While disconnected the message is kept and sent on reconnect, so this keeps
-        waiting for that (``timeout=None``: as long as it takes, or until ``stop`` is set).
-        On a timeout the message is still queued: do not publish it again, or the broker
-        gets two copies. A publish the broker refuses raises PublishError.
-        """
-        info = self.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTT_ERR_SUCCESS:
-            raise PublishError(topic, _RC_TEXT.get(info.rc, f"error {info.rc}"))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not info.is_published():
-            if stop is not None and stop.is_set():
-                raise PublishError(topic, "stopped before the broker acknowledged it")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise PublishError(
-                    topic,
-                    f"not acknowledged within {timeout:g}s (still queued: it is sent "
-                    "again on reconnect)",
-                )
-            info.wait_for_publish(0.1)  # wakes on the PUBACK
-        if info.refused is not None:
-            raise PublishError(topic, f"refused by the broker: {info.refused}")
+    def _refusal_of(self, info: PublishInfo) -> str | None:
+        return info.refused
 
     def _allocate_id(self) -> int:
         """(``_state`` held) a packet id no publish, subscribe or unsubscribe uses; 0 if
@@ -655,15 +581,7 @@ class FastMqttClient:
                 raise MalformedPacket(0, f"expected CONNACK, got {type(connack).__name__}")
             if int(connack.reason_code) >= FAILURE:
                 text = reason_text(connack.reason_code)
-                if text != self._last_error:
-                    log.error(
-                        "broker %s:%s refused %s: %s",
-                        self.broker.host,
-                        self.broker.port,
-                        self.ident.username,
-                        text,
-                    )
-                    self._last_error = text
+                self._connect_refused(text)
                 raise _Refused(text)
             if decoded.error is not None:
                 raise decoded.error
@@ -702,14 +620,7 @@ class FastMqttClient:
             if subscribes:
                 self._send(subscribes)
             self._pump()
-        self._last_error = ""
-        log.info(
-            "connected to broker %s:%s as %s (session present: %s)",
-            self.broker.host,
-            self.broker.port,
-            self.ident.client_id,
-            connack.session_present,
-        )
+        self._connected_now(connack.session_present)
         if self._stopping.is_set():
             return "stopping"
         self._connected.set()
@@ -779,11 +690,6 @@ class FastMqttClient:
             self._send(encode_acks(acks), self.connection)
         return ended
 
-    def _unrouted(self, topic: str) -> None:
-        if not self._unrouted_logged:
-            self._unrouted_logged = True
-            log.warning("message on %s matched no handler; acknowledged and dropped", topic)
-
     def _on_control(self, p: Packet) -> str:
         if isinstance(p, mqtt5.PubAckPacket):
             self._on_puback(p.packet_id, p.reason_code)
@@ -813,46 +719,17 @@ class FastMqttClient:
         value = int(code)  # type: ignore[call-overload]
         info = out.info
         info.reason_code = value
-        unrouted = value == NO_MATCHING_SUBSCRIBERS and self.unrouted_is_refused
-        if value >= FAILURE or unrouted:
-            text = reason_text(code)
-            info.refused = text
-            info._done.set()
-            if not self._refusal_logged:  # once until a publish goes through again
-                self._refusal_logged = True
-                if unrouted:
-                    log.warning(
-                        "broker has no subscriber for %s's messages yet (is the ingest service "
-                        "running?): keeping them to publish again",
-                        self.ident.username,
-                    )
-                else:
-                    log.error("broker refused a publish by %s: %s", self.ident.username, text)
-            for rcb in self.on_refused:
-                rcb(mid, text)
-            return
-        self._refusal_logged = False
+        # As paho: the callbacks first, then the publish is marked done.
+        info.refused = self._puback(mid, value, reason_text(code))
         info._done.set()
-        for cb in self.on_published:
-            cb(mid)
 
     def _on_suback(self, mid: int, values: list[int], codes: Sequence[object]) -> None:
         with self._state:
             topic_filter = self._pending_subs.pop(mid, "?")
             all_granted = not self._pending_subs
-        if any(v >= FAILURE for v in values):
-            log.error(
-                "broker refused subscription to %s for %s: %s",
-                topic_filter,
-                self.ident.username,
-                ", ".join(reason_text(c) for c in codes),
-            )
-            return
-        log.info("subscribed to %s", topic_filter)
-        if all_granted:
-            self.subscribed.set()
-            for cb in self.on_subscribed:
-                cb()
+        failed = any(v >= FAILURE for v in values)
+        refused = ", ".join(reason_text(c) for c in codes) if failed else None
+        self._subscribe_answered(topic_filter, refused, all_granted)
 
     def _lost(self, sock: socket.socket, reason: str) -> None:
         with self._state:
@@ -861,18 +738,7 @@ class FastMqttClient:
             self._pending_subs.clear()  # a SUBACK lost with the connection never comes
         with contextlib.suppress(OSError):
             sock.close()
-        was = self._connected.is_set()
-        self._connected.clear()
-        self.subscribed.clear()
-        if was and not self._stopping.is_set():
-            log.warning(
-                "disconnected from broker %s:%s (%s); reconnecting",
-                self.broker.host,
-                self.broker.port,
-                reason,
-            )
-        for cb in self.on_disconnected:
-            cb()
+        self._connection_lost(reason, self._stopping.is_set())
 
     # -- the keepalive thread -------------------------------------------------------------
     def _keepalive(self) -> None:

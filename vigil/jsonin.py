@@ -85,7 +85,7 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> A
     orjson refuses, and any text where it could differ from the rules here (a run of 19 or
     more digits: orjson turns integers past 64 bits into floats), takes the standard-library
     path, which gives the value or the precise reason. Both give the same value for every
-    input orjson accepts (tests/test_parsers_fuzz.py checks that)."""
+    input orjson accepts (tests/test_vigil_jsonin_fast.py checks that)."""
     size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
     if size > max_bytes:
         raise JsonInputError(f"payload is {size} bytes, over {max_bytes}")
