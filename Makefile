@@ -15,11 +15,12 @@ lint: bootstrap-dev
 	$(VENV)/bin/ruff format --check .
 
 typecheck: bootstrap-dev
-	$(VENV)/bin/mypy vigil edge_agent broker ingest_service storage_nodes alert_engine notifier api stack
+	$(VENV)/bin/mypy vigil edge_agent broker ingest_service storage_nodes alert_engine notifier api stack bench
 
 bench: bootstrap-dev
 	$(PY) -m bench.e2e
 	$(PY) -m bench.storage
+	$(PY) -m bench.ingest
 
 bootstrap:
 	@scripts/bootstrap run

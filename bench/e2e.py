@@ -25,9 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from bench.rawpub import end_session
 from broker import provision
 from stack.process import ManagedProcess, free_port
 from storage_nodes import (
@@ -42,9 +44,10 @@ from storage_nodes import (
     provision_server,
     reading_to_line,
 )
-from vigil.atomic import load_or_create_secret
+from vigil.atomic import load_or_create_secret, write_atomic
 from vigil.messages import Reading, encode_readings
 from vigil.mqtt import MqttClient
+from vigil.readiness import is_ready
 from vigil.settings import BrokerSettings, MqttClientSettings, StorageNode, StorageSettings
 from vigil.topics import Topics
 
@@ -84,7 +87,12 @@ def reading(device_no: int, i: int) -> Reading:
 
 
 def publisher(
-    broker: dict, ident: dict, device_no: int, start: int, count: int, rate: float | None
+    broker: dict[str, Any],
+    ident: dict[str, Any],
+    device_no: int,
+    start: int,
+    count: int,
+    rate: float | None,
 ) -> None:
     """One device client publishing ``count`` single-reading messages at QoS 1."""
     client = MqttClient(BrokerSettings(**broker), MqttClientSettings(**ident), max_inflight=2000)
@@ -156,18 +164,25 @@ class Bench:
         self.cluster = StorageCluster(self.storage)
         self.cluster.ensure_database()
 
-    def ident(self, user: str) -> dict:
+    def ident(self, user: str) -> dict[str, Any]:
         return {
             "client_id": user,
             "username": user,
             "password_file": str(self.broker_files.password_file(user)),
         }
 
-    def start_ingest(self) -> None:
+    def write_config(self, members: int = 1, ingest: dict[str, Any] | None = None) -> Path:
+        """The stack's configuration for this bench's servers (ingest with ``members``
+        processes on a shared subscription when above 1; ``ingest``: more ingest settings)."""
         cfg = {
             "broker": self.broker.model_dump(mode="json"),
             "storage": self.storage.model_dump(mode="json"),
-            "ingest": {"mqtt": self.ident("vigil-ingest"), "metrics_port": 0},
+            "ingest": {
+                "mqtt": self.ident("vigil-ingest"),
+                "metrics_port": 0,
+                "members": members,
+                **(ingest or {}),
+            },
             "alert_engine": {
                 "mqtt": self.ident("vigil-alert-engine"),
                 "state_path": str(self.work / "ae.sqlite3"),
@@ -180,21 +195,51 @@ class Bench:
             "api": {"mqtt": self.ident("vigil-api"), "database": str(self.work / "api.db")},
         }
         path = self.work / "vigil.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        ingest = ManagedProcess(
-            "ingest",
-            [sys.executable, "-m", "ingest_service", "--config", str(path)],
-            self.work / "ingest.log",
-            cwd=ROOT,
-        )
-        self.procs.append(ingest.start())
-        wait(
-            lambda: "subscribed to vigil/data/+/#" in ingest.log_tail(100),
-            30,
-            "ingest to subscribe",
-        )
+        write_atomic(path, yaml.safe_dump(cfg))
+        return path
+
+    def start_ingest(
+        self, members: int = 1, ingest: dict[str, Any] | None = None
+    ) -> list[ManagedProcess]:
+        """Start ingest (``members`` processes) and wait until each says it is ready."""
+        path = self.write_config(members, ingest)
+        names = ["ingest"] if members == 1 else [f"ingest-{n}" for n in range(1, members + 1)]
+        started = []
+        for n, name in enumerate(names, 1):
+            ready = self.work / "run" / f"{name}.ready.json"
+            ready.parent.mkdir(exist_ok=True)
+            ready.unlink(missing_ok=True)
+            member = [] if members == 1 else ["--member", str(n)]
+            cmd = [sys.executable, "-m", "ingest_service", "--config", str(path), *member]
+            proc = ManagedProcess(
+                name, [*cmd, "--ready-file", str(ready)], self.work / f"{name}.log", cwd=ROOT
+            )
+            self.procs.append(proc.start())
+            started.append((proc, ready))
+        for proc, ready in started:
+            wait(
+                lambda proc=proc, ready=ready: is_ready(ready, proc.pid) or not proc.alive(),
+                60,
+                f"{proc.name} to be ready",
+            )
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+        return [proc for proc, _ in started]
+
+    def stop_ingest(self, procs: list[ManagedProcess]) -> None:
+        """Stop these ingest processes and discard their broker sessions (a stopped member
+        would otherwise keep its share of the stream queued for it)."""
+        for proc in procs:
+            proc.stop()
+            self.procs.remove(proc)
+            user = "vigil-ingest" if proc.name == "ingest" else f"vigil-ingest-{proc.name[7:]}"
+            password = self.broker_files.password_file(user).read_text().strip()
+            end_session(self.broker.host, self.broker.port, user, password)
 
     def stop(self) -> None:
+        cluster = getattr(self, "cluster", None)
+        if cluster is not None:  # its probes would report the servers going down
+            cluster.close()
         for p in reversed(self.procs):
             p.stop()
 

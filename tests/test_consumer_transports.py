@@ -86,6 +86,10 @@ def received(n: int) -> Received:
     return Received("t", b"", 1, n, 1, 0, TopicFilter.parse("#"))
 
 
+def mids(lists: list[list[Received]]) -> list[int]:
+    return [m.mid for items in lists for m in items]
+
+
 def test_the_handoff_holds_its_bound_and_gives_up_when_stopping():
     stopping = threading.Event()
     h = Handoff(3, stopping)
@@ -96,14 +100,35 @@ def test_the_handoff_holds_its_bound_and_gives_up_when_stopping():
     t.start()
     time.sleep(0.3)
     assert done == []  # waiting for room
-    assert [m.mid for m in h.get(0.1) or []] == [1, 2]
+    assert mids(h.take(1, 0.1)) == [1, 2, 3, 4]  # everything waiting, oldest first
     t.join(2)
-    assert done == [True] and len(h) == 3
-    t = threading.Thread(target=lambda: done.append(h.put([received(6)])))
+    assert done == [True] and len(h) == 1
+    assert h.put([received(6), received(7)]) and len(h) == 3
+    t = threading.Thread(target=lambda: done.append(h.put([received(8)])))
     t.start()
     stopping.set()
     t.join(2)
     assert done == [True, False] and len(h) == 3  # dropped: it was never acknowledged
-    assert [m.mid for m in h.get_nowait() or []] == [3, 4]
-    assert [m.mid for m in h.get(0.0) or []] == [5]
-    assert h.get(0.05) is None and h.get_nowait() is None
+    assert mids(h.take(1, 0.0)) == [5, 6, 7]
+    assert h.take(1, 0.05) == [] and len(h) == 0
+
+
+def test_the_handoff_wakes_the_worker_only_when_what_it_wants_is_there():
+    h = Handoff(100, threading.Event())
+    got: list[list[list[Received]]] = []
+    t = threading.Thread(target=lambda: got.append(h.take(5, 5.0)))
+    t.start()
+    for n in range(4):
+        assert h.put([received(n)])
+    time.sleep(0.2)
+    assert got == []  # four of the five it waits for: still asleep
+    assert h.put([received(4), received(5)])
+    t.join(2)
+    assert [mids(g) for g in got] == [[0, 1, 2, 3, 4, 5]]
+    # after the timeout it takes what there is; want is capped by the bound
+    assert h.put([received(6)])
+    t0 = time.monotonic()
+    assert mids(h.take(50, 0.1)) == [6] and time.monotonic() - t0 >= 0.09
+    small = Handoff(2, threading.Event())
+    assert small.put([received(1), received(2)])
+    assert mids(small.take(1000, 5.0)) == [1, 2]  # 2 is all the bound lets in: no wait

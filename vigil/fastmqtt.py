@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: how much one ``recv`` asks for: room for hundreds of small PUBLISHes
 RECV_BYTES = 256 * 1024
+#: a read of fewer packets than this is followed by the coalescing pause (when configured)
+COALESCE_BELOW = 64
 RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 10.0
 #: TCP connect and CONNACK wait
@@ -284,7 +286,10 @@ class FastMqttClient(ClientBase):
         max_inflight: int = 1000,
         will: Will | None = None,
         unrouted_is_refused: bool = False,
+        coalesce_s: float = 0.0,
     ) -> None:
+        """``coalesce_s``: after a read that brought fewer than :data:`COALESCE_BELOW`
+        packets, wait this long before reading again (see ``read_coalesce_ms``)."""
         super().__init__(
             broker,
             ident,
@@ -296,6 +301,7 @@ class FastMqttClient(ClientBase):
             unrouted_is_refused=unrouted_is_refused,
         )
         self._stopping = threading.Event()
+        self._coalesce_s = coalesce_s
         self._router = Router()
         # _state guards what follows; _write guards the socket and every sendall. Order:
         # _state before _write, never the other way; neither is held around a callback.
@@ -635,6 +641,8 @@ class FastMqttClient(ClientBase):
                     return reason
             if error is not None:
                 return str(error)
+            if 0 < len(packets) < COALESCE_BELOW and self._coalesce_s:
+                time.sleep(self._coalesce_s)  # let a few more arrive: one read for them all
             try:
                 data: bytes | bytearray = sock.recv(RECV_BYTES)
             except TimeoutError:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ MAX_TS_MS = 4_102_444_800_000
 RESERVED_TAGS = frozenset({"device", "kind", "unit", "metric", "id", "value", "time"})
 READING_KEYS = frozenset({"id", "ts", "kind", "metric", "value", "unit", "tags"})
 SINGLE_KEYS = READING_KEYS | {"device", "v"}
+BATCH_READING_KEYS = READING_KEYS | {"device"}
+#: what a stored string must not hold: control characters, and backslashes (InfluxDB tags)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 BATCH_KEYS = frozenset({"device", "readings", "v"})
 
 SEVERITIES = ("info", "warning", "critical")
@@ -141,9 +145,9 @@ def _check_str(value: object, where: str, max_len: int) -> str:
         raise InvalidMessage(f"{where} must be a string, got {type(value).__name__}")
     if len(value) > max_len:
         raise InvalidMessage(f"{where} is longer than {max_len} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidMessage(f"{where} contains control characters")
-    if "\\" in value:
+    if value and _UNSAFE.search(value):  # one scan for the common case: nothing wrong
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InvalidMessage(f"{where} contains control characters")
         raise InvalidMessage(f"{where} contains a backslash, which InfluxDB tags cannot store")
     return value
 
@@ -172,9 +176,9 @@ def _check_ranges(value: object, where: str, max_n: int) -> list[tuple[int, int]
 def _parse_reading(obj: object, device: str, where: str) -> Reading:
     if not isinstance(obj, dict):
         raise InvalidMessage(f"{where} must be a JSON object")
-    allowed = SINGLE_KEYS if where == "message" else READING_KEYS | {"device"}
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
+    allowed = SINGLE_KEYS if where == "message" else BATCH_READING_KEYS
+    if not allowed.issuperset(obj):
+        unknown = sorted(str(k) for k in set(obj) - allowed)
         raise InvalidMessage(f"{where} has unknown field(s): {', '.join(unknown)}")
     if obj.get("device", device) != device:
         raise InvalidMessage(f"{where}.device {_show(obj['device'])} does not match {device!r}")

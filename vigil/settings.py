@@ -259,6 +259,14 @@ class ConsumerMqttSettings(MqttClientSettings):
         description="fast: vigil.fastmqtt (many packets per read, a batch's PUBACKs in one "
         "write); paho: paho-mqtt, the reference implementation",
     )
+    read_coalesce_ms: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="fast transport: after a read of only a few messages, wait this long "
+        "before the next, so a moderate stream is read a few messages at a time instead of "
+        "one (less CPU per message; at most this much latency); 0: read at once",
+    )
 
 
 class StorageNode(Model):
