@@ -15,6 +15,7 @@ from types import FrameType
 from edge_agent.agent import Agent
 from edge_agent.outbox import OutboxError
 from edge_agent.quotes import metric_for
+from edge_agent.sources import SourceError
 from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.logs import setup_logging
 from vigil.settings import AgentConfig, ConfigError, agent_secret_files, load_agent_config
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("edge_agent")
     try:
         agent = Agent(config)
+    except SourceError as exc:
+        print(f"{args.config}: {exc.key}: {exc.reason}", file=sys.stderr)
+        return 2
     except (OutboxError, OSError) as exc:
         print(f"{args.config}: outbox_path: {exc}", file=sys.stderr)
         return 2

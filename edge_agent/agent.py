@@ -37,10 +37,14 @@ from collections.abc import Callable
 from typing import Literal
 
 from paho.mqtt.enums import MQTTErrorCode
+from prometheus_client import Counter
 
 from edge_agent.outbox import Outbox
-from edge_agent.quotes import Fetcher, QuoteFeed
+from edge_agent.quotes import BREAKER_STATE_VALUES, Fetcher, QuoteFeed
+from edge_agent.samples import Sample
 from edge_agent.sensors import SensorBank
+from edge_agent.sources import build_sources
+from vigil import __version__
 from vigil.device_config import (
     MAX_DEVICE_CONFIG_BYTES,
     DeviceConfig,
@@ -50,6 +54,7 @@ from vigil.device_config import (
 from vigil.messages import Confirmation, DeviceStatus, InvalidMessage, Reading, encode_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError, Will
+from vigil.rate import RateLimiter
 from vigil.settings import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -92,8 +97,24 @@ class Agent:
         self.data_topic = topics.data(self.device)
         self.status_topic = topics.status(self.device)
         self.sensors = SensorBank(config.sensors, config.seed)
+        self.sources = build_sources(config.sources)  # SourceError: a plugin cannot start
+        self._source_failing: dict[str, str] = {}  # source -> its error, while it fails
         self.quotes = QuoteFeed(config.quotes, config.seed, quote_fetcher)
         self.metrics = metrics or ServiceMetrics("edge_agent", "publish")
+        self._source_errors = Counter(
+            "vigil_source_errors",
+            "Ticks in which a source failed or gave something that is not a reading",
+            ["service", "source"],
+            registry=self.metrics.registry,
+        )
+        self._breaker_gauge = self.metrics.gauge(
+            "vigil_quote_breaker_state",
+            "The quote source's circuit breaker: 0 closed, 1 half-open, 2 open",
+        ).labels("edge_agent")
+        #: readings per second the agent publishes at most (backlog and re-sends)
+        self._replay = RateLimiter(
+            config.replay_max_per_s, burst=max(config.replay_max_per_s, config.batch_max)
+        )
         self._depth_gauge = self.metrics.gauge(
             "vigil_outbox_depth", "Readings in the outbox, not yet confirmed stored"
         ).labels("edge_agent")
@@ -165,6 +186,7 @@ class Agent:
         self._depth_gauge.set(self.outbox.depth)
         self.client.start()
         next_tick = next_quotes = next_trim = time.monotonic()
+        next_status = next_tick + self.config.status_interval_s
         taken = 0
         drain_deadline: float | None = None
         try:
@@ -187,6 +209,11 @@ class Agent:
                 if now >= next_trim:
                     next_trim = now + OUTBOX_CHECK_S
                     self.trim_outbox()
+                if now >= next_status:  # the heartbeat: the retained status, fresh
+                    next_status = now + self.config.status_interval_s
+                    if self.client.connected:
+                        status = self._status("online").encode()
+                        self.client.publish(self.status_topic, status, retain=True)
                 self.flush()
                 wait = next_tick - time.monotonic() if ticks is None or taken < ticks else 0.1
                 self._handle_events(timeout=min(max(wait, 0.0), MAX_WAIT_S))
@@ -202,15 +229,46 @@ class Agent:
         """Take one reading per sensor (and quote), commit them, publish if connected."""
         started = time.perf_counter()
         ts_ms = int(self.clock() * 1000)
-        samples = self.sensors.sample(ts_ms)
+        samples = self.sensors.sample(ts_ms) + self._sample_sources(ts_ms)
         if with_quotes:
             samples += self.quotes.sample()
+            self._breaker_gauge.set(BREAKER_STATE_VALUES[self.quotes.breaker_state])
         readings = self.outbox.add(ts_ms, samples)
         self.metrics.messages_in.inc(len(readings))
         self.flush()
         self._depth_gauge.set(self.outbox.depth)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return readings
+
+    def _sample_sources(self, ts_ms: int) -> list[Sample]:
+        """Every source's readings; a failing source is counted, and logged when it starts
+        failing (or fails otherwise) and when it recovers, not every tick."""
+        out: list[Sample] = []
+        for source in self.sources:
+            got = source.sample(ts_ms)
+            out += got
+            if source.errors:
+                self._source_errors.labels("edge_agent", source.name).inc()
+                first = source.errors[0]
+                if self._source_failing.get(source.name) != first:
+                    self._source_failing[source.name] = first
+                    log.warning(
+                        "source %s of %s: %s%s",
+                        source.name,
+                        self.device,
+                        first,
+                        f" (and {len(source.errors) - 1} more)" if len(source.errors) > 1 else "",
+                    )
+            elif self._source_failing.pop(source.name, None) is not None:
+                log.info("source %s of %s is reading again", source.name, self.device)
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        unique = []
+        for sample in out:  # one reading per series and tick: the first source wins
+            key = (sample.metric, tuple(sorted(sample.tags.items())))
+            if key not in seen:
+                seen.add(key)
+                unique.append(sample)
+        return unique
 
     def trim_outbox(self) -> None:
         """Enforce the outbox's bounds: when it is full (``outbox_max_bytes``) or readings
@@ -253,6 +311,12 @@ class Agent:
             self.config_error,
             self.outbox.first_id,
             self.outbox.lowest_id(),
+            __version__,
+            tuple(s.name for s in self.sources),
+            self.outbox.depth,
+            len(self._sent),
+            self.quotes.breaker_state if self.quotes.symbols else "",
+            self.config.status_interval_s if state == "online" else 0.0,
         )
 
     # -- live configuration ---------------------------------------------------------------
@@ -352,6 +416,8 @@ class Agent:
                 batch = self.outbox.pending(after_id=self._cursor, limit=self.config.batch_max)
                 if not batch:
                     return
+            if not self._replay.try_acquire(len(batch)):
+                return  # replay_max_per_s: the rest goes on a later pass (due ones come again)
             if not self._publish(batch):
                 return
 

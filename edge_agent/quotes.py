@@ -14,12 +14,14 @@ covers networks that swallow packets instead.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import random
 import re
 import threading
 from collections.abc import Callable
+from typing import Literal
 
 import pybreaker
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 Fetcher = Callable[[str], tuple[float, str]]
 
 YFINANCE_TIMEOUT_S = 3.0
+#: vigil_quote_breaker_state's value for each state of the breaker
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 DEFAULT_CURRENCY = "USD"
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -78,6 +82,11 @@ def _yfinance_quote(symbol: str) -> tuple[float, str]:
     price = float(hist["Close"].iloc[-1])
     currency = (ticker.history_metadata or {}).get("currency") or DEFAULT_CURRENCY
     return price, str(currency)
+
+
+def has_yfinance() -> bool:
+    """Whether yfinance is installed (the ``prices`` extra), without importing it."""
+    return importlib.util.find_spec("yfinance") is not None
 
 
 def fetch_yfinance(symbol: str) -> tuple[float, str]:
@@ -135,6 +144,12 @@ class QuoteFeed:
         self.symbols = [s.upper() for s in settings.symbols]
         self.metrics = {s: metric_for(s) for s in self.symbols}
         self.simulated_only = settings.source == "simulated"
+        if fetcher is None and not self.simulated_only and self.symbols and not has_yfinance():
+            log.warning(
+                "yfinance is not installed (pip install 'vigil[prices]'): simulated prices for %s",
+                ", ".join(self.symbols),
+            )
+            self.simulated_only = True
         self._fetch = fetcher or fetch_yfinance
         self._outages = _Outages()
         self.breaker = pybreaker.CircuitBreaker(
@@ -156,6 +171,12 @@ class QuoteFeed:
         self.symbols, self.metrics = wanted, metrics
         self._walks = {s: self._walks.get(s) or RandomWalk(self._seed, s) for s in wanted}
         self._currency = {s: self._currency.get(s, DEFAULT_CURRENCY) for s in wanted}
+
+    @property
+    def breaker_state(self) -> Literal["closed", "open", "half-open"]:
+        """The breaker's state: closed (fetching), open (simulated prices), half-open."""
+        state = self.breaker.current_state
+        return state if state in ("open", "half-open") else "closed"  # type: ignore[return-value]
 
     @property
     def failures(self) -> int:

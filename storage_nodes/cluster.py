@@ -46,11 +46,11 @@ from storage_nodes.lineproto import (
     row_to_line,
 )
 from storage_nodes.merge import Row, merge
-from storage_nodes.rate import RateLimiter
 from storage_nodes.ring import HashRing
 from vigil.atomic import write_atomic
 from vigil.messages import Reading
 from vigil.names import is_name
+from vigil.rate import RateLimiter
 from vigil.settings import StorageSettings
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ from storage_nodes.client import InfluxNode, StorageError
 from storage_nodes.cluster import StorageCluster, read_hint_summary, series_key
 from storage_nodes.layout import Layout, Server, Strategy, Tombstone
 from storage_nodes.lineproto import quote_ident, quote_literal
-from storage_nodes.rate import RateLimiter
 from storage_nodes.repair import (
     RepairProgress,
     RepairReport,
@@ -44,6 +43,7 @@ from storage_nodes.repair import (
     repair_series,
 )
 from vigil.names import is_name
+from vigil.rate import RateLimiter
 from vigil.settings import StorageSettings
 
 log = logging.getLogger(__name__)

@@ -62,7 +62,7 @@ from storage_nodes.client import (
     StorageError,
 )
 from storage_nodes.lineproto import quote_ident, row_to_line
-from storage_nodes.rate import RateLimiter
+from vigil.rate import RateLimiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

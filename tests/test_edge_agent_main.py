@@ -11,6 +11,7 @@ from support import outbox_ids, wait_until, write_agent_config
 
 from edge_agent.__main__ import main
 from stack.process import free_port
+from vigil import __version__
 from vigil.messages import DeviceStatus, parse_readings
 
 
@@ -130,3 +131,34 @@ def test_ticks_takes_that_many_rounds_and_exits_once_delivered(
     # one reading per message once connected: the single shape
     singles = [json.loads(m.payload) for m, b in zip(messages, batches, strict=True) if len(b) == 1]
     assert singles and all(p["device"] == "dev-9" and "id" in p for p in singles)
+
+
+def test_the_status_is_a_heartbeat_with_the_agents_metadata(broker, tmp_path, probe, run_service):
+    path = write_agent_config(
+        tmp_path, broker, "dev-7", status_interval_s=1, sources=[{"type": "host"}]
+    )
+    watch = probe("vigil/status/dev-7", "vigil/data/dev-7")
+    run_service("edge_agent", "--config", str(path))
+    wait_until(lambda: len(statuses(watch, "dev-7")) >= 3, timeout=15, what="heartbeats")
+    beats = statuses(watch, "dev-7")
+    assert {s.state for s in beats} == {"online"}
+    assert len({s.ts for s in beats}) == len(beats)  # each one fresh
+    last = beats[-1]
+    assert (last.version, last.sources, last.heartbeat_s) == (__version__, ("host",), 1.0)
+    assert last.breaker == "closed"  # simulated prices: the breaker never opened
+    assert last.outbox_depth >= 0 and last.unconfirmed >= 0
+    readings = [r for m in watch.on("vigil/data/dev-7") for r in parse_readings(m.payload, "dev-7")]
+    assert {"memory_used_percent", "disk_used_percent", "temperature"} <= {
+        r.metric for r in readings
+    }
+
+
+def test_a_plugin_that_is_not_installed_stops_the_agent_with_the_key(broker, tmp_path, capsys):
+    path = write_agent_config(
+        tmp_path, broker, "dev-1", sources=[{"type": "plugin", "name": "x", "plugin": "nope"}]
+    )
+    assert main(["--config", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"{path}: sources[0].plugin: no plugin 'nope' in entry point group vigil.sources "
+        "(installed: none)"
+    )

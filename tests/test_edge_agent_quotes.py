@@ -10,6 +10,7 @@ import time
 import pytest
 from support import wait_until
 
+from edge_agent import quotes
 from edge_agent.quotes import QuoteFeed, call_with_timeout, metric_for
 from vigil.settings import BreakerSettings, QuoteSettings
 
@@ -84,7 +85,7 @@ def test_breaker_opens_after_fail_max_failures_and_readings_are_simulated(caplog
     with caplog.at_level(logging.DEBUG, logger="edge_agent.quotes"):
         got = [feed.sample()[0] for _ in range(10)]
     assert fetch.calls == 3  # then the open breaker stops trying
-    assert feed.breaker.current_state == "open"
+    assert feed.breaker.current_state == "open" and feed.breaker_state == "open"
     assert feed.failures == 3
     assert all(s.tags["source"] == "simulated" and s.unit == "USD" for s in got)
     assert all(s.value > 0 for s in got) and len({s.value for s in got}) > 1
@@ -130,6 +131,18 @@ def test_breaker_closes_again_when_the_source_is_back_and_simulation_continues_f
 
     back = wait_until(real_price, timeout=5, interval=0.02, what="a real price after the reset")
     assert back.value == 101.0 and feed.breaker.current_state == "closed"
+    assert feed.breaker_state == "closed"
+
+
+def test_without_yfinance_installed_prices_are_simulated_and_said_once(monkeypatch, caplog):
+    monkeypatch.setattr(quotes, "has_yfinance", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.quotes"):
+        feed = QuoteFeed(settings("AAPL"), seed=1)
+    assert feed.simulated_only
+    assert [s.tags["source"] for s in feed.sample() + feed.sample()] == ["simulated"] * 2
+    (warning,) = caplog.records
+    assert "yfinance is not installed" in warning.getMessage()
+    assert "vigil[prices]" in warning.getMessage()
 
 
 def test_simulated_source_never_fetches_and_repeats_for_a_seed():

@@ -28,8 +28,8 @@ from storage_nodes.layout import (
     moved,
 )
 from storage_nodes.merge import Row, merge
-from storage_nodes.rate import RateLimiter
 from vigil.names import NAME_PATTERN
+from vigil.rate import RateLimiter
 from vigil.settings import StorageNode, StorageSettings
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -861,3 +861,16 @@ def test_moved_refuses_or_makes_a_layout_that_loads_back():
     except LayoutError:
         return
     assert layouts.parse(encode(target.to_json())) == target
+
+
+def test_try_acquire_never_waits_and_keeps_the_rate():
+    clock = Clock()
+    r = RateLimiter(100, clock=clock, sleep=clock.sleep, burst=10)
+    assert r.try_acquire(10) and not r.try_acquire(1)  # the burst, then nothing
+    assert r.wait_s(5) == pytest.approx(0.05)
+    clock.t += 0.06  # 6 tokens (float time: not exactly 5)
+    assert r.try_acquire(5) and not r.try_acquire(5)
+    clock.t += 1.0
+    assert r.try_acquire(50)  # above the burst once full: a debt the next ones wait out
+    assert not r.try_acquire(1) and r.wait_s(1) == pytest.approx(0.41)
+    assert r.try_acquire(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from vigil.messages import (
     Alert,
+    DeviceStatus,
     InvalidMessage,
     Reading,
     Rule,
@@ -156,3 +158,31 @@ def test_dead_letter_keeps_binary_payloads():
         encode_dead_letter(reason="r", topic="t", payload=b"\xff", received_at=1, service="ingest")
     )
     assert letter["encoding"] == "base64" and letter["payload"] == "/w=="
+
+
+def test_a_status_carries_the_agents_heartbeat_metadata_and_round_trips():
+    status = DeviceStatus(
+        "dev-1",
+        "online",
+        1_763_000_000_000,
+        version="0.1.0",
+        sources=("host", "probe"),
+        outbox_depth=12,
+        unconfirmed=3,
+        breaker="open",
+        heartbeat_s=30.0,
+    )
+    assert DeviceStatus.decode(status.encode()) == status
+    bare = DeviceStatus("dev-1", "offline", None, "stopped")
+    assert set(json.loads(bare.encode())) == {"device", "state", "ts", "reason"}
+    for bad, reason in [
+        ({"breaker": "melted"}, "breaker must be one of"),
+        ({"sources": ["ok", "no/slash"]}, "sources[1]"),
+        ({"sources": "host"}, "sources must be a list"),
+        ({"heartbeat_s": -1}, "heartbeat_s is outside"),
+        ({"outbox_depth": -1}, "outbox_depth"),
+        ({"version": "a\nb"}, "control characters"),
+    ]:
+        obj = {"device": "dev-1", "state": "online", "ts": 1, **bad}
+        with pytest.raises(InvalidMessage, match=re.escape(reason)):
+            DeviceStatus.decode(json.dumps(obj).encode())

@@ -252,6 +252,9 @@ def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
 # -- status ------------------------------------------------------------------------------
 #: Longest reason a status gives for a rejected live configuration.
 MAX_CONFIG_ERROR = 500
+MAX_VERSION = 64
+MAX_STATUS_SOURCES = 32
+BREAKER_STATES = ("", "closed", "open", "half-open")
 MAX_CONFIG_VERSION = 2**53
 
 
@@ -275,6 +278,14 @@ class DeviceStatus:
     #: every id in between has left it, confirmed stored or dropped (vigil.gaps)
     first_id: int = 0
     settled_below: int = 0
+    #: metadata of a running agent (its heartbeat, every ``heartbeat_s``): its version, its
+    #: sources, readings in its outbox and waiting for a confirmation, the quote breaker
+    version: str = ""
+    sources: tuple[str, ...] = ()
+    outbox_depth: int = 0
+    unconfirmed: int = 0
+    breaker: Literal["", "closed", "open", "half-open"] = ""
+    heartbeat_s: float = 0.0
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -293,6 +304,18 @@ class DeviceStatus:
         if self.first_id:
             obj["first_id"] = self.first_id
             obj["settled_below"] = self.settled_below
+        if self.version:
+            obj["version"] = self.version[:MAX_VERSION]
+        if self.sources:
+            obj["sources"] = list(self.sources[:MAX_STATUS_SOURCES])
+        if self.outbox_depth:
+            obj["outbox_depth"] = self.outbox_depth
+        if self.unconfirmed:
+            obj["unconfirmed"] = self.unconfirmed
+        if self.breaker:
+            obj["breaker"] = self.breaker
+        if self.heartbeat_s:
+            obj["heartbeat_s"] = self.heartbeat_s
         return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
@@ -325,6 +348,26 @@ class DeviceStatus:
         settled = _check_int(
             obj.get("settled_below", first_id), "status message settled_below", first_id, MAX_ID + 1
         )
+        version = _check_str(obj.get("version", ""), "status message version", MAX_VERSION)
+        sources = obj.get("sources", [])
+        if not isinstance(sources, list) or len(sources) > MAX_STATUS_SOURCES:
+            raise InvalidMessage(
+                f"status message sources must be a list of at most {MAX_STATUS_SOURCES} names"
+            )
+        for n, name in enumerate(sources):
+            if not is_name(name):
+                raise InvalidMessage(f"status message sources[{n}] {_show(name)} is not a name")
+        depth = _check_int(obj.get("outbox_depth", 0), "status message outbox_depth", 0, MAX_ID)
+        unconfirmed = _check_int(obj.get("unconfirmed", 0), "status message unconfirmed", 0, MAX_ID)
+        breaker = obj.get("breaker", "")
+        if breaker not in BREAKER_STATES:
+            raise InvalidMessage(
+                f"status message breaker must be one of closed, open, half-open, got "
+                f"{_show(breaker)}"
+            )
+        heartbeat = _check_number(obj.get("heartbeat_s", 0.0), "status message heartbeat_s")
+        if not 0 <= heartbeat <= 86_400:
+            raise InvalidMessage("status message heartbeat_s is outside [0, 86400]")
         return cls(
             str(device),
             state,
@@ -336,6 +379,12 @@ class DeviceStatus:
             config_error,
             first_id,
             settled,
+            version,
+            tuple(str(n) for n in sources),
+            depth,
+            unconfirmed,
+            breaker,
+            float(heartbeat),
         )
 
 

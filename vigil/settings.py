@@ -122,7 +122,7 @@ def first_repeat(values: Iterable[Hashable]) -> tuple[int, int] | None:
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 def _name(value: str) -> str:
@@ -720,6 +720,59 @@ class QuoteSettings(Model):
         return self
 
 
+HostReading = Literal["cpu", "memory", "disk", "thermal", "load"]
+
+
+class HostSourceSpec(Model):
+    """Readings of the Linux host the agent runs on, from /proc and /sys."""
+
+    type: Literal["host"]
+    name: Annotated[str, AfterValidator(_name)] = "host"
+    readings: list[HostReading] = Field(
+        ["cpu", "memory", "disk", "thermal"],
+        description="cpu_percent, memory_used_percent, disk_used_percent{path}, "
+        "thermal_celsius{zone}, load_1m",
+    )
+    disks: list[str] = Field(["/"], description="mount points for disk_used_percent")
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+
+
+class CommandSourceSpec(Model):
+    """Run a command every tick and read numbers from what it prints: ``name=value``,
+    ``name: value`` or ``name value`` lines, or one bare number (then ``metric`` names it)."""
+
+    type: Literal["command"]
+    name: Annotated[str, AfterValidator(_name)]
+    command: list[str] = Field(min_length=1, description="argv, run without a shell")
+    timeout_s: Float = Field(5.0, gt=0, le=60)
+    metric: Annotated[str, AfterValidator(_name)] | None = None
+    unit: str = Field("", max_length=32)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in v) or "\\" in v:
+            raise ValueError("a unit may not hold control characters or a backslash")
+        return v
+
+
+class PluginSourceSpec(Model):
+    """A source from an installed package: the entry point ``plugin`` of group
+    ``vigil.sources``, called with ``options``; it returns an object whose
+    ``sample(ts_ms)`` gives ``edge_agent.samples.Sample`` values."""
+
+    type: Literal["plugin"]
+    name: Annotated[str, AfterValidator(_name)]
+    plugin: str = Field(min_length=1, max_length=200)
+    options: dict[str, Any] = {}
+
+
+SourceSpec = Annotated[
+    HostSourceSpec | CommandSourceSpec | PluginSourceSpec, Field(discriminator="type")
+]
+
+
 class AgentConfig(Model):
     """One edge agent: ``config/agents/<device>.yaml``."""
 
@@ -745,8 +798,20 @@ class AgentConfig(Model):
         le=86_400,
         description="a reading published but not confirmed stored this long is published again",
     )
+    replay_max_per_s: Float = Field(
+        2000.0,
+        gt=0,
+        description="readings per second at most that the agent publishes (its backlog after "
+        "an outage, and re-sends), so the broker's queue stays shallow",
+    )
+    status_interval_s: Float = Field(
+        30.0, ge=1, le=86_400, description="how often the retained status is published again"
+    )
     seed: Int = 0
     sensors: list[SensorSpec] = []
+    sources: list[SourceSpec] = Field(
+        [], description="readings beside the simulated sensors: host, command, plugin"
+    )
     quotes: QuoteSettings = QuoteSettings()
     metrics_port: ListenPort = 9110
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
@@ -775,6 +840,11 @@ class AgentConfig(Model):
             raise KeyedError(
                 f"sensors[{i}].metric",
                 f"{self.sensors[i].metric!r} is also sensors[{j}].metric: one sensor per metric",
+            )
+        if repeat := first_repeat(source.name for source in self.sources):
+            i, j = repeat
+            raise KeyedError(
+                f"sources[{i}].name", f"{self.sources[i].name!r} is also sources[{j}].name"
             )
         return self
 
