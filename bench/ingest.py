@@ -47,6 +47,7 @@ from typing import Any
 from bench.e2e import ROOT, Bench, cpu_seconds, wait
 from bench.rawpub import PublisherResult, percentile, run_many
 from stack.process import ManagedProcess
+from vigil.atomic import write_atomic
 
 TARGET_US_PER_MSG = 25.0
 TARGET_CEILING = 23_000.0
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     summarise(result)
-    (out_dir / "ingest.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_atomic(out_dir / "ingest.json", json.dumps(result, indent=2, default=float) + "\n")
     lost = sum(r["lost"] + r["extra_points"] for r in _runs(result))
     return 0 if lost == 0 else 1
 

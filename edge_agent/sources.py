@@ -77,16 +77,21 @@ def parse_command_output(
     if len(lines) > MAX_LINES:
         errors.append(f"{len(lines)} lines: only the first {MAX_LINES} are read")
         lines = lines[:MAX_LINES]
+
+    def keep(n: int, name: str, value: float) -> None:
+        if name in seen:
+            errors.append(f"line {n}: {name} given twice")
+        else:
+            seen.add(name)
+            pairs.append((name, value))
+
     for n, line in enumerate(lines, 1):
         bare = parse_number(line)
         if bare is not None:
             if metric is None:
                 errors.append(f"line {n}: a bare number, but the source names no metric")
-            elif metric in seen:
-                errors.append(f"line {n}: {metric} given twice")
             else:
-                seen.add(metric)
-                pairs.append((metric, bare))
+                keep(n, metric, bare)
             continue
         m = re.fullmatch(r"([^\s=:]+)\s*(?:=|:|\s)\s*(\S+)", line)
         if m is None:
@@ -98,11 +103,8 @@ def parse_command_output(
             errors.append(f"line {n}: {name[:40]!r} is not a valid metric name")
         elif value is None:
             errors.append(f"line {n}: {raw[:40]!r} is not a finite number")
-        elif name in seen:
-            errors.append(f"line {n}: {name} given twice")
         else:
-            seen.add(name)
-            pairs.append((name, value))
+            keep(n, name, value)
     return pairs, errors
 
 

@@ -146,7 +146,9 @@ def test_the_status_is_a_heartbeat_with_the_agents_metadata(broker, tmp_path, pr
     last = beats[-1]
     assert (last.version, last.sources, last.heartbeat_s) == (__version__, ("host",), 1.0)
     assert last.breaker == "closed"  # simulated prices: the breaker never opened
-    assert last.outbox_depth >= 0 and last.unconfirmed >= 0
+    # nothing confirms them here: the readings stay in the outbox, published and waiting
+    assert last.outbox_depth > 0 and last.unconfirmed > 0
+    assert last.outbox_depth >= beats[0].outbox_depth
     readings = [r for m in watch.on("vigil/data/dev-7") for r in parse_readings(m.payload, "dev-7")]
     assert {"memory_used_percent", "disk_used_percent", "temperature"} <= {
         r.metric for r in readings

@@ -35,6 +35,29 @@ def start_stack(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def stack_env(
+    broker_port: int, api_port: int, smtp_port: int, influx: list[int], **agent: str
+) -> dict[str, str]:
+    """The environment that puts `vigil run` on these ports (metrics on free ones); ``agent``:
+    more agent settings (``interval_s="0.2"`` is VIGIL_AGENT__INTERVAL_S=0.2)."""
+    nodes = ", ".join(
+        f"{{name: influx-{i + 1}, url: 'http://127.0.0.1:{p}'}}" for i, p in enumerate(influx)
+    )
+    return {
+        "VIGIL__BROKER__PORT": str(broker_port),
+        "VIGIL__API__PORT": str(api_port),
+        "VIGIL__NOTIFIER__SMTP__PORT": str(smtp_port),
+        "VIGIL__STORAGE__NODES": f"[{nodes}]",
+        **{
+            f"VIGIL__{s}__METRICS_PORT": str(free_port())
+            for s in ("INGEST", "ALERT_ENGINE", "NOTIFIER", "API")
+        },
+        "VIGIL_AGENT__BROKER__PORT": str(broker_port),
+        "VIGIL_AGENT__METRICS_PORT": "0",
+        **{f"VIGIL_AGENT__{k.upper()}": v for k, v in {"interval_s": "0.5", **agent}.items()},
+    }
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -64,22 +87,7 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     broker_port, api_port, smtp_port = free_port(), free_port(), free_port()
     influx = [free_port() for _ in range(3)]
-    nodes = ", ".join(
-        f"{{name: influx-{i + 1}, url: 'http://127.0.0.1:{p}'}}" for i, p in enumerate(influx)
-    )
-    env = {
-        "VIGIL__BROKER__PORT": str(broker_port),
-        "VIGIL__API__PORT": str(api_port),
-        "VIGIL__NOTIFIER__SMTP__PORT": str(smtp_port),
-        "VIGIL__STORAGE__NODES": f"[{nodes}]",
-        **{
-            f"VIGIL__{s}__METRICS_PORT": str(free_port())
-            for s in ("INGEST", "ALERT_ENGINE", "NOTIFIER", "API")
-        },
-        "VIGIL_AGENT__BROKER__PORT": str(broker_port),
-        "VIGIL_AGENT__METRICS_PORT": "0",
-        "VIGIL_AGENT__INTERVAL_S": "0.5",
-    }
+    env = stack_env(broker_port, api_port, smtp_port, influx)
     proc = start_stack(tmp_path, env)
     stack_json = tmp_path / ".vigil" / "stack.json"
     try:

@@ -122,13 +122,17 @@ def first_repeat(values: Iterable[Hashable]) -> tuple[int, int] | None:
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _name(value: str) -> str:
     if not is_name(value):
         raise ValueError(f"{shown(value)} is not a valid name: {NAME_RULE}")
     return value
+
+
+#: a name (device, metric, source, group): NAME_RULE
+Name = Annotated[str, AfterValidator(_name)]
 
 
 def _device_id(value: str) -> str:
@@ -419,9 +423,7 @@ class IngestSettings(Model):
         "is broker user vigil-ingest-N, with hints in hints_dir/member-N and metrics on "
         f"metrics_port + {MEMBER_PORT_STEP} x (N - 1)",
     )
-    share_group: Annotated[str, AfterValidator(_name)] = Field(
-        "ingest", description="the shared subscription's group"
-    )
+    share_group: Name = Field("ingest", description="the shared subscription's group")
 
     @model_validator(mode="after")
     def _members_fit(self) -> IngestSettings:
@@ -678,11 +680,21 @@ class VigilConfig(Model):
         return self
 
 
+def _unit(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
+        raise ValueError("a unit may not hold control characters or a backslash")
+    return value
+
+
+#: a reading's unit: short, printable, no backslash (InfluxDB stores it as a tag)
+Unit = Annotated[str, Field(max_length=32), AfterValidator(_unit)]
+
+
 class SensorSpec(Model):
     """A simulated sensor: ``base + amplitude*sin(2πt/period) + noise``, seeded."""
 
     metric: str
-    unit: str = Field("", max_length=32)
+    unit: Unit = ""
     base: Float = 0.0
     amplitude: Float = 1.0
     period_s: Float = Field(300.0, gt=0)
@@ -692,13 +704,6 @@ class SensorSpec(Model):
     @classmethod
     def _check(cls, v: str) -> str:
         return _name(v)
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, v: str) -> str:
-        if any(ord(c) < 32 or ord(c) == 127 for c in v) or "\\" in v:
-            raise ValueError("a unit may not hold control characters or a backslash")
-        return v
 
 
 class BreakerSettings(Model):
@@ -727,7 +732,7 @@ class HostSourceSpec(Model):
     """Readings of the Linux host the agent runs on, from /proc and /sys."""
 
     type: Literal["host"]
-    name: Annotated[str, AfterValidator(_name)] = "host"
+    name: Name = "host"
     readings: list[HostReading] = Field(
         ["cpu", "memory", "disk", "thermal"],
         description="cpu_percent, memory_used_percent, disk_used_percent{path}, "
@@ -743,18 +748,11 @@ class CommandSourceSpec(Model):
     ``name: value`` or ``name value`` lines, or one bare number (then ``metric`` names it)."""
 
     type: Literal["command"]
-    name: Annotated[str, AfterValidator(_name)]
+    name: Name
     command: list[str] = Field(min_length=1, description="argv, run without a shell")
     timeout_s: Float = Field(5.0, gt=0, le=60)
-    metric: Annotated[str, AfterValidator(_name)] | None = None
-    unit: str = Field("", max_length=32)
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, v: str) -> str:
-        if any(ord(c) < 32 or ord(c) == 127 for c in v) or "\\" in v:
-            raise ValueError("a unit may not hold control characters or a backslash")
-        return v
+    metric: Name | None = None
+    unit: Unit = ""
 
 
 class PluginSourceSpec(Model):
@@ -763,7 +761,7 @@ class PluginSourceSpec(Model):
     ``sample(ts_ms)`` gives ``edge_agent.samples.Sample`` values."""
 
     type: Literal["plugin"]
-    name: Annotated[str, AfterValidator(_name)]
+    name: Name
     plugin: str = Field(min_length=1, max_length=200)
     options: dict[str, Any] = {}
 
