@@ -282,3 +282,44 @@ def test_garbage_from_the_broker_drops_the_connection_not_the_client(caplog):
     finally:
         client.stop()
         garbage.close()
+
+
+class MuteBroker:
+    """Answers CONNACK, then reads (keeping what it read) and never closes the connection."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        conn.recv(4096)  # CONNECT
+        conn.sendall(mqtt5.ConnAckPacket().write())
+        while data := conn.recv(4096):
+            self.received += data
+        time.sleep(60)  # EOF seen; still does not close
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_stop_sends_disconnect_and_gives_up_on_a_broker_that_never_closes():
+    mute = MuteBroker()
+    client = FastMqttClient(
+        BrokerSettings(host="127.0.0.1", port=mute.port, keepalive_s=30),
+        MqttClientSettings(client_id="c", username="c"),
+    )
+    started(client)
+    began = time.monotonic()
+    try:
+        client.stop(timeout=0.5)
+        took = time.monotonic() - began
+    finally:
+        mute.close()
+    assert took < 5, f"stop took {took:.1f}s"
+    packets = decode(bytes(mute.received)).packets
+    assert [type(p) for p in packets] == [mqtt5.DisconnectPacket]
+    assert not client.connected
+    assert not any(t.is_alive() for t in client._threads), "the reader was left behind"

@@ -335,22 +335,40 @@ class FastMqttClient(ClientBase):
             t.start()
 
     def stop(self, *, end_session: bool = False, timeout: float = 10.0) -> None:
-        """Send DISCONNECT, close the connection and stop the threads (waiting up to
-        ``timeout`` for each)."""
+        """Send DISCONNECT and wait (up to ``timeout``) for the broker to close the
+        connection, then stop the threads.
+
+        The broker reads a connection's packets in order and closes it on DISCONNECT, so
+        once it has closed, every PUBACK sent before has been applied to the session. Closing
+        at once would not do: a client that reconnects with the same id can be taken over by
+        the broker before it has read the old connection's last acknowledgements, and the
+        messages they settled come again. Messages that still arrive meanwhile are neither
+        handled nor acknowledged: they stay in the session."""
         self._stopping.set()
         packet = mqtt5.DisconnectPacket(session_expiry_interval=0 if end_session else None)
         with self._write:
-            sock = self._sock or self._handshake
-            if sock is not None:
-                try:
-                    if self._sock is not None:
-                        sock.sendall(packet.write())
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            sock, handshake = self._sock, self._handshake
+            self._sock = None  # nothing more is written after the DISCONNECT
+            try:
+                if sock is not None:
+                    sock.sendall(packet.write())
+                    sock.shutdown(socket.SHUT_WR)  # the reader waits for the broker's close
+                elif handshake is not None:
+                    handshake.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
         for t in self._threads:
             if t is not threading.current_thread():
-                t.join(timeout)
+                t.join(max(0.0, deadline - time.monotonic()))
+        if sock is not None and any(t.is_alive() for t in self._threads):
+            with contextlib.suppress(OSError):  # the broker did not close in time
+                sock.shutdown(socket.SHUT_RDWR)
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join(1.0)
         self._connected.clear()
 
     # -- subscriptions ------------------------------------------------------------------
@@ -660,6 +678,8 @@ class FastMqttClient(ClientBase):
 
     def _process(self, packets: list[Packet]) -> str:
         """Handle the packets of one read; returns why the connection must end, or ""."""
+        if self._stopping.is_set():  # DISCONNECT sent: left in the session
+            packets = [p for p in packets if not isinstance(p, mqtt5.PublishPacket)]
         runs, control = collect(packets, self._router, self.connection)
         ended = ""
         for p in control:
