@@ -62,6 +62,10 @@ class Dropped:
         return id_ranges(self.ids)
 
 
+#: the outbox's sqlite page cache, KiB
+CACHE_KIB = 256
+
+
 class OutboxError(Exception):
     """An outbox that cannot be used: another device's, or out of ids."""
 
@@ -80,6 +84,10 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # sqlite's page cache grows to 2 MiB by default, most of an agent's memory budget
+        # (docs/agent.md); the outbox is read at its head and written at its tail, so a small
+        # cache costs nothing measurable (60k readings added, read and deleted: same time)
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         with self._tx():
             for stmt in SCHEMA:
                 self._db.execute(stmt)

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from edge_agent.outbox import Outbox, OutboxError
+from edge_agent.outbox import CACHE_KIB, Outbox, OutboxError
 from edge_agent.samples import Sample
 from vigil.messages import MAX_ID, DeviceStatus
 
@@ -67,6 +67,12 @@ def test_committed_readings_are_visible_to_another_connection_in_wal_mode(tmp_pa
     with sqlite3.connect(path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert other.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 2
+
+
+def test_the_page_cache_is_bounded_to_fit_the_agents_memory(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", "dev-1", now_us=T0_US)
+    assert box._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    assert CACHE_KIB <= 512  # sqlite's default is 2 MiB, a twentieth of the agent's budget
 
 
 def test_readings_survive_the_process_being_killed(tmp_path):
