@@ -23,10 +23,11 @@ from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
+from vigil.config_core import ConfigError
 from vigil.device_config import DeviceConfig, DeviceSettings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
-from vigil.settings import ConfigError, VigilConfig
+from vigil.settings import VigilConfig
 
 __all__ = ["close_app", "create_app", "resources"]
 

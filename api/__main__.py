@@ -27,9 +27,10 @@ from api.storage import storage_ops
 from storage_nodes.metrics import RepairCollector
 from storage_nodes.ops import AutoRepair
 from vigil.cli import load_or_exit, load_service_config, service_parser
+from vigil.config_core import ConfigError
 from vigil.logs import setup_logging
 from vigil.names import NAME_RULE, is_name
-from vigil.settings import ConfigError, VigilConfig
+from vigil.settings import VigilConfig
 
 log = logging.getLogger("api")
 

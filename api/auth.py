@@ -21,7 +21,7 @@ from flask import Flask, current_app, g, request
 
 from api.db import get_store
 from api.problems import Problem
-from vigil.settings import SecretFile, secret_problem
+from vigil.config_core import SecretFile, secret_problem
 
 PUBLIC_PATHS = frozenset({"/health"})
 REALM = "vigil"

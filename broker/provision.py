@@ -25,8 +25,8 @@ from pathlib import Path
 from broker.plugin_build import build_plugin
 from vigil import dynsec
 from vigil.atomic import load_or_create_secret, write_atomic
+from vigil.config_core import INGEST_MEMBER_USERS
 from vigil.messages import MAX_RULESET_BYTES
-from vigil.settings import INGEST_MEMBER_USERS
 from vigil.topics import Topics
 
 #: The largest MQTT packet the broker takes: the rule-set snapshot's limit plus room for the

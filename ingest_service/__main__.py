@@ -8,8 +8,9 @@ import sys
 import threading
 
 from vigil.cli import check_secret_files, load_or_exit, load_service_config, service_parser
+from vigil.config_core import ConfigError
 from vigil.logs import setup_logging
-from vigil.settings import ConfigError, VigilConfig, service_secret_files
+from vigil.settings import VigilConfig, service_secret_files
 
 log = logging.getLogger("ingest_service")
 

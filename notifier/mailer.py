@@ -12,7 +12,8 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from vigil.settings import SmtpSettings, read_secret
+from vigil.config_core import read_secret
+from vigil.settings import SmtpSettings
 
 
 class SendError(Exception):

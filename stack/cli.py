@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from vigil.cli import check_secret_files
-from vigil.settings import SERVICES as SERVICE_SECTIONS
-from vigil.settings import ConfigError, load_config, service_secret_files
+from vigil.config_core import SERVICES as SERVICE_SECTIONS
+from vigil.config_core import ConfigError
+from vigil.settings import load_config, service_secret_files
 
 SERVICES = {
     "ingest": "ingest_service",

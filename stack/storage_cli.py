@@ -21,7 +21,8 @@ from stack.process import free_port
 from storage_nodes.layout import STRATEGIES, LayoutError
 from storage_nodes.ops import MoveReport, OperationError, StorageOps
 from storage_nodes.repair import RepairProgress, RepairReport
-from vigil.settings import ConfigError, VigilConfig, load_config
+from vigil.config_core import ConfigError
+from vigil.settings import VigilConfig, load_config
 
 LOCAL_START_TIMEOUT_S = 90.0
 

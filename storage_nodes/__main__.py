@@ -14,7 +14,8 @@ from pathlib import Path
 
 from storage_nodes.client import StorageError
 from storage_nodes.provision import credentials, provision_node
-from vigil.settings import ConfigError, load_config
+from vigil.config_core import ConfigError
+from vigil.settings import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

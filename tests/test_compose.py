@@ -31,11 +31,11 @@ from broker.__main__ import main as broker_main
 from broker.plugin_build import CFLAGS
 from broker.provision import SERVICE_ACCESS, render_acl
 from vigil import dynsec
+from vigil.config_core import ConfigError
 from vigil.settings import (
     AgentConfig,
     AlertEngineSettings,
     ApiSettings,
-    ConfigError,
     IngestSettings,
     NotifierSettings,
     VigilConfig,

@@ -16,7 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vigil.settings import ConfigError, load_agent_config, load_config
+from vigil.config_core import ConfigError
+from vigil.settings import load_agent_config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOUD = ROOT / "config/vigil.yaml"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stack.cli import main
-from vigil.settings import ConfigError
+from vigil.config_core import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vigil.cli import check_secret_files
-from vigil.settings import (
+from vigil.config_core import (
     INGEST_MEMBER_USERS,
     RESERVED_USERS,
     SERVICE_USERS,
@@ -17,11 +17,9 @@ from vigil.settings import (
     VIEWER_USER,
     ConfigError,
     SecretFile,
-    load_agent_config,
-    load_config,
     secret_problem,
-    service_secret_files,
 )
+from vigil.settings import load_agent_config, load_config, service_secret_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,14 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from vigil.settings import (
-    ConfigError,
-    SecretFile,
-    VigilConfig,
-    load_config,
-    secret_problem,
-    service_secret_files,
-)
+from vigil.config_core import ConfigError, SecretFile, secret_problem
+from vigil.settings import VigilConfig, load_config, service_secret_files
 
 DEFAULT_CONFIG = "config/vigil.yaml"
 T = TypeVar("T")

@@ -14,10 +14,11 @@ import re
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from vigil.config_core import KeyedError, first_repeat
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage
 from vigil.names import is_name
-from vigil.settings import Float, Int, KeyedError, Model, SensorSpec, first_repeat, validation_error
+from vigil.settings import Float, Int, Model, SensorSpec, validation_error
 from vigil.text import shown
 
 MAX_DEVICE_CONFIG_BYTES = 64 * 1024
