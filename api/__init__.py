@@ -7,6 +7,7 @@ from ``python -m api``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
 from vigil.config_core import ConfigError
-from vigil.device_config import DeviceConfig, DeviceSettings
+from vigil.device_config import DeviceConfig, decode_device_settings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.settings import VigilConfig
@@ -164,11 +165,9 @@ def _live_configs(database: Path) -> list[tuple[str, bytes]]:
         if row.config is None:
             continue
         try:
-            settings = DeviceSettings.model_validate_json(row.config)
-        except ValueError:
+            settings = decode_device_settings(json.loads(row.config))
+        except ValueError:  # KeyedError is one
             continue  # stored by this API, validated then: only a hand-edited row
-        live = DeviceConfig(
-            device=row.id, version=row.config_version, **settings.model_dump(exclude_none=True)
-        )
+        live = DeviceConfig(device=row.id, version=row.config_version, **settings.given())
         out.append((row.id, live.encode()))
     return out

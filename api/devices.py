@@ -28,7 +28,8 @@ from api.problems import Problem, problem_type
 from api.resources import resources
 from api.status import device_view, list_devices
 from api.validation import parse_history_args, parse_mean_args, reject_args
-from vigil.device_config import DeviceConfig, DeviceSettings
+from vigil.config_core import KeyedError
+from vigil.device_config import DeviceConfig, decode_device_settings
 from vigil.jsonin import JsonInputError, loads
 from vigil.mqtt import PublishError
 from vigil.settings import DeviceEntry, validation_error
@@ -260,13 +261,12 @@ def put_config(device: str) -> Response:
     reject_args(_args())
     _known(device)
     try:
-        settings = DeviceSettings.model_validate(_json_body())
-    except ValidationError as exc:
-        key, reason = validation_error(exc)
-        raise _invalid(f"{key}: {reason}") from None
+        settings = decode_device_settings(_json_body())
+    except KeyedError as exc:
+        raise _invalid(f"{exc.key}: {exc.reason}") from None
     store = get_store()
-    version = store.set_device_config(device, settings.model_dump_json(exclude_none=True))
-    live = DeviceConfig(device=device, version=version, **settings.model_dump(exclude_none=True))
+    version = store.set_device_config(device, settings.to_json().decode())
+    live = DeviceConfig(device=device, version=version, **settings.given())
     pushed = _publish_config(device, live.encode())
     resp = jsonify({**_config_view(device, store.device(device)), "pushed": pushed})
     resp.headers["Vigil-Config-Pushed"] = "true" if pushed else "false"

@@ -16,10 +16,10 @@ from edge_agent.agent import Agent
 from edge_agent.outbox import OutboxError
 from edge_agent.quotes import metric_for
 from edge_agent.sources import SourceError
+from vigil.agent_settings import AgentConfig, agent_secret_files, load_agent_config
 from vigil.cli import check_secret_files, load_or_exit, service_parser
 from vigil.config_core import ConfigError
 from vigil.logs import setup_logging
-from vigil.settings import AgentConfig, agent_secret_files, load_agent_config
 from vigil.topics import TopicError, Topics
 
 DEFAULT_CONFIG = "config/agents/demo-1.yaml"

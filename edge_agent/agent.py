@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+import msgspec
 from paho.mqtt.enums import MQTTErrorCode
 from prometheus_client import Counter
 
@@ -45,6 +46,7 @@ from edge_agent.samples import Sample
 from edge_agent.sensors import SensorBank
 from edge_agent.sources import build_sources
 from vigil import __version__
+from vigil.agent_settings import AgentConfig
 from vigil.device_config import (
     MAX_DEVICE_CONFIG_BYTES,
     DeviceConfig,
@@ -55,7 +57,6 @@ from vigil.messages import Confirmation, DeviceStatus, InvalidMessage, Reading, 
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient, PublishError, Will
 from vigil.rate import RateLimiter
-from vigil.settings import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -363,13 +364,12 @@ class Agent:
         """Make ``live`` (over the agent's own file) the configuration in force."""
         base = self.base_config
         tickers = live.tickers if live.tickers is not None else base.quotes.symbols
-        config = base.model_copy(
-            update={
-                "interval_s": live.interval_s or base.interval_s,
-                "batch_max": live.batch_max or base.batch_max,
-                "sensors": live.sensors if live.sensors is not None else base.sensors,
-                "quotes": base.quotes.model_copy(update={"symbols": list(tickers)}),
-            }
+        config = msgspec.structs.replace(
+            base,
+            interval_s=live.interval_s or base.interval_s,
+            batch_max=live.batch_max or base.batch_max,
+            sensors=live.sensors if live.sensors is not None else base.sensors,
+            quotes=msgspec.structs.replace(base.quotes, symbols=list(tickers)),
         )
         self.quotes.set_symbols(config.quotes.symbols)  # ValueError: nothing changed
         self.sensors = SensorBank(config.sensors, config.seed)

@@ -26,8 +26,8 @@ from typing import Literal
 import pybreaker
 
 from edge_agent.samples import Sample
+from vigil.agent_settings import QuoteSettings
 from vigil.names import is_name
-from vigil.settings import QuoteSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 
 from edge_agent.samples import Sample
-from vigil.settings import SensorSpec
+from vigil.agent_settings import SensorSpec
 
 
 def sensor_value(spec: SensorSpec, seed: int, ts_ms: int) -> float:

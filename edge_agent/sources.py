@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.samples import Sample
+from vigil.agent_settings import CommandSourceSpec, HostSourceSpec, PluginSourceSpec
 from vigil.names import is_name, is_tag_key
-from vigil.settings import CommandSourceSpec, HostSourceSpec, PluginSourceSpec
 
 #: the entry point group plugins register their sources under
 PLUGIN_GROUP = "vigil.sources"

@@ -36,15 +36,10 @@ from storage_nodes import (
     influxd_command,
     provision_node,
 )
+from vigil.agent_settings import AgentConfig, load_agent_config
 from vigil.atomic import write_atomic
 from vigil.readiness import is_ready
-from vigil.settings import (
-    AgentConfig,
-    StorageNode,
-    VigilConfig,
-    load_agent_config,
-    load_config,
-)
+from vigil.settings import StorageNode, VigilConfig, load_config
 
 log = logging.getLogger("vigil.stack")
 

@@ -16,8 +16,9 @@ from support import NOT_AUTHORIZED, connack, wait_ready, wait_until, write_agent
 from api import close_app, create_app
 from edge_agent.agent import Agent
 from storage_nodes import StorageCluster
+from vigil.agent_settings import load_agent_config
 from vigil.mqtt import MqttClient
-from vigil.settings import MqttClientSettings, load_agent_config
+from vigil.settings import MqttClientSettings
 
 pytestmark = pytest.mark.integration
 

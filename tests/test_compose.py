@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -31,15 +32,14 @@ from broker.__main__ import main as broker_main
 from broker.plugin_build import CFLAGS
 from broker.provision import SERVICE_ACCESS, render_acl
 from vigil import dynsec
+from vigil.agent_settings import AgentConfig, load_agent_config
 from vigil.config_core import ConfigError
 from vigil.settings import (
-    AgentConfig,
     AlertEngineSettings,
     ApiSettings,
     IngestSettings,
     NotifierSettings,
     VigilConfig,
-    load_agent_config,
     load_config,
 )
 from vigil.topics import Topics
@@ -500,11 +500,19 @@ def test_cloud_services_share_one_config(services: dict[str, dict[str, Any]]) ->
     assert next(iter(paths.values())) == (DEPLOY / "config" / "vigil.yaml").resolve()
 
 
+def _items(model: Any) -> Iterator[tuple[str, Any]]:
+    """A settings model's (field, value) pairs: pydantic (cloud) or msgspec (agent)."""
+    if isinstance(model, msgspec.Struct):
+        yield from ((k, getattr(model, k)) for k in model.__struct_fields__)
+    else:
+        yield from model
+
+
 def _paths_in(model: Any) -> Iterator[tuple[str, Path]]:
-    for key, value in model:
+    for key, value in _items(model):
         if isinstance(value, Path):
             yield key, value
-        elif isinstance(value, BaseModel):
+        elif isinstance(value, BaseModel | msgspec.Struct):
             yield from ((f"{key}.{k}", v) for k, v in _paths_in(value))
 
 
@@ -667,10 +675,15 @@ def test_ports_agree_with_config(services: dict[str, dict[str, Any]]) -> None:
     _fail_if(problems, "ports disagree")
 
 
+def _fields(model: Any) -> Any:
+    """A settings model's field names: pydantic (cloud) or msgspec (agent)."""
+    return getattr(model, "__struct_fields__", None) or model.model_fields
+
+
 def test_prometheus_can_reach_the_metrics(services: dict[str, dict[str, Any]]) -> None:
     """Services bind metrics to 127.0.0.1 unless configured: unreachable from Prometheus."""
     models = (IngestSettings, AlertEngineSettings, NotifierSettings, ApiSettings, AgentConfig)
-    lacking = [m.__name__ for m in models if "metrics_host" not in m.model_fields]
+    lacking = [m.__name__ for m in models if "metrics_host" not in _fields(m)]
     if lacking:
         pytest.xfail(
             f"no metrics_host setting in {lacking}: metrics listen on 127.0.0.1 "

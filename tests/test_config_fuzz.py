@@ -16,8 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vigil.agent_settings import load_agent_config
 from vigil.config_core import ConfigError
-from vigil.settings import load_agent_config, load_config
+from vigil.settings import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOUD = ROOT / "config/vigil.yaml"

@@ -14,9 +14,9 @@ import pytest
 from support import outbox_ids, sequence, unique, wait_until, write_agent_config
 
 from edge_agent.agent import Agent
+from vigil.agent_settings import load_agent_config
 from vigil.messages import parse_readings
 from vigil.mqtt import MqttClient
-from vigil.settings import load_agent_config
 
 
 class DurableReader:

@@ -18,8 +18,8 @@ from edge_agent.agent import Agent
 from edge_agent.outbox import Outbox
 from edge_agent.samples import Sample
 from edge_agent.sensors import sensor_value
+from vigil.agent_settings import load_agent_config
 from vigil.messages import DeviceStatus, parse_readings
-from vigil.settings import load_agent_config
 
 T0 = 1_700_000_000.0
 

@@ -12,7 +12,7 @@ from support import wait_until
 
 from edge_agent import quotes
 from edge_agent.quotes import QuoteFeed, call_with_timeout, metric_for
-from vigil.settings import BreakerSettings, QuoteSettings
+from vigil.agent_settings import BreakerSettings, QuoteSettings
 
 
 def settings(

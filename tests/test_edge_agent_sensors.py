@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.sensors import SensorBank, sensor_value
-from vigil.settings import SensorSpec
+from vigil.agent_settings import SensorSpec
 
 SPECS = [
     SensorSpec(metric="temperature", unit="C", base=20, amplitude=4, period_s=120, noise=0.3),

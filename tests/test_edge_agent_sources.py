@@ -23,8 +23,14 @@ from edge_agent.sources import (
     parse_proc_stat,
     parse_thermal,
 )
+from vigil.agent_settings import (
+    AgentConfig,
+    CommandSourceSpec,
+    HostSourceSpec,
+    PluginSourceSpec,
+    convert,
+)
 from vigil.names import is_name
-from vigil.settings import AgentConfig, CommandSourceSpec, HostSourceSpec, PluginSourceSpec
 
 STAT1 = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n"
 STAT2 = "cpu  160 0 70 880 90 0 0 0 0 0\n"
@@ -93,7 +99,6 @@ def test_the_host_source_reads_a_proc_and_sys_tree(tmp_path):
         (zone / "type").write_text(kind + "\n")
         (zone / "temp").write_text(temp + "\n")
     spec = HostSourceSpec(
-        type="host",
         readings=["cpu", "memory", "disk", "thermal", "load"],
         disks=[str(tmp_path), "/no/such/mount"],
         proc_root=proc,
@@ -114,7 +119,7 @@ def test_the_host_source_reads_a_proc_and_sys_tree(tmp_path):
 
 
 def test_the_host_source_on_this_machine_gives_readings():
-    src = HostSource(HostSourceSpec(type="host"))
+    src = HostSource(HostSourceSpec())
     src.sample(0)
     metrics = {s.metric for s in src.sample(1000)}
     assert {"memory_used_percent", "disk_used_percent"} <= metrics
@@ -123,7 +128,6 @@ def test_the_host_source_on_this_machine_gives_readings():
 def test_a_command_source_runs_a_real_command_and_reports_failures():
     ok = CommandSource(
         CommandSourceSpec(
-            type="command",
             name="probe",
             command=[sys.executable, "-c", "print('level=3.5'); print('flow: 2')"],
             unit="l",
@@ -133,7 +137,6 @@ def test_a_command_source_runs_a_real_command_and_reports_failures():
     assert ok.errors == []
     failing = CommandSource(
         CommandSourceSpec(
-            type="command",
             name="f",
             command=[sys.executable, "-c", "import sys; sys.exit('sensor unplugged')"],
         )
@@ -141,14 +144,13 @@ def test_a_command_source_runs_a_real_command_and_reports_failures():
     assert failing.sample(0) == [] and failing.errors == ["exit status 1: sensor unplugged"]
     slow = CommandSource(
         CommandSourceSpec(
-            type="command",
             name="s",
             command=[sys.executable, "-c", "import time; time.sleep(5)"],
             timeout_s=0.3,
         )
     )
     assert slow.sample(0) == [] and slow.errors == ["no answer within 0.3s"]
-    missing = CommandSource(CommandSourceSpec(type="command", name="m", command=["/no/such"]))
+    missing = CommandSource(CommandSourceSpec(name="m", command=["/no/such"]))
     assert missing.sample(0) == [] and missing.errors[0].startswith("cannot run /no/such")
 
 
@@ -178,16 +180,14 @@ def test_a_plugin_source_is_found_by_its_entry_point(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[vigil.sources]\ntank = vigil_demo_plugin:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     (source,) = build_sources(
-        [PluginSourceSpec(type="plugin", name="tank", plugin="tank", options={"level": 2.5})]
+        [PluginSourceSpec(name="tank", plugin="tank", options={"level": 2.5})]
     )
     assert source.sample(0) == [Sample("sensor", "tank_level", 2.5, "m")]
     assert source.errors == ["not a valid Sample: 'not a sample'"]
     with pytest.raises(SourceError, match=r"sources\[0\]\.plugin: tank failed to start: no tank"):
-        build_sources(
-            [PluginSourceSpec(type="plugin", name="t", plugin="tank", options={"fail": 1})]
-        )
+        build_sources([PluginSourceSpec(name="t", plugin="tank", options={"fail": 1})])
     with pytest.raises(SourceError, match=r"no plugin 'nope' in entry point group vigil\.sources"):
-        build_sources([PluginSourceSpec(type="plugin", name="t", plugin="nope")])
+        build_sources([PluginSourceSpec(name="t", plugin="nope")])
 
 
 def test_source_names_are_unique_in_the_agent_file(tmp_path):
@@ -196,9 +196,10 @@ def test_source_names_are_unique_in_the_agent_file(tmp_path):
         "mqtt": {"client_id": "dev-1", "username": "dev-1"},
         "outbox_path": str(tmp_path / "o.sqlite3"),
     }
-    cfg = AgentConfig(
-        **base, sources=[{"type": "host"}, {"type": "command", "name": "c", "command": ["x"]}]
+    cfg = convert(
+        AgentConfig,
+        {**base, "sources": [{"type": "host"}, {"type": "command", "name": "c", "command": ["x"]}]},
     )
     assert [s.name for s in cfg.sources] == ["host", "c"]
     with pytest.raises(ValueError, match=r"'host' is also sources\[0\]\.name"):
-        AgentConfig(**base, sources=[{"type": "host"}, {"type": "host"}])
+        convert(AgentConfig, {**base, "sources": [{"type": "host"}, {"type": "host"}]})

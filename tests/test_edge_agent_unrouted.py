@@ -10,9 +10,9 @@ import pytest
 from support import wait_until
 
 from edge_agent.agent import Agent
+from vigil.agent_settings import AgentConfig, SensorSpec
 from vigil.messages import parse_readings
 from vigil.mqtt import MqttClient
-from vigil.settings import AgentConfig, SensorSpec
 
 
 @pytest.mark.integration

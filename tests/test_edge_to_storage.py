@@ -16,7 +16,7 @@ from support import wait_ready, wait_until, write_agent_config
 
 from edge_agent.agent import Agent
 from storage_nodes import StorageCluster
-from vigil.settings import load_agent_config
+from vigil.agent_settings import load_agent_config
 
 DEVICES = ["dev-1", "dev-2", "dev-3"]
 pytestmark = pytest.mark.integration

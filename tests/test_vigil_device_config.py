@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from edge_agent.agent import Agent
 from vigil import dynsec
+from vigil.agent_settings import AgentConfig, convert
 from vigil.device_config import DeviceConfig, DeviceSettings, decode_device_config
 from vigil.messages import DeviceStatus, InvalidMessage
-from vigil.settings import AgentConfig
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -151,7 +151,8 @@ def test_the_owners_file_reserves_each_device_its_own_id():
 def agent(tmp_path: Path) -> Agent:
     pw = tmp_path / "pw"
     pw.write_text("x")
-    config = AgentConfig.model_validate(
+    config = convert(
+        AgentConfig,
         {
             "device_id": "dev-1",
             "mqtt": {"client_id": "dev-1", "username": "dev-1", "password_file": str(pw)},
@@ -159,7 +160,7 @@ def agent(tmp_path: Path) -> Agent:
             "interval_s": 1.0,
             "sensors": [{"metric": "temperature"}],
             "quotes": {"symbols": ["AAPL"], "source": "simulated"},
-        }
+        },
     )
     a = Agent(config)
     yield a

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vigil.agent_settings import load_agent_config
 from vigil.cli import check_secret_files
 from vigil.config_core import (
     INGEST_MEMBER_USERS,
@@ -19,7 +20,7 @@ from vigil.config_core import (
     SecretFile,
     secret_problem,
 )
-from vigil.settings import load_agent_config, load_config, service_secret_files
+from vigil.settings import load_config, service_secret_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,10 +13,12 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from vigil.config_core import ConfigError, SecretFile, secret_problem
-from vigil.settings import VigilConfig, load_config, service_secret_files
+
+if TYPE_CHECKING:
+    from vigil.settings import VigilConfig
 
 DEFAULT_CONFIG = "config/vigil.yaml"
 T = TypeVar("T")
@@ -58,6 +60,9 @@ def load_service_config(path: str, service: str) -> VigilConfig:
     """``path`` validated for the cloud service ``service`` (its section name: ``ingest``,
     ``alert_engine``, ``notifier`` or ``api``), the secret files it reads included: what its
     ``--validate-config`` checks, and what ``vigil validate-config`` checks for it."""
+    # Here, not at the top: the agent shares this module and never loads pydantic.
+    from vigil.settings import load_config, service_secret_files  # noqa: PLC0415
+
     config = load_config(path)
     check_secret_files(path, service_secret_files(config, service))
     return config

@@ -13,7 +13,7 @@ import re
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from yaml.composer import ComposerError
@@ -68,6 +68,29 @@ RESERVED_USERS = frozenset({*SERVICE_USERS.values(), *INGEST_MEMBER_USERS, VIEWE
 
 #: The cloud services, by section name, in the order they are checked.
 SERVICES = tuple(SERVICE_USERS)
+
+
+class BrokerAddress(Protocol):
+    """Where an MQTT client connects: the cloud's pydantic ``BrokerSettings`` and the agent's
+    msgspec one both fit, so the MQTT clients import neither."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def keepalive_s(self) -> int: ...
+
+
+class MqttIdentity(Protocol):
+    """Who an MQTT client connects as (cloud and agent settings alike)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str | None: ...
 
 
 class ConfigError(Exception):

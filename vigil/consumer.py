@@ -43,12 +43,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vigil.batching import Batcher
+from vigil.config_core import BrokerAddress, MqttIdentity
 from vigil.fastmqtt import FastMqttClient
 from vigil.messages import now_ms
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import ClientBase, Message, MqttClient
 from vigil.readiness import Readiness
-from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ class Consumer:
 
     def __init__(
         self,
-        broker: BrokerSettings,
-        ident: MqttClientSettings,
+        broker: BrokerAddress,
+        ident: MqttIdentity,
         *,
         service: str,
         subscriptions: Sequence[str],

@@ -11,14 +11,16 @@ one.
 from __future__ import annotations
 
 import re
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+import msgspec
+from msgspec import Meta
 
+from vigil.agent_settings import SensorSpec, Spec, convert
 from vigil.config_core import KeyedError, first_repeat
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage
 from vigil.names import is_name
-from vigil.settings import Float, Int, Model, SensorSpec, validation_error
 from vigil.text import shown
 
 MAX_DEVICE_CONFIG_BYTES = 64 * 1024
@@ -29,50 +31,56 @@ MAX_VERSION = 2**53
 TICKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-^=]{0,19}")
 
 
-class DeviceSettings(Model):
+class DeviceSettings(Spec, omit_defaults=True, frozen=True, kw_only=True):
     """The part of a device's configuration that can change while it runs."""
 
-    interval_s: Float | None = Field(None, ge=0.05, le=86_400, description="sampling interval")
-    batch_max: Int | None = Field(None, ge=1, le=1000, description="readings per message at most")
-    sensors: list[SensorSpec] | None = Field(None, max_length=MAX_SENSORS)
-    tickers: list[str] | None = Field(None, max_length=MAX_TICKERS, description="share symbols")
+    interval_s: (
+        Annotated[float, Meta(ge=0.05, le=86_400, description="sampling interval")] | None
+    ) = None
+    batch_max: (
+        Annotated[int, Meta(ge=1, le=1000, description="readings per message at most")] | None
+    ) = None
+    sensors: Annotated[list[SensorSpec], Meta(max_length=MAX_SENSORS)] | None = None
+    tickers: (
+        Annotated[list[str], Meta(max_length=MAX_TICKERS, description="share symbols")] | None
+    ) = None
 
-    @field_validator("tickers")
-    @classmethod
-    def _tickers(cls, v: list[str] | None) -> list[str] | None:
-        for i, symbol in enumerate(v or []):
+    def _check(self) -> None:
+        for i, symbol in enumerate(self.tickers or []):
             if not TICKER.fullmatch(symbol):
                 raise KeyedError(
-                    f"[{i}]", f"{shown(symbol)} is not a ticker symbol (letters, digits, . - ^ =)"
+                    f"tickers[{i}]",
+                    f"{shown(symbol)} is not a ticker symbol (letters, digits, . - ^ =)",
                 )
-        return v
-
-    @model_validator(mode="after")
-    def _whole(self) -> DeviceSettings:
         if self.sensors and (repeat := first_repeat(s.metric for s in self.sensors)):
             i, j = repeat
             raise KeyedError(f"sensors[{i}].metric", f"is also sensors[{j}].metric")
         if self.tickers and (repeat := first_repeat(s.upper() for s in self.tickers)):
             i, j = repeat
             raise KeyedError(f"tickers[{i}]", f"{shown(self.tickers[i])} is also tickers[{j}]")
-        return self
+
+    def to_json(self) -> bytes:
+        """JSON of the settings given (the ones left out are left out)."""
+        return msgspec.json.encode(self)
+
+    def given(self) -> dict[str, Any]:
+        """The settings given, by name."""
+        return {k: v for k in self.__struct_fields__ if (v := getattr(self, k)) is not None}
 
 
-class DeviceConfig(DeviceSettings):
+class DeviceConfig(DeviceSettings, frozen=True, kw_only=True):
     """One version of one device's live configuration, as published."""
 
     device: str
-    version: Int = Field(ge=1, le=MAX_VERSION)
+    version: Annotated[int, Meta(ge=1, le=MAX_VERSION)]
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not is_name(v):
-            raise ValueError(f"{shown(v)} is not a device name")
-        return v
+    def _check(self) -> None:
+        if not is_name(self.device):
+            raise KeyedError("device", f"{shown(self.device)} is not a device name")
+        super()._check()
 
     def encode(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        return self.to_json()
 
     @property
     def settings(self) -> DeviceSettings:
@@ -82,6 +90,11 @@ class DeviceConfig(DeviceSettings):
             sensors=self.sensors,
             tickers=self.tickers,
         )
+
+
+def decode_device_settings(obj: Any) -> DeviceSettings:
+    """Validate parsed JSON as DeviceSettings. Raises KeyedError (key, reason)."""
+    return convert(DeviceSettings, obj)
 
 
 def decode_device_config(payload: bytes) -> DeviceConfig:
@@ -94,7 +107,6 @@ def decode_device_config(payload: bytes) -> DeviceConfig:
     if not isinstance(obj, dict):
         raise InvalidMessage("device config must be a JSON object")
     try:
-        return DeviceConfig.model_validate(obj)
-    except ValidationError as exc:
-        key, reason = validation_error(exc)
-        raise InvalidMessage(f"device config: {key}: {reason}") from None
+        return convert(DeviceConfig, obj)
+    except KeyedError as exc:
+        raise InvalidMessage(f"device config: {exc.key}: {exc.reason}") from None

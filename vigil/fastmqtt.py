@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import mqtt5
 
+from vigil.config_core import BrokerAddress, MqttIdentity
 from vigil.mqtt import (
     FAILURE,
     SESSION_NEVER_EXPIRES,
@@ -56,7 +57,6 @@ from vigil.mqtt import (
     MqttError,
     Will,
 )
-from vigil.settings import BrokerSettings, MqttClientSettings
 from vigil.topicfilter import TopicFilter
 
 if TYPE_CHECKING:
@@ -277,8 +277,8 @@ class FastMqttClient(ClientBase):
 
     def __init__(
         self,
-        broker: BrokerSettings,
-        ident: MqttClientSettings,
+        broker: BrokerAddress,
+        ident: MqttIdentity,
         *,
         persistent_session: bool = False,
         manual_ack: bool = False,

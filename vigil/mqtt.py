@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from vigil.settings import BrokerSettings, MqttClientSettings
+from vigil.config_core import BrokerAddress, MqttIdentity
 from vigil.topicfilter import TopicFilter
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ class ClientBase(ABC):
 
     def __init__(
         self,
-        broker: BrokerSettings,
-        ident: MqttClientSettings,
+        broker: BrokerAddress,
+        ident: MqttIdentity,
         *,
         persistent_session: bool = False,
         manual_ack: bool = False,
@@ -317,8 +317,8 @@ class MqttClient(ClientBase):
 
     def __init__(
         self,
-        broker: BrokerSettings,
-        ident: MqttClientSettings,
+        broker: BrokerAddress,
+        ident: MqttIdentity,
         *,
         persistent_session: bool = False,
         manual_ack: bool = False,

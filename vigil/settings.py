@@ -1,7 +1,8 @@
-"""Typed settings for every service, validated once at start, as a whole.
+"""Typed settings for the cloud services, validated once at start, as a whole.
 
-Two YAML files: the cloud side (``config/vigil.yaml``: broker, storage, every service) and
-one per edge agent (``config/agents/*.yaml``). A bad file raises :class:`ConfigError`
+The cloud side's YAML file (``config/vigil.yaml``: broker, storage, every service); an edge
+agent's (``config/agents/*.yaml``) is validated by :mod:`vigil.agent_settings`, with msgspec,
+so that a device does without pydantic. A bad file raises :class:`ConfigError`
 naming the file, the key and the reason, whatever the file holds: bytes that are not UTF-8,
 YAML that does not parse, nesting or aliases past the bounds, keys that are not strings,
 values of the wrong type (no ``true`` for a port), and settings that contradict each other
@@ -42,7 +43,6 @@ from pydantic import (
 )
 
 from vigil.config_core import (
-    AGENT_ENV_PREFIX,
     ENV_PREFIX,
     MAX_INGEST_MEMBERS,
     MEMBER_PORT_STEP,
@@ -57,7 +57,6 @@ from vigil.config_core import (
     check_file_path,
     check_host,
     check_name,
-    check_unit,
     first_repeat,
     ingest_member_user,
     key_path,
@@ -591,167 +590,6 @@ class VigilConfig(Model):
         return self
 
 
-#: a reading's unit: short, printable, no backslash (InfluxDB stores it as a tag)
-Unit = Annotated[str, Field(max_length=32), AfterValidator(check_unit)]
-
-
-class SensorSpec(Model):
-    """A simulated sensor: ``base + amplitude*sin(2πt/period) + noise``, seeded."""
-
-    metric: str
-    unit: Unit = ""
-    base: Float = 0.0
-    amplitude: Float = 1.0
-    period_s: Float = Field(300.0, gt=0)
-    noise: Float = Field(0.1, ge=0)
-
-    @field_validator("metric")
-    @classmethod
-    def _check(cls, v: str) -> str:
-        return check_name(v)
-
-
-class BreakerSettings(Model):
-    fail_max: Int = Field(3, ge=1, le=1000)
-    reset_timeout_s: Float = Field(60.0, gt=0)
-
-
-class QuoteSettings(Model):
-    symbols: list[str] = []
-    interval_s: Float = Field(30.0, gt=0)
-    source: Literal["yfinance", "simulated"] = "yfinance"
-    breaker: BreakerSettings = BreakerSettings()
-
-    @model_validator(mode="after")
-    def _whole(self) -> QuoteSettings:
-        if repeat := first_repeat(s.upper() for s in self.symbols):
-            i, j = repeat
-            raise KeyedError(f"symbols[{i}]", f"{shown(self.symbols[i])} is also symbols[{j}]")
-        return self
-
-
-HostReading = Literal["cpu", "memory", "disk", "thermal", "load"]
-
-
-class HostSourceSpec(Model):
-    """Readings of the Linux host the agent runs on, from /proc and /sys."""
-
-    type: Literal["host"]
-    name: Name = "host"
-    readings: list[HostReading] = Field(
-        ["cpu", "memory", "disk", "thermal"],
-        description="cpu_percent, memory_used_percent, disk_used_percent{path}, "
-        "thermal_celsius{zone}, load_1m",
-    )
-    disks: list[str] = Field(["/"], description="mount points for disk_used_percent")
-    proc_root: Path = Path("/proc")
-    sys_root: Path = Path("/sys")
-
-
-class CommandSourceSpec(Model):
-    """Run a command every tick and read numbers from what it prints: ``name=value``,
-    ``name: value`` or ``name value`` lines, or one bare number (then ``metric`` names it)."""
-
-    type: Literal["command"]
-    name: Name
-    command: list[str] = Field(min_length=1, description="argv, run without a shell")
-    timeout_s: Float = Field(5.0, gt=0, le=60)
-    metric: Name | None = None
-    unit: Unit = ""
-
-
-class PluginSourceSpec(Model):
-    """A source from an installed package: the entry point ``plugin`` of group
-    ``vigil.sources``, called with ``options``; it returns an object whose
-    ``sample(ts_ms)`` gives ``edge_agent.samples.Sample`` values."""
-
-    type: Literal["plugin"]
-    name: Name
-    plugin: str = Field(min_length=1, max_length=200)
-    options: dict[str, Any] = {}
-
-
-SourceSpec = Annotated[
-    HostSourceSpec | CommandSourceSpec | PluginSourceSpec, Field(discriminator="type")
-]
-
-
-class AgentConfig(Model):
-    """One edge agent: ``config/agents/<device>.yaml``."""
-
-    device_id: str
-    broker: BrokerSettings = BrokerSettings()
-    mqtt: MqttClientSettings
-    outbox_path: FilePath
-    interval_s: Float = Field(1.0, gt=0)
-    batch_max: Int = Field(50, ge=1, le=1000, description="readings per message at most")
-    outbox_max_bytes: Int = Field(
-        256 * 1024 * 1024,
-        ge=64 * 1024,
-        description="when the outbox holds more, its oldest readings are dropped (counted)",
-    )
-    outbox_max_age_s: Float = Field(
-        7 * 86_400.0,
-        ge=60,
-        description="readings older than this are dropped from the outbox (counted)",
-    )
-    confirm_timeout_s: Float = Field(
-        30.0,
-        ge=1,
-        le=86_400,
-        description="a reading published but not confirmed stored this long is published again",
-    )
-    replay_max_per_s: Float = Field(
-        2000.0,
-        gt=0,
-        description="readings per second at most that the agent publishes (its backlog after "
-        "an outage, and re-sends), so the broker's queue stays shallow",
-    )
-    status_interval_s: Float = Field(
-        30.0, ge=1, le=86_400, description="how often the retained status is published again"
-    )
-    seed: Int = 0
-    sensors: list[SensorSpec] = []
-    sources: list[SourceSpec] = Field(
-        [], description="readings beside the simulated sensors: host, command, plugin"
-    )
-    quotes: QuoteSettings = QuoteSettings()
-    metrics_port: ListenPort = 9110
-    metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
-
-    @field_validator("device_id")
-    @classmethod
-    def _check(cls, v: str) -> str:
-        return check_device_id(v)
-
-    @model_validator(mode="after")
-    def _whole(self) -> AgentConfig:
-        if self.mqtt.username != self.device_id:
-            raise KeyedError(
-                "mqtt.username",
-                f"must be the device id {self.device_id!r}: the broker "
-                "lets a device publish only under its own username",
-            )
-        if self.mqtt.client_id != self.device_id:
-            raise KeyedError(
-                "mqtt.client_id",
-                f"must be the device id {self.device_id!r}: the broker reserves each client "
-                "id for the user of the same name",
-            )
-        if repeat := first_repeat(sensor.metric for sensor in self.sensors):
-            i, j = repeat
-            raise KeyedError(
-                f"sensors[{i}].metric",
-                f"{self.sensors[i].metric!r} is also sensors[{j}].metric: one sensor per metric",
-            )
-        if repeat := first_repeat(source.name for source in self.sources):
-            i, j = repeat
-            raise KeyedError(
-                f"sources[{i}].name", f"{self.sources[i].name!r} is also sources[{j}].name"
-            )
-        return self
-
-
 def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
     """The secret files the cloud service ``service`` (a section name, see SERVICES) reads:
     the ones its ``--validate-config`` checks and ``vigil validate-config`` checks for it."""
@@ -770,12 +608,6 @@ def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
     if service == "api":
         files.append(("api.admin_token_sha256_file", config.api.admin_token_sha256_file, "sha256"))
     return [SecretFile(key, path, kind) for key, path, kind in files if path is not None]
-
-
-def agent_secret_files(config: AgentConfig) -> list[SecretFile]:
-    """The secret files an edge agent reads."""
-    path = config.mqtt.password_file
-    return [] if path is None else [SecretFile("mqtt.password_file", path)]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -835,7 +667,3 @@ def validation_error(exc: ValidationError) -> tuple[str, str]:
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> VigilConfig:
     return load_model(VigilConfig, path, environ=environ)
-
-
-def load_agent_config(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    return load_model(AgentConfig, path, environ=environ, prefix=AGENT_ENV_PREFIX)
