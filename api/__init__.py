@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from api import auth, db, devices, health, problems, request_metrics, ring, rules
+from api import auth, db, devices, health, problems, request_metrics, ring, rules, users
 from api import storage as storage_routes
 from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
@@ -135,7 +135,7 @@ def create_app(
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
-    for module in (health, devices, ring, rules, storage_routes):
+    for module in (health, users, devices, ring, rules, storage_routes):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)

@@ -1,10 +1,12 @@
 """``python -m api``: serve Vigil's REST API with waitress.
 
-    python -m api [--config config/vigil.yaml] [--validate-config] [--create-token NAME]
+    python -m api [--config config/vigil.yaml] [--validate-config]
+                  [--create-token NAME [--role admin|user]]
 
 Listens on ``api.host:api.port``, exposes Prometheus metrics on ``api.metrics_port`` and
-stops cleanly on SIGTERM or SIGINT. ``--create-token NAME`` stores a new API token's digest
-and prints the token once (it cannot be shown again).
+stops cleanly on SIGTERM or SIGINT. ``--create-token NAME`` creates the user NAME (role
+``user`` unless ``--role admin``), stores a new token's digest and prints the token once (it
+cannot be shown again).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from waitress import create_server
 
 from api import close_app, create_app
 from api.auth import hash_token, new_token
-from api.db import DuplicateToken, Store
+from api.db import ROLES, DuplicateUser, Store, TooMany
 from api.resources import EXTENSION, ApiResources
 from api.storage import storage_ops
 from storage_nodes.metrics import RepairCollector
@@ -42,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--create-token",
         metavar="NAME",
-        help="create an API token named NAME, print it once, and exit",
+        help="create the user NAME with a token, print the token once, and exit",
+    )
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        default="user",
+        help="the role of the user --create-token creates (default user)",
     )
     return p
 
@@ -53,9 +61,9 @@ def load(path: str) -> VigilConfig:
     return load_service_config(path, "api")
 
 
-def create_token(config: VigilConfig, config_path: str, name: str) -> int:
+def create_token(config: VigilConfig, config_path: str, name: str, role: str = "user") -> int:
     if not is_name(name):
-        print(f"invalid token name {name!r}: {NAME_RULE}", file=sys.stderr)
+        print(f"invalid user name {name!r}: {NAME_RULE}", file=sys.stderr)
         return 2
     token = new_token()
     try:
@@ -65,8 +73,9 @@ def create_token(config: VigilConfig, config_path: str, name: str) -> int:
         return 2
     try:
         store.init_schema()
-        store.add_token(name, hash_token(token))
-    except DuplicateToken as exc:
+        store.add_user(name, role)
+        store.add_token(name, hash_token(token), "create-token")
+    except (DuplicateUser, TooMany) as exc:
         print(f"{config.api.database}: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config, int):
         return config
     if args.create_token:
-        return create_token(config, args.config, args.create_token)
+        return create_token(config, args.config, args.create_token, args.role)
     setup_logging("api")
     return serve(config, args.config)
 

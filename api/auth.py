@@ -1,9 +1,11 @@
 """Bearer-token authentication on every route but ``GET /health``.
 
 Tokens are never stored, only their SHA-256 hex digests: the admin token's digest comes
-from ``api.admin_token_sha256_file``; other tokens are kept in the API database
-(``python -m api --create-token NAME`` makes one). A missing or unknown token gets 401 with
-``WWW-Authenticate: Bearer`` (RFC 6750).
+from ``api.admin_token_sha256_file`` (its holder is the user ``admin``); every other token
+belongs to a user in the API database (``POST /users``, ``POST /users/<name>/tokens``, or
+``python -m api --create-token NAME``). A missing or unknown token gets 401 with
+``WWW-Authenticate: Bearer`` (RFC 6750); a known one sets ``g.caller``, a
+:class:`~api.db.Caller` (user and role) that every view asks instead of the token.
 
 The header is parsed totally: any value (odd bytes, other schemes, a token of any length)
 ends as a token, "no token", or a 401 saying what is wrong; nothing else escapes.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from flask import Flask, current_app, g, request
 
-from api.db import get_store
+from api.db import ADMIN_USER, Caller, get_store
 from api.problems import Problem
 from vigil.config_core import SecretFile, secret_problem
 
@@ -70,17 +72,28 @@ def _unauthorized(detail: str, error: str | None) -> Problem:
     return Problem(401, detail, headers={"WWW-Authenticate": challenge})
 
 
-def check_token(token: str, admin_digest: str | None) -> str | None:
-    """The name of the caller holding ``token`` ("admin" or a stored token's name), or
-    None if the token is unknown."""
+def check_token(token: str, admin_digest: str | None) -> Caller | None:
+    """Who holds ``token``: the admin (the token of the digest file) or a stored token's
+    user; None if the token is unknown."""
     digest = hash_token(token)
     if admin_digest is not None and hmac.compare_digest(digest, admin_digest):
-        return "admin"
-    name = get_store().token_name(digest)
-    return name
+        return Caller(ADMIN_USER, "admin")
+    return get_store().token_caller(digest)
 
 
-def request_caller() -> str | None:
+def caller() -> Caller:
+    """This request's caller (every route but the public ones has one)."""
+    who: Caller = g.caller
+    return who
+
+
+def require_admin(what: str) -> None:
+    """403 unless the caller is an admin; ``what``: what needs it ("managing devices")."""
+    if not caller().is_admin:
+        raise Problem(403, f"{what} needs an admin token")
+
+
+def request_caller() -> Caller | None:
     """The caller named by this request's bearer token, or None when there is no token or
     it is malformed or unknown (for public routes that show more to a known caller)."""
     try:
@@ -108,7 +121,7 @@ def init_app(app: Flask, admin_digest: str | None) -> None:
             raise _unauthorized(
                 "this resource needs a bearer token: send 'Authorization: Bearer <token>'", None
             )
-        caller = check_token(token, current_app.config["ADMIN_TOKEN_SHA256"])
-        if caller is None:
+        who = check_token(token, current_app.config["ADMIN_TOKEN_SHA256"])
+        if who is None:
             raise _unauthorized("the bearer token is not valid", "invalid_token")
-        g.caller = caller
+        g.caller = who

@@ -1,5 +1,12 @@
-"""The API's own state in SQLite: rules, API tokens (SHA-256 digests only) and the rule-set
-version.
+"""The API's own state in SQLite: users and their API tokens (SHA-256 digests only), rules,
+devices and the rule-set version.
+
+Users have a role, ``admin`` or ``user``. The user ``admin`` always exists: it is who holds
+the admin token of ``api.admin_token_sha256_file`` (that digest is never stored here). A
+token belongs to one user, has an id (what revoking names) and a label, and is stored as
+its digest only. A database from before users existed is migrated on open
+(:data:`SCHEMA_VERSION`): each token it held becomes a user of that name, role ``user``
+(least privilege: such a token could never manage devices).
 
 The rule-set version names one rule set: every change commits the new rule set and the next
 version in one transaction. Versions are seeded from the clock (``max(previous + 1, now in
@@ -17,6 +24,7 @@ Flask tutorial); other threads open their own :class:`Store`.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +42,19 @@ CREATE TABLE IF NOT EXISTS rules (
     body TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tokens (
-    sha256 TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_tokens (
+    id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+    label TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_tokens_by_user ON user_tokens (user);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -63,6 +79,18 @@ DEVICE_QUERIES = {
     "one": _DEVICE_SELECT + " WHERE id = ?",
     "added": _DEVICE_SELECT + " WHERE added = 1 ORDER BY id",
 }
+#: ``PRAGMA user_version`` of the current schema (0: before users; tokens had only a name).
+SCHEMA_VERSION = 1
+#: The user behind the admin token file; it cannot be deleted or demoted.
+ADMIN_USER = "admin"
+ROLES = ("admin", "user")
+#: Most users, and most tokens one user holds.
+MAX_USERS = 10_000
+MAX_TOKENS_PER_USER = 20
+USER_SELECT = (
+    "SELECT u.name, u.role, u.created_at, "
+    "(SELECT count(*) FROM user_tokens t WHERE t.user = u.name) FROM users u"
+)
 VERSION_KEY = "rules_version"
 CHANGED_AT_KEY = "rules_changed_at"
 #: Most rules kept: with every field at its longest the snapshot stays under the 4 MiB the
@@ -86,8 +114,44 @@ class TooManyRules(Exception):
         self.limit = limit
 
 
-class DuplicateToken(Exception):
-    pass
+class DuplicateUser(Exception):
+    def __init__(self, user: str) -> None:
+        super().__init__(f"user {user!r} already exists")
+        self.user = user
+
+
+class TooMany(Exception):
+    """A limit reached; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    name: str
+    role: str
+    created_at: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A token as the API keeps it: never the token, only what names and describes it."""
+
+    id: str
+    user: str
+    label: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request comes from: a user and their role."""
+
+    user: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
 
 
 class DuplicateDevice(Exception):
@@ -142,6 +206,11 @@ class RuleSnapshot:
     changed_at: int
     rules: list[Rule]
     invalid: list[InvalidStoredRule]
+
+
+def new_token_id() -> str:
+    """A token's id: ``t`` and 12 hex digits, a valid name (what revoking names)."""
+    return "t" + secrets.token_hex(6)
 
 
 def decode_stored_rule(row_id: object, body: object) -> Rule | InvalidStoredRule:
@@ -215,12 +284,46 @@ class Store:
         self.conn.close()
 
     def init_schema(self) -> None:
+        """Create the schema, or migrate an older one to it, in one transaction."""
         t = now_ms()
-        self.conn.executescript(SCHEMA)
-        self.conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?), (?, ?)",
-            (VERSION_KEY, t, CHANGED_AT_KEY, t),
-        )
+        with self._transaction():
+            (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?), (?, ?)",
+                (VERSION_KEY, t, CHANGED_AT_KEY, t),
+            )
+            self.conn.execute(
+                "INSERT OR IGNORE INTO users (name, role, created_at) VALUES (?, 'admin', ?)",
+                (ADMIN_USER, t),
+            )
+            if version < 1:
+                self._migrate_tokens(t)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate_tokens(self, t: int) -> None:
+        """Schema 0 kept ``tokens (sha256, name)``: each becomes a user's token."""
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tokens'"
+        ).fetchone()
+        if not exists:
+            return
+        for sha256, name, created in self.conn.execute(
+            "SELECT sha256, name, created_at FROM tokens"
+        ).fetchall():
+            user = name if name != ADMIN_USER else "admin-token"
+            self.conn.execute(
+                "INSERT OR IGNORE INTO users (name, role, created_at) VALUES (?, 'user', ?)",
+                (user, created),
+            )
+            self.conn.execute(
+                "INSERT OR IGNORE INTO user_tokens (id, sha256, user, label, created_at) "
+                "VALUES (?, ?, ?, 'migrated', ?)",
+                (new_token_id(), sha256, user, created),
+            )
+        self.conn.execute("DROP TABLE tokens")
 
     # -- rules ----------------------------------------------------------------------------
     def _meta(self, key: str) -> int:
@@ -304,22 +407,88 @@ class Store:
         self.conn.execute("COMMIT")
         return version
 
-    # -- tokens ---------------------------------------------------------------------------
-    def add_token(self, name: str, sha256_hex: str) -> None:
-        """Remember a token by its SHA-256 digest (the token itself is never stored)."""
-        try:
-            self.conn.execute(
-                "INSERT INTO tokens (sha256, name, created_at) VALUES (?, ?, ?)",
-                (sha256_hex, name, now_ms()),
-            )
-        except sqlite3.IntegrityError:
-            raise DuplicateToken(f"a token named {name!r} already exists") from None
+    # -- users and tokens -----------------------------------------------------------------
+    def add_user(self, name: str, role: str) -> None:
+        """Raises DuplicateUser, or TooMany past MAX_USERS."""
+        with self._transaction():
+            (count,) = self.conn.execute("SELECT count(*) FROM users").fetchone()
+            if count >= MAX_USERS:
+                raise TooMany(f"there are already {MAX_USERS} users, the most the API keeps")
+            try:
+                self.conn.execute(
+                    "INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)",
+                    (name, role, now_ms()),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateUser(name) from None
 
-    def token_name(self, sha256_hex: str) -> str | None:
+    def users(self) -> list[UserRow]:
+        return [
+            UserRow(str(n), str(r), int(c), int(k))
+            for n, r, c, k in self.conn.execute(USER_SELECT + " ORDER BY u.name")
+        ]
+
+    def user(self, name: str) -> UserRow | None:
+        row = self.conn.execute(USER_SELECT + " WHERE u.name = ?", (name,)).fetchone()
+        return UserRow(str(row[0]), str(row[1]), int(row[2]), int(row[3])) if row else None
+
+    def set_role(self, name: str, role: str) -> bool:
+        cur = self.conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+        return cur.rowcount > 0
+
+    def delete_user(self, name: str) -> bool:
+        """Forget a user, their tokens and everything they own; False if there was none.
+        Returns after one transaction: a half-deleted user is never seen."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM user_tokens WHERE user = ?", (name,))
+            cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
+        return cur.rowcount > 0
+
+    def add_token(self, user: str, sha256_hex: str, label: str = "") -> TokenRow:
+        """Remember a token of ``user`` by its SHA-256 digest (the token itself is never
+        stored). Raises TooMany past MAX_TOKENS_PER_USER, KeyError if there is no such
+        user."""
+        row = TokenRow(new_token_id(), user, label, now_ms())
+        with self._transaction():
+            if self.user(user) is None:
+                raise KeyError(user)
+            (count,) = self.conn.execute(
+                "SELECT count(*) FROM user_tokens WHERE user = ?", (user,)
+            ).fetchone()
+            if count >= MAX_TOKENS_PER_USER:
+                raise TooMany(
+                    f"user {user!r} holds {MAX_TOKENS_PER_USER} tokens already, the most; "
+                    "revoke one first"
+                )
+            self.conn.execute(
+                "INSERT INTO user_tokens (id, sha256, user, label, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.id, sha256_hex, user, label, row.created_at),
+            )
+        return row
+
+    def tokens(self, user: str) -> list[TokenRow]:
+        rows = self.conn.execute(
+            "SELECT id, user, label, created_at FROM user_tokens WHERE user = ? "
+            "ORDER BY created_at, id",
+            (user,),
+        )
+        return [TokenRow(str(i), str(u), str(lb), int(c)) for i, u, lb, c in rows]
+
+    def revoke_token(self, user: str, token_id: str) -> bool:
+        cur = self.conn.execute(
+            "DELETE FROM user_tokens WHERE user = ? AND id = ?", (user, token_id)
+        )
+        return cur.rowcount > 0
+
+    def token_caller(self, sha256_hex: str) -> Caller | None:
+        """The user holding the token with this digest, or None."""
         row = self.conn.execute(
-            "SELECT name FROM tokens WHERE sha256 = ?", (sha256_hex,)
+            "SELECT u.name, u.role FROM user_tokens t JOIN users u ON u.name = t.user "
+            "WHERE t.sha256 = ?",
+            (sha256_hex,),
         ).fetchone()
-        return str(row[0]) if row else None
+        return Caller(str(row[0]), str(row[1])) if row else None
 
     # -- devices --------------------------------------------------------------------------
     def _device_rows(self, which: str, args: tuple[object, ...] = ()) -> list[DeviceRow]:

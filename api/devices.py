@@ -18,9 +18,11 @@ import json
 import secrets
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import ValidationError
 
+from api.auth import require_admin
+from api.body import json_object
 from api.broker_admin import BrokerRefused, BrokerUnavailable
 from api.db import DeviceRow, DuplicateDevice, TooManyDevices, get_store
 from api.names import check_path_names
@@ -30,7 +32,6 @@ from api.status import device_view, list_devices
 from api.validation import parse_history_args, parse_mean_args, reject_args
 from vigil.config_core import KeyedError
 from vigil.device_config import DeviceConfig, decode_device_settings
-from vigil.jsonin import JsonInputError, loads
 from vigil.mqtt import PublishError
 from vigil.settings import DeviceEntry, validation_error
 
@@ -63,8 +64,7 @@ def _known(device: str) -> tuple[DeviceEntry | None, DeviceRow | None]:
 
 
 def _require_admin() -> None:
-    if g.get("caller") != "admin":
-        raise Problem(403, "managing devices needs the admin token")
+    require_admin("managing devices")
 
 
 def _invalid(detail: str) -> Problem:
@@ -72,15 +72,7 @@ def _invalid(detail: str) -> Problem:
 
 
 def _json_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise Problem(415, "send a JSON object with 'Content-Type: application/json'")
-    try:
-        body = loads(request.get_data(cache=True), max_bytes=MAX_DEVICE_BODY_BYTES)
-    except JsonInputError as exc:
-        raise _invalid(f"the body is not valid JSON: {exc.reason}") from None
-    if not isinstance(body, dict):
-        raise _invalid("the body must be a JSON object")
-    return body
+    return json_object(_invalid, max_bytes=MAX_DEVICE_BODY_BYTES)
 
 
 def _broker_problem(exc: Exception) -> Problem:

@@ -9,7 +9,7 @@ from flask import request
 
 from api.validation import check_path_name
 
-PATH_NAMES = frozenset({"device", "metric", "rule_id"})
+PATH_NAMES = frozenset({"device", "metric", "rule_id", "user", "token_id"})
 
 
 def check_view_args(

@@ -24,6 +24,10 @@ PROTECTED = [
     ("POST", "/rules"),
     ("GET", "/rules/hot"),
     ("DELETE", "/rules/hot"),
+    ("GET", "/me"),
+    ("GET", "/users"),
+    ("POST", "/users"),
+    ("GET", "/users/admin/tokens"),
     ("GET", "/no-such-route"),
     # Authentication comes first: a caller without a token learns nothing about its input.
     ("GET", "/devices/bad%20id/metrics/temperature/latest"),

@@ -9,14 +9,20 @@ import pytest
 
 from api.db import (
     MAX_RULES,
+    MAX_TOKENS_PER_USER,
+    SCHEMA_VERSION,
+    Caller,
     DuplicateRule,
-    DuplicateToken,
+    DuplicateUser,
     InvalidStoredRule,
     Store,
+    TooMany,
     TooManyRules,
+    UserRow,
     is_unavailable,
 )
 from vigil.messages import MAX_RULESET_BYTES, Rule, decode_rules, encode_rules
+from vigil.names import is_name
 
 RULE = Rule("hot", "temperature", "above", 30.0, "dev-1", "critical", "Hot")
 
@@ -72,18 +78,63 @@ def test_the_version_survives_reopening(tmp_path, store):
     again.close()
 
 
-def test_tokens_are_kept_by_digest_only(tmp_path, store):
-    store.add_token("ci", "ab" * 32)
-    assert store.token_name("ab" * 32) == "ci"
-    assert store.token_name("cd" * 32) is None
-    with pytest.raises(DuplicateToken):
-        store.add_token("ci", "ef" * 32)
+def test_tokens_belong_to_users_and_are_kept_by_digest_only(tmp_path, store):
+    store.add_user("ci", "user")
+    with pytest.raises(DuplicateUser):
+        store.add_user("ci", "admin")
+    row = store.add_token("ci", "ab" * 32, "laptop")
+    assert is_name(row.id) and row.user == "ci" and row.label == "laptop"
+    assert store.token_caller("ab" * 32) == Caller("ci", "user")
+    assert store.token_caller("cd" * 32) is None
+    with pytest.raises(KeyError):
+        store.add_token("nobody", "ef" * 32)
+    with pytest.raises(sqlite3.IntegrityError):  # one digest, one token
+        store.add_token("admin", "ab" * 32)
     rows = (
         sqlite3.connect(tmp_path / "nested" / "api.sqlite3")
-        .execute("SELECT * FROM tokens")
+        .execute("SELECT id, sha256, user, label FROM user_tokens")
         .fetchall()
     )
-    assert [r[:2] for r in rows] == [("ab" * 32, "ci")]
+    assert rows == [(row.id, "ab" * 32, "ci", "laptop")]
+    assert store.user("ci") == UserRow("ci", "user", store.user("ci").created_at, 1)
+    assert not store.revoke_token("admin", row.id)  # another user's token id
+    assert store.revoke_token("ci", row.id) and store.token_caller("ab" * 32) is None
+
+
+def test_a_user_holds_a_bounded_number_of_tokens_and_leaves_with_them(store):
+    store.add_user("ci", "user")
+    for n in range(MAX_TOKENS_PER_USER):
+        store.add_token("ci", f"{n:064x}")
+    with pytest.raises(TooMany, match="revoke one first"):
+        store.add_token("ci", "f" * 64)
+    assert store.set_role("ci", "admin") and store.token_caller(f"{0:064x}").is_admin
+    assert store.delete_user("ci") and store.user("ci") is None
+    assert store.token_caller(f"{0:064x}") is None and store.tokens("ci") == []
+    assert not store.delete_user("ci")
+
+
+def test_the_admin_user_always_exists(store):
+    assert [(u.name, u.role) for u in store.users()] == [("admin", "admin")]
+
+
+def test_a_database_from_before_users_is_migrated_once(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE tokens (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+        " created_at INTEGER NOT NULL);"
+        f"INSERT INTO tokens VALUES ('{'ab' * 32}', 'ci', 5), ('{'cd' * 32}', 'admin', 6);"
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):  # a second open changes nothing
+        store = Store.open(path)
+        store.init_schema()
+        assert store.token_caller("ab" * 32) == Caller("ci", "user")  # least privilege
+        assert store.token_caller("cd" * 32) == Caller("admin-token", "user")
+        assert sorted(u.name for u in store.users()) == ["admin", "admin-token", "ci"]
+        assert store.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        store.close()
 
 
 def insert_row(store, rule_id, body):

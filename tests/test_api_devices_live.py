@@ -134,6 +134,7 @@ def test_managing_devices_needs_the_admin_token(api, cloud_config):
     from api.db import Store
 
     store = Store.open(cloud_config.config.api.database)
+    store.add_user("alice", "user")
     store.add_token("alice", hash_token("alice-token"))
     store.close()
     alice = {"Authorization": "Bearer alice-token"}

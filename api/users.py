@@ -1,0 +1,218 @@
+"""Users, their roles and their tokens.
+
+- ``GET /me``: who the token belongs to.
+- ``GET /users`` (admin): every user. ``POST /users`` (admin) ``{"name", "role"?}`` creates
+  one (role ``user`` by default) and answers its first token, the only time it is shown.
+- ``GET /users/<user>``: the admin, or the user themself. ``PATCH /users/<user>``
+  ``{"role"}`` (admin). ``DELETE /users/<user>`` (admin) removes the user, their tokens
+  and what they own.
+- ``GET /users/<user>/tokens``, ``POST`` (``{"label"?}``, the token answered once) and
+  ``DELETE /users/<user>/tokens/<token_id>``: the admin, or the user themself.
+
+A user who is not an admin learns nothing of other users: any other user's path is the
+404 a user that does not exist gets, so names cannot be probed. Only an admin changes roles
+or removes users; the user ``admin`` (the admin token file's) can be neither demoted nor
+removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.auth import caller, hash_token, new_token, require_admin
+from api.body import json_object
+from api.db import (
+    ADMIN_USER,
+    ROLES,
+    DuplicateUser,
+    TokenRow,
+    TooMany,
+    UserRow,
+    get_store,
+)
+from api.names import check_path_names
+from api.problems import Problem, problem_type
+from api.validation import reject_args
+from vigil.names import NAME_RULE, is_name
+from vigil.text import shown
+
+bp = Blueprint("users", __name__)
+bp.before_request(check_path_names)
+MAX_LABEL_CHARS = 100
+
+
+@bp.before_request
+def _no_args() -> None:
+    reject_args(request.args.to_dict(flat=False))
+
+
+def _invalid(detail: str) -> Problem:
+    return Problem(400, detail, type_=problem_type("invalid-user"), title="Invalid user")
+
+
+def user_view(row: UserRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "role": row.role,
+        "created_at": row.created_at,
+        "tokens": row.tokens,
+        "href": url_for("users.get_user", user=row.name),
+    }
+
+
+def token_view(row: TokenRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "label": row.label,
+        "created_at": row.created_at,
+        "href": url_for("users.revoke_token", user=row.user, token_id=row.id),
+    }
+
+
+def _no_user(user: str) -> Problem:
+    return Problem(404, f"no user {user!r}")
+
+
+def _visible(user: str) -> UserRow:
+    """``user``'s row if the caller may see it (an admin, or the user themself); else the
+    same 404 as for a user that does not exist."""
+    who = caller()
+    row = get_store().user(user) if who.is_admin or who.user == user else None
+    if row is None:
+        raise _no_user(user)
+    return row
+
+
+def _role(body: dict[str, Any], default: str | None) -> str:
+    role = body.get("role", default)
+    if role not in ROLES:
+        raise _invalid(f"role: must be one of {', '.join(ROLES)}, got {shown(role)}")
+    return str(role)
+
+
+def _label(body: dict[str, Any]) -> str:
+    label = body.get("label", "")
+    if not isinstance(label, str):
+        raise _invalid(f"label: must be a string, got {type(label).__name__}")
+    if len(label) > MAX_LABEL_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in label):
+        raise _invalid(f"label: at most {MAX_LABEL_CHARS} characters, without control characters")
+    return label
+
+
+def _issue(user: str, label: str) -> dict[str, Any]:
+    token = new_token()
+    try:
+        row = get_store().add_token(user, hash_token(token), label)
+    except TooMany as exc:
+        raise Problem(409, str(exc), type_=problem_type("too-many-tokens")) from None
+    except KeyError:
+        raise _no_user(user) from None
+    return {**token_view(row), "token": token}
+
+
+def _no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"  # it holds a token
+    return resp
+
+
+@bp.get("/me")
+def me() -> dict[str, Any]:
+    """The caller: user name and role."""
+    who = caller()
+    row = get_store().user(who.user)
+    return user_view(row) if row else {"name": who.user, "role": who.role}
+
+
+@bp.get("/users")
+def index() -> dict[str, Any]:
+    require_admin("listing users")
+    return {"users": [user_view(row) for row in get_store().users()]}
+
+
+@bp.post("/users")
+def create() -> tuple[Response, int]:
+    """Create a user and their first token."""
+    require_admin("creating users")
+    body = json_object(_invalid, allowed=("name", "role", "label"))
+    raw = body.get("name")
+    if not is_name(raw):
+        raise _invalid(
+            "name: missing" if raw is None else f"name: {shown(raw)} is not a name: {NAME_RULE}"
+        )
+    name = str(raw)
+    role = _role(body, "user")
+    label = _label(body)
+    store = get_store()
+    try:
+        store.add_user(name, role)
+    except DuplicateUser as exc:
+        raise Problem(409, str(exc), type_=problem_type("duplicate-user"), user=name) from None
+    except TooMany as exc:
+        raise Problem(409, str(exc), type_=problem_type("too-many-users")) from None
+    token = _issue(name, label or "first")
+    row = store.user(name)
+    assert row is not None
+    resp = jsonify({**user_view(row), "token": token})
+    resp.headers["Location"] = url_for("users.get_user", user=name)
+    return _no_store(resp), 201
+
+
+@bp.get("/users/<user>")
+def get_user(user: str) -> dict[str, Any]:
+    return user_view(_visible(user))
+
+
+@bp.patch("/users/<user>")
+def patch_user(user: str) -> dict[str, Any]:
+    """Change a user's role (admin)."""
+    _visible(user)  # a user probing another's name gets 404, not 403
+    require_admin("changing roles")
+    body = json_object(_invalid, allowed=("role",))
+    role = _role(body, None)
+    if user == ADMIN_USER and role != "admin":
+        raise Problem(409, f"the user {ADMIN_USER!r} holds the admin token file: it stays admin")
+    store = get_store()
+    store.set_role(user, role)
+    row = store.user(user)
+    assert row is not None
+    return user_view(row)
+
+
+@bp.delete("/users/<user>")
+def delete_user(user: str) -> Response:
+    """Remove a user, their tokens and what they own (admin)."""
+    _visible(user)
+    require_admin("removing users")
+    if user == ADMIN_USER:
+        raise Problem(409, f"the user {ADMIN_USER!r} holds the admin token file: it stays")
+    get_store().delete_user(user)
+    return Response(status=204)
+
+
+@bp.get("/users/<user>/tokens")
+def tokens(user: str) -> dict[str, Any]:
+    """The user's tokens: ids, labels and times (never a token itself)."""
+    _visible(user)
+    return {"tokens": [token_view(row) for row in get_store().tokens(user)]}
+
+
+@bp.post("/users/<user>/tokens")
+def issue_token(user: str) -> tuple[Response, int]:
+    """Issue a new token; the answer is the only time it is shown."""
+    _visible(user)
+    body = json_object(_invalid, allowed=("label",)) if request.get_data(cache=True) else {}
+    token = _issue(user, _label(body))
+    resp = jsonify(token)
+    resp.headers["Location"] = token["href"]
+    return _no_store(resp), 201
+
+
+@bp.delete("/users/<user>/tokens/<token_id>")
+def revoke_token(user: str, token_id: str) -> Response:
+    """Revoke a token: requests with it get 401 from now on."""
+    _visible(user)
+    if not get_store().revoke_token(user, token_id):
+        raise Problem(404, f"user {user!r} has no token {token_id!r}")
+    return Response(status=204)
