@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask, current_app, g
@@ -40,7 +40,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'admin'
 );
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
@@ -79,8 +80,9 @@ DEVICE_QUERIES = {
     "one": _DEVICE_SELECT + " WHERE id = ?",
     "added": _DEVICE_SELECT + " WHERE added = 1 ORDER BY id",
 }
-#: ``PRAGMA user_version`` of the current schema (0: before users; tokens had only a name).
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` of the current schema (0: before users, tokens had only a name;
+#: 1: rules without an owner, the admin's since).
+SCHEMA_VERSION = 2
 #: The user behind the admin token file; it cannot be deleted or demoted.
 ADMIN_USER = "admin"
 ROLES = ("admin", "user")
@@ -195,6 +197,19 @@ class StoredRules:
 
     rules: list[Rule]
     invalid: list[InvalidStoredRule]
+    #: every row's owner, by id
+    owners: dict[str, str]
+
+    def of(self, owner: str | None) -> StoredRules:
+        """The rows ``owner`` owns (None: all)."""
+        if owner is None:
+            return self
+        mine = {k for k, v in self.owners.items() if v == owner}
+        return StoredRules(
+            [r for r in self.rules if r.id in mine],
+            [r for r in self.invalid if r.id in mine],
+            {k: owner for k in mine},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +221,8 @@ class RuleSnapshot:
     changed_at: int
     rules: list[Rule]
     invalid: list[InvalidStoredRule]
+    #: every row's owner, by id
+    owners: dict[str, str] = field(default_factory=dict)
 
 
 def new_token_id() -> str:
@@ -301,6 +318,11 @@ class Store:
             )
             if version < 1:
                 self._migrate_tokens(t)
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(rules)")}
+            if "owner" not in columns:  # schema 1: every rule was the admin's
+                self.conn.execute(
+                    "ALTER TABLE rules ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin'"
+                )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate_tokens(self, t: int) -> None:
@@ -346,19 +368,30 @@ class Store:
         """Every stored row, sorted by id: the valid rules and the invalid rows apart."""
         rules: list[Rule] = []
         invalid: list[InvalidStoredRule] = []
-        for row_id, body in self.conn.execute("SELECT id, body FROM rules ORDER BY id"):
+        owners: dict[str, str] = {}
+        for row_id, body, owner in self.conn.execute(
+            "SELECT id, body, owner FROM rules ORDER BY id"
+        ):
             decoded = decode_stored_rule(row_id, body)
             if isinstance(decoded, Rule):
                 rules.append(decoded)
             else:
                 invalid.append(decoded)
-        return StoredRules(rules, invalid)
+            owners[decoded.id] = str(owner)
+        return StoredRules(rules, invalid, owners)
 
-    def get_rule(self, rule_id: str) -> Rule | InvalidStoredRule | None:
-        """The rule stored under exactly ``rule_id``, an InvalidStoredRule if that row is not
-        a valid rule, or None if there is no such row."""
-        row = self.conn.execute("SELECT id, body FROM rules WHERE id = ?", (rule_id,)).fetchone()
+    def get_rule(self, rule_id: str, owner: str | None = None) -> Rule | InvalidStoredRule | None:
+        """The rule stored under exactly ``rule_id`` (and owned by ``owner``, if given), an
+        InvalidStoredRule if that row is not a valid rule, or None if there is no such row."""
+        row = self.conn.execute(
+            "SELECT id, body FROM rules WHERE id = ? AND (? IS NULL OR owner = ?)",
+            (rule_id, owner, owner),
+        ).fetchone()
         return decode_stored_rule(row[0], row[1]) if row else None
+
+    def rule_owner(self, rule_id: str) -> str | None:
+        row = self.conn.execute("SELECT owner FROM rules WHERE id = ?", (rule_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def snapshot(self) -> RuleSnapshot:
         """The version, its time and the rules, read in one transaction: a consistent set."""
@@ -366,13 +399,17 @@ class Store:
         try:
             stored = self.list_rules()
             return RuleSnapshot(
-                self._meta(VERSION_KEY), self._meta(CHANGED_AT_KEY), stored.rules, stored.invalid
+                self._meta(VERSION_KEY),
+                self._meta(CHANGED_AT_KEY),
+                stored.rules,
+                stored.invalid,
+                stored.owners,
             )
         finally:
             self.conn.execute("COMMIT")
 
-    def add_rule(self, rule: Rule) -> int:
-        """Store a new rule; returns the new rule-set version. Raises DuplicateRule, or
+    def add_rule(self, rule: Rule, owner: str = ADMIN_USER) -> int:
+        """Store a new rule of ``owner``; returns the new rule-set version. Raises DuplicateRule, or
         TooManyRules when MAX_RULES rows are stored already (invalid ones count: they take
         room until deleted)."""
         self.conn.execute("BEGIN IMMEDIATE")
@@ -381,8 +418,8 @@ class Store:
             if count >= MAX_RULES:
                 raise TooManyRules(MAX_RULES)
             self.conn.execute(
-                "INSERT INTO rules (id, body, created_at) VALUES (?, ?, ?)",
-                (rule.id, json.dumps(rule.to_dict()), now_ms()),
+                "INSERT INTO rules (id, body, created_at, owner) VALUES (?, ?, ?, ?)",
+                (rule.id, json.dumps(rule.to_dict()), now_ms(), owner),
             )
             version = self._bump_version()
         except sqlite3.IntegrityError:
@@ -394,12 +431,15 @@ class Store:
         self.conn.execute("COMMIT")
         return version
 
-    def delete_rule(self, rule_id: str) -> int | None:
-        """Delete a rule; returns the new rule-set version, or None if there was no such
-        rule (nothing changes then)."""
+    def delete_rule(self, rule_id: str, owner: str | None = None) -> int | None:
+        """Delete a rule (of ``owner``, if given); returns the new rule-set version, or None
+        if there was no such rule (nothing changes then)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = self.conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))
+            cur = self.conn.execute(
+                "DELETE FROM rules WHERE id = ? AND (? IS NULL OR owner = ?)",
+                (rule_id, owner, owner),
+            )
             version = self._bump_version() if cur.rowcount else None
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -436,13 +476,15 @@ class Store:
         cur = self.conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
         return cur.rowcount > 0
 
-    def delete_user(self, name: str) -> bool:
-        """Forget a user, their tokens and everything they own; False if there was none.
-        Returns after one transaction: a half-deleted user is never seen."""
+    def delete_user(self, name: str) -> tuple[bool, int | None]:
+        """Forget a user, their tokens and their rules, in one transaction: (whether there
+        was such a user, the new rule-set version if rules went with them)."""
         with self._transaction():
             self.conn.execute("DELETE FROM user_tokens WHERE user = ?", (name,))
+            rules = self.conn.execute("DELETE FROM rules WHERE owner = ?", (name,)).rowcount
+            version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
-        return cur.rowcount > 0
+        return cur.rowcount > 0, version
 
     def add_token(self, user: str, sha256_hex: str, label: str = "") -> TokenRow:
         """Remember a token of ``user`` by its SHA-256 digest (the token itself is never

@@ -1,4 +1,6 @@
-"""Alert rules: list, create, read, delete. Rules live in the API database; after every
+"""Alert rules: list, create, read, delete. Each rule has an owner: a user sees and deletes
+only their own (another user's rule is the 404 of one that does not exist), an admin every
+rule. Rules live in the API database; after every
 change the whole rule set is published as the retained snapshot the alert engine follows
 (see :mod:`api.rules_sync`). Answers to changes say whether the broker acknowledged it
 (``pushed``, also in the ``Vigil-Rules-Pushed`` header) and the rule-set version.
@@ -17,7 +19,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from api.db import DuplicateRule, InvalidStoredRule, TooManyRules, get_store
+from api.auth import caller
+from api.db import DuplicateRule, InvalidStoredRule, StoredRules, TooManyRules, get_store
 from api.names import check_view_args
 from api.problems import Problem, problem_type
 from api.resources import resources
@@ -45,8 +48,28 @@ def _invalid_rule(detail: str) -> Problem:
     return Problem(400, detail, type_=problem_type("invalid-rule"), title="Invalid rule")
 
 
-def parse_rule_body() -> Rule:
-    """The rule in the request body; the id defaults to one derived from the name."""
+def _scope() -> str | None:
+    """Whose rules the caller sees and changes: their own; an admin's, everyone's."""
+    who = caller()
+    return None if who.is_admin else who.user
+
+
+def _owner_of_new(body: dict[str, Any]) -> str:
+    """The owner of a rule being created: the caller, or (an admin only) ``owner``."""
+    who = caller()
+    owner = body.pop("owner", who.user)
+    if owner == who.user:
+        return who.user
+    if not who.is_admin:
+        raise Problem(403, "creating rules for another user needs an admin token")
+    if not isinstance(owner, str) or get_store().user(owner) is None:
+        raise _invalid_rule(f"owner: no user {shown(str(owner))}")
+    return owner
+
+
+def parse_rule_body() -> tuple[Rule, str]:
+    """The rule in the request body and its owner; the id defaults to one derived from the
+    name."""
     if not request.is_json:
         raise Problem(415, "send the rule as a JSON object with 'Content-Type: application/json'")
     try:
@@ -55,6 +78,7 @@ def parse_rule_body() -> Rule:
         raise _invalid_rule(f"the body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise _invalid_rule("the body must be a JSON object")
+    owner = _owner_of_new(body)
     if "id" not in body:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -66,7 +90,7 @@ def parse_rule_body() -> Rule:
         except ValueError as exc:
             raise _invalid_rule(f"{exc}; give an 'id'") from None
     try:
-        return Rule.from_dict(body)
+        return Rule.from_dict(body), owner
     except InvalidMessage as exc:
         raise _invalid_rule(exc.reason) from None
 
@@ -89,8 +113,12 @@ def _href(rule_id: str) -> str | None:
     return url_for("rules.delete", rule_id=rule_id)
 
 
-def _invalid_view(bad: InvalidStoredRule) -> dict[str, Any]:
-    return {"id": bad.id, "reason": bad.reason, "href": _href(bad.id)}
+def _invalid_view(bad: InvalidStoredRule, owner: str | None) -> dict[str, Any]:
+    return {"id": bad.id, "owner": owner, "reason": bad.reason, "href": _href(bad.id)}
+
+
+def rule_view(rule: Rule, owner: str | None) -> dict[str, Any]:
+    return {**rule.to_dict(), "owner": owner}
 
 
 def _no_rule(rule_id: str) -> Problem:
@@ -104,10 +132,11 @@ def index() -> dict[str, Any]:
     """Every rule, with the rule-set version and whether the broker has it; ``invalid``
     lists stored rows that are no longer valid rules (left out of the published set)."""
     snap = get_store().snapshot()
+    mine = StoredRules(snap.rules, snap.invalid, snap.owners).of(_scope())
     published = resources().publisher.published_version
     return {
-        "rules": [r.to_dict() for r in snap.rules],
-        "invalid": [_invalid_view(bad) for bad in snap.invalid],
+        "rules": [rule_view(r, mine.owners.get(r.id)) for r in mine.rules],
+        "invalid": [_invalid_view(bad, mine.owners.get(bad.id)) for bad in mine.invalid],
         "version": snap.version,
         "pushed": published is not None and published >= snap.version,
     }
@@ -118,9 +147,9 @@ def create() -> tuple[Response, int]:
     """Create a rule (validated like the alert engine validates it); 409 if the id is
     taken; 201 with its Location. The rule is saved even if the broker is down: then
     ``pushed`` is false and the snapshot goes out when the connection is back."""
-    rule = parse_rule_body()
+    rule, owner = parse_rule_body()
     try:
-        version = get_store().add_rule(rule)
+        version = get_store().add_rule(rule, owner)
     except DuplicateRule:
         raise Problem(
             409,
@@ -136,7 +165,7 @@ def create() -> tuple[Response, int]:
             limit=exc.limit,
         ) from None
     pushed = _push(version)
-    resp = jsonify({"rule": rule.to_dict(), "version": version, "pushed": pushed})
+    resp = jsonify({"rule": rule_view(rule, owner), "version": version, "pushed": pushed})
     resp.headers["Location"] = url_for("rules.get_rule", rule_id=rule.id)
     return _sync_headers(resp, version, pushed), 201
 
@@ -145,7 +174,8 @@ def create() -> tuple[Response, int]:
 def get_rule(rule_id: str) -> dict[str, Any]:
     """One rule; 404 if there is none with this id, 409 if the stored row is not a valid
     rule (the detail says why; delete it)."""
-    rule = get_store().get_rule(rule_id)
+    store = get_store()
+    rule = store.get_rule(rule_id, _scope())
     if rule is None:
         raise _no_rule(rule_id)
     if isinstance(rule, InvalidStoredRule):
@@ -157,13 +187,13 @@ def get_rule(rule_id: str) -> dict[str, Any]:
             title="Invalid stored rule",
             rule_id=rule.id,
         )
-    return rule.to_dict()
+    return rule_view(rule, store.rule_owner(rule_id))
 
 
 @bp.delete("/<rule_id>")
 def delete(rule_id: str) -> Response:
     """Delete a rule, valid or not: 204, or 404 if there is none with this id."""
-    version = get_store().delete_rule(rule_id)
+    version = get_store().delete_rule(rule_id, _scope())
     if version is None:
         raise _no_rule(rule_id)
     pushed = _push(version)

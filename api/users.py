@@ -5,7 +5,7 @@
   one (role ``user`` by default) and answers its first token, the only time it is shown.
 - ``GET /users/<user>``: the admin, or the user themself. ``PATCH /users/<user>``
   ``{"role"}`` (admin). ``DELETE /users/<user>`` (admin) removes the user, their tokens
-  and what they own.
+  and their rules (the new rule set is pushed).
 - ``GET /users/<user>/tokens``, ``POST`` (``{"label"?}``, the token answered once) and
   ``DELETE /users/<user>/tokens/<token_id>``: the admin, or the user themself.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from api.auth import caller, hash_token, new_token, require_admin
 from api.body import json_object
@@ -34,6 +34,7 @@ from api.db import (
 )
 from api.names import check_path_names
 from api.problems import Problem, problem_type
+from api.resources import resources
 from api.validation import reject_args
 from vigil.names import NAME_RULE, is_name
 from vigil.text import shown
@@ -187,7 +188,9 @@ def delete_user(user: str) -> Response:
     require_admin("removing users")
     if user == ADMIN_USER:
         raise Problem(409, f"the user {ADMIN_USER!r} holds the admin token file: it stays")
-    get_store().delete_user(user)
+    _, version = get_store().delete_user(user)
+    if version is not None:  # their rules went with them
+        resources().publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
     return Response(status=204)
 
 

@@ -108,9 +108,9 @@ def test_a_user_holds_a_bounded_number_of_tokens_and_leaves_with_them(store):
     with pytest.raises(TooMany, match="revoke one first"):
         store.add_token("ci", "f" * 64)
     assert store.set_role("ci", "admin") and store.token_caller(f"{0:064x}").is_admin
-    assert store.delete_user("ci") and store.user("ci") is None
+    assert store.delete_user("ci") == (True, None) and store.user("ci") is None
     assert store.token_caller(f"{0:064x}") is None and store.tokens("ci") == []
-    assert not store.delete_user("ci")
+    assert store.delete_user("ci") == (False, None)
 
 
 def test_the_admin_user_always_exists(store):

@@ -39,13 +39,13 @@ def test_create_read_list_delete(client):
     assert resp.status_code == 201
     assert resp.headers["Location"] == "/rules/hot"
     body = resp.get_json()
-    assert body["rule"] == {**HOT, "threshold": 30.0}
+    assert body["rule"] == {**HOT, "threshold": 30.0, "owner": "admin"}
     assert body["pushed"] is True and resp.headers["Vigil-Rules-Pushed"] == "true"
     assert int(resp.headers["Vigil-Rules-Version"]) == body["version"]
 
-    assert client.get("/rules/hot").get_json() == {**HOT, "threshold": 30.0}
+    assert client.get("/rules/hot").get_json() == {**HOT, "threshold": 30.0, "owner": "admin"}
     listed = client.get("/rules").get_json()
-    assert listed["rules"] == [{**HOT, "threshold": 30.0}]
+    assert listed["rules"] == [{**HOT, "threshold": 30.0, "owner": "admin"}]
     assert listed["version"] == body["version"] and listed["pushed"] is True
 
     resp = client.delete("/rules/hot")
@@ -158,7 +158,12 @@ def test_a_stored_rule_that_no_longer_validates_breaks_nothing(client, cloud_con
     body = listed.get_json()
     assert body["rules"] == []
     assert body["invalid"] == [
-        {"id": "r\n", "reason": body["invalid"][0]["reason"], "href": "/rules/r%0A"}
+        {
+            "id": "r\n",
+            "owner": "admin",
+            "reason": body["invalid"][0]["reason"],
+            "href": "/rules/r%0A",
+        }
     ]
     assert "rule id 'r\\n' is not a valid name" in body["invalid"][0]["reason"]
 
@@ -219,7 +224,10 @@ def test_stored_ids_that_cannot_be_a_path_segment_have_no_href(client, cloud_con
     store_row(cloud_config, "a/b", json.dumps({**HOT, "id": "a/b"}))
     db = sqlite3.connect(cloud_config.config.api.database)
     with db:  # not UTF-8: sqlite3 would raise on it for the whole query
-        db.execute("INSERT INTO rules VALUES (CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT), 0)")
+        db.execute(
+            "INSERT INTO rules (id, body, created_at) "
+            "VALUES (CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT), 0)"
+        )
     db.close()
     resp = client.get("/rules")
     assert resp.status_code == 200

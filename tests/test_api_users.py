@@ -3,9 +3,11 @@ user asking about another user gets the 404 of a user that does not exist)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
+from support import wait_until
 
 from api.auth import hash_token
 
@@ -143,3 +145,52 @@ def test_the_cli_creates_a_user_with_a_role(cloud_config, anon_client, capsys):
     )
     token = capsys.readouterr().out.strip()
     assert anon_client.get("/me", headers=bearer(token)).get_json()["role"] == "admin"
+
+
+RULE = {"id": "hot", "metric": "temperature", "op": "above", "threshold": 30, "device": "dev-1"}
+
+
+def test_users_see_and_change_only_their_own_rules(client, anon_client, alice, bob):
+    """Issue 9: a token made for alice deleted the admin's rule (204)."""
+    as_alice, as_bob = bearer(alice), bearer(bob)
+    assert client.post("/rules", json={**RULE, "id": "admins"}).status_code == 201
+    resp = anon_client.post("/rules", json=RULE, headers=as_alice)
+    assert resp.status_code == 201 and resp.get_json()["rule"]["owner"] == "alice"
+    # bob, and alice for the admin's rule: the 404 of a rule that does not exist.
+    for headers, rule_id in [(as_bob, "hot"), (as_alice, "admins")]:
+        for method in ("get", "delete"):
+            resp = getattr(anon_client, method)(f"/rules/{rule_id}", headers=headers)
+            assert resp.status_code == 404 and resp.mimetype == PROBLEM, (method, rule_id)
+            assert resp.get_json()["detail"] == f"no rule with id {rule_id!r}"
+    assert anon_client.get("/rules", headers=as_bob).get_json()["rules"] == []
+    mine = anon_client.get("/rules", headers=as_alice).get_json()["rules"]
+    assert [(r["id"], r["owner"]) for r in mine] == [("hot", "alice")]
+    everyone = client.get("/rules").get_json()["rules"]
+    owners = sorted((r["id"], r["owner"]) for r in everyone)
+    assert owners == [("admins", "admin"), ("hot", "alice")]
+    assert client.get("/rules/admins").status_code == 200
+    assert anon_client.get("/rules/hot", headers=as_alice).get_json()["owner"] == "alice"
+    assert anon_client.delete("/rules/hot", headers=as_alice).status_code == 204
+
+
+def test_only_an_admin_creates_rules_for_another_user(client, anon_client, alice):
+    resp = anon_client.post("/rules", json={**RULE, "owner": "bob"}, headers=bearer(alice))
+    assert resp.status_code == 403 and resp.mimetype == PROBLEM
+    resp = client.post("/rules", json={**RULE, "owner": "alice"})
+    assert resp.status_code == 201 and resp.get_json()["rule"]["owner"] == "alice"
+    assert anon_client.get("/rules/hot", headers=bearer(alice)).status_code == 200
+    resp = client.post("/rules", json={**RULE, "id": "x", "owner": "nobody"})
+    assert resp.status_code == 400 and "owner: no user 'nobody'" in resp.get_json()["detail"]
+
+
+def test_a_removed_users_rules_leave_the_published_rule_set(client, anon_client, alice, probe):
+    watch = probe("vigil/config/rules")
+    assert anon_client.post("/rules", json=RULE, headers=bearer(alice)).status_code == 201
+    assert client.delete("/users/alice").status_code == 204
+    assert client.get("/rules").get_json()["rules"] == []
+
+    def published_ids():
+        msgs = watch.on("vigil/config/rules")
+        return [r["id"] for r in json.loads(msgs[-1].payload)["rules"]] if msgs else None
+
+    wait_until(lambda: published_ids() == [], what="a rule set without alice's rule")
