@@ -60,6 +60,8 @@ class SeriesState:
     last_ts: int
     last_id: int
     firing: Episode | None = None
+    #: the value of the last reading evaluated (what a resolution without a reading shows)
+    last_value: float = 0.0
 
     @property
     def position(self) -> tuple[int, int]:
@@ -87,6 +89,8 @@ class RuleSetChange:
     changed: tuple[str, ...]
     #: Firing episodes whose state was dropped (rule removed, or no longer covering it).
     dropped_firing: tuple[tuple[SeriesKey, Episode], ...] = ()
+    #: Their resolutions: a ``resolved`` alert, with the reason, for each of them.
+    resolved: tuple[Alert, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -135,15 +139,19 @@ class Evaluator:
             self._by_metric.setdefault(rule.metric, []).append(rule)
         self.version = version
 
-    def replace_rules(self, rules: Iterable[Rule], version: int) -> RuleSetChange:
+    def replace_rules(self, rules: Iterable[Rule], version: int, now_ms: int = 0) -> RuleSetChange:
         """Install a new rule set. Series of removed rules are dropped, as are series a
         changed rule no longer covers (other device, other metric); a rule whose threshold,
-        op, name or severity changed keeps its series and goes on from the current state."""
+        op, name or severity changed keeps its series and goes on from the current state.
+        A dropped series that was firing resolves: ``resolved`` holds its alert (at
+        ``now_ms``, with the last value seen and the reason), so no alert stays open
+        because its rule went away."""
         old = self._rules
         self._set_rules(rules, version)
         new = self._rules
         dropped: list[tuple[SeriesKey, Episode]] = []
-        for key in list(self._states):
+        resolved: list[Alert] = []
+        for key in sorted(self._states):
             rule, before = new.get(key[0]), old.get(key[0])
             keep = (
                 rule is not None
@@ -156,12 +164,20 @@ class Evaluator:
                 self._removed.add(key)
                 if state.firing is not None:
                     dropped.append((key, state.firing))
+                    if before is not None:
+                        why = (
+                            "rule deleted"
+                            if rule is None
+                            else f"rule changed: it no longer covers {key[1]} {before.metric}"
+                        )
+                        resolved.append(_resolution(before, key[1], state, now_ms, why))
         return RuleSetChange(
             version=version,
             added=tuple(sorted(new.keys() - old.keys())),
             removed=tuple(sorted(old.keys() - new.keys())),
             changed=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
-            dropped_firing=tuple(sorted(dropped)),
+            dropped_firing=tuple(dropped),
+            resolved=tuple(resolved),
         )
 
     # -- readings ------------------------------------------------------------------------
@@ -187,7 +203,7 @@ class Evaluator:
             elif firing is not None:
                 out.append(_alert(rule, reading, firing, "resolved"))
                 firing = None
-            self._states[key] = SeriesState(reading.ts, reading.id, firing)
+            self._states[key] = SeriesState(reading.ts, reading.id, firing, reading.value)
             self._dirty.add(key)
             self._removed.discard(key)
         return out
@@ -229,4 +245,26 @@ def _alert(
         ts=reading.ts,
         resolved_at=reading.ts if state == "resolved" else None,
         reading_id=reading.id,
+    )
+
+
+def _resolution(rule: Rule, device: str, state: SeriesState, now_ms: int, reason: str) -> Alert:
+    """The ``resolved`` alert of a firing series whose rule no longer covers it."""
+    assert state.firing is not None
+    return Alert(
+        alert_id=state.firing.alert_id,
+        rule_id=rule.id,
+        rule=rule.name or rule.id,
+        device=device,
+        metric=rule.metric,
+        value=state.last_value,
+        threshold=rule.threshold,
+        op=rule.op,
+        state="resolved",
+        severity=rule.severity,
+        started_at=state.firing.started_at,
+        ts=max(now_ms, state.last_ts),
+        resolved_at=max(now_ms, state.last_ts),
+        reading_id=None,
+        reason=reason,
     )

@@ -33,7 +33,7 @@ from alert_engine.store import StateStore
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, parse_readings
+from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, now_ms, parse_readings
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import PublishError
 from vigil.readiness import Readiness
@@ -101,6 +101,8 @@ class AlertEngine:
         self.dead_letters = DeadLetters(
             self.mqtt, self.topics, "alert_engine", self.metrics, self._stopping
         )
+        #: resolutions of the rule set just applied, taken by the batch handler
+        self._resolutions: list[Alert] = []
         self._update_gauges()
         log.info(
             "state %s: rule set version %d with %d rule(s), %d series, %d firing",
@@ -139,6 +141,9 @@ class AlertEngine:
                 alerts.extend(result)
             elif result is not None:
                 new_rule_set = result
+                # Firing alerts whose rule went away resolve, in the batch's order.
+                alerts.extend(self._resolutions)
+                self._resolutions.clear()
         if not self.publish_alerts(alerts):
             return False
         changes = self.evaluator.take_changes()
@@ -234,8 +239,9 @@ class AlertEngine:
             log.warning(
                 "rule set version %d repeats a rule id; the last one of each counts", version
             )
-        change = self.evaluator.replace_rules(rules, version)
+        change = self.evaluator.replace_rules(rules, version, now_ms())
         self._log_change(change, len(self.evaluator.rules))
+        self._resolutions.extend(change.resolved)
         return version, self.evaluator.rules
 
     @staticmethod
@@ -243,14 +249,8 @@ class AlertEngine:
         log.info(
             "rule set version %d applied: %d rule(s) (%s)", change.version, count, change.summary
         )
-        for (rule_id, device), episode in change.dropped_firing:
-            log.warning(
-                "rule %s no longer covers %s, which was firing (alert %s): its state "
-                "is dropped and no resolved alert will follow",
-                rule_id,
-                device,
-                episode.alert_id,
-            )
+        for alert in change.resolved:
+            log.info("alert %s resolves: %s", alert.alert_id, alert.reason)
 
     def _retry(
         self,

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS series (
     alert_id TEXT,
     started_at INTEGER,
     start_reading_id INTEGER,
+    last_value REAL,
     PRIMARY KEY (rule_id, device)
 ) WITHOUT ROWID;
 """
@@ -41,20 +42,28 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a state saved before the readings are acknowledged must survive a power cut,
+        # or a resolved alert could fire again (or a firing one be forgotten) after it.
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
+        if "last_value" not in columns:  # a state file from before it was kept
+            self._db.execute("ALTER TABLE series ADD COLUMN last_value REAL")
 
     def load(self) -> tuple[int, list[Rule], dict[SeriesKey, SeriesState]]:
         """The saved rule set (version 0 and no rules if none) and series states."""
         row = self._db.execute("SELECT payload FROM rule_set WHERE id = 1").fetchone()
         version, rules = decode_rules(row[0]) if row else (0, [])
         states: dict[SeriesKey, SeriesState] = {}
-        for rule_id, device, last_ts, last_id, alert_id, started_at, start_id in self._db.execute(
-            "SELECT rule_id, device, last_ts, last_id, alert_id, started_at, start_reading_id "
-            "FROM series"
+        for row in self._db.execute(
+            "SELECT rule_id, device, last_ts, last_id, alert_id, started_at, start_reading_id, "
+            "last_value FROM series"
         ):
+            rule_id, device, last_ts, last_id, alert_id, started_at, start_id, value = row
             firing = Episode(alert_id, started_at, start_id) if alert_id is not None else None
-            states[(rule_id, device)] = SeriesState(last_ts, last_id, firing)
+            states[(rule_id, device)] = SeriesState(
+                last_ts, last_id, firing, 0.0 if value is None else float(value)
+            )
         return version, rules, states
 
     def save(self, changes: StateChanges, rule_set: tuple[int, list[Rule]] | None = None) -> None:
@@ -75,7 +84,7 @@ class StateStore:
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO series (rule_id, device, last_ts, last_id, alert_id, "
-                "started_at, start_reading_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "started_at, start_reading_id, last_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         rule_id,
@@ -85,6 +94,7 @@ class StateStore:
                         s.firing.alert_id if s.firing else None,
                         s.firing.started_at if s.firing else None,
                         s.firing.reading_id if s.firing else None,
+                        s.last_value,
                     )
                     for (rule_id, device), s in changes.upserts.items()
                 ],

@@ -67,7 +67,10 @@ def _line(text: str) -> str:
 
 
 def summary(alert: Alert) -> str:
-    """``high-temp on dev-1: temperature 31.2 above 30`` (resolved: ``no longer above``)."""
+    """``high-temp on dev-1: temperature 31.2 above 30`` (resolved: ``no longer above``; resolved
+    without a reading: ``high-temp on dev-1: rule deleted``)."""
+    if alert.state == "resolved" and alert.reason:
+        return _line(f"{alert.rule} on {alert.device}: {alert.reason}")
     condition = (
         f"{alert.op} {fmt_number(alert.threshold)}"
         if alert.state == "firing"

@@ -8,7 +8,7 @@ from support import ALERT_T0 as T0
 from support import reading
 
 from alert_engine.evaluator import Evaluator, SeriesState, alert_id_for
-from vigil.messages import Reading, Rule
+from vigil.messages import Alert, Reading, Rule
 
 HIGH = Rule(
     id="high-temp",
@@ -163,6 +163,25 @@ def test_narrowing_a_rule_to_one_device_drops_the_other_devices_state():
     )
     assert [k for k, _ in change.dropped_firing] == [("high-temp", "dev-1")]
     assert ev.state("high-temp", "dev-2").firing is not None
+    [gone] = change.resolved
+    assert (gone.device, gone.state) == ("dev-1", "resolved")
+    assert gone.reason == "rule changed: it no longer covers dev-1 temperature"
+
+
+def test_deleting_a_firing_rule_resolves_its_alert():
+    """Issue 9: deleting a firing rule left its alert open forever."""
+    ev = evaluator()
+    [fired] = run(ev, [reading(31, 1)])
+    run(ev, [reading(35, 2)])
+    change = ev.replace_rules([Rule(id="other", metric="x", op="above", threshold=1)], 2, T0 + 9)
+    [gone] = change.resolved
+    assert (gone.alert_id, gone.state, gone.rule_id) == (fired.alert_id, "resolved", "high-temp")
+    assert gone.reason == "rule deleted" and gone.value == 35 and gone.reading_id is None
+    assert gone.resolved_at == gone.ts >= T0 + 9 and gone.started_at == fired.started_at
+    assert Alert.decode(gone.encode()) == gone  # what the notifier gets back
+    # A series that was not firing resolves nothing; the rule set coming again neither.
+    assert ev.replace_rules([HIGH], 3, T0 + 10).resolved == ()
+    assert ev.replace_rules([HIGH], 4, T0 + 11).resolved == ()
 
 
 def test_take_changes_lists_written_series_once():
@@ -170,7 +189,7 @@ def test_take_changes_lists_written_series_once():
     run(ev, [reading(1, 1), reading(2, 2, "dev-2")])
     changes = ev.take_changes()
     assert set(changes.upserts) == {("high-temp", "dev-1"), ("high-temp", "dev-2")}
-    assert changes.upserts[("high-temp", "dev-1")] == SeriesState(T0 + 1_000, 1001, None)
+    assert changes.upserts[("high-temp", "dev-1")] == SeriesState(T0 + 1_000, 1001, None, 1)
     assert not ev.take_changes()
 
 

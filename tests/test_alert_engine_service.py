@@ -127,6 +127,33 @@ def test_one_firing_and_one_resolved_alert_per_episode(broker, cloud_config, run
     assert "FIRING high-temp on dev-1: temperature 31.2 above 30" in engine.log_tail(200)
 
 
+def test_a_firing_rule_deleted_resolves_its_alert(broker, cloud_config, run_service, probe):
+    """Issue 9: deleting a firing rule left its alert open forever."""
+    publish_rules(broker, [HIGH], 1)
+    engine = start_engine(run_service, cloud_config)
+    watch = probe("vigil/alerts/#")
+    dev = client(broker, "dev-1")
+    try:
+        send(dev, "dev-1", reading(31.0, 1), reading(34.0, 2))
+        wait_until(lambda: alerts(watch), 15, what="the firing alert")
+        counted(cloud_config.config.alert_engine.metrics_port, 2)
+    finally:
+        dev.stop()
+    other = Rule(id="other", metric="humidity", op="above", threshold=90.0)
+    publish_rules(broker, [other], 2)
+    wait_until(lambda: len(alerts(watch)) >= 2, 15, what="the resolution")
+    firing, resolved = alerts(watch)
+    assert (resolved.state, resolved.alert_id, resolved.reason) == (
+        "resolved",
+        firing.alert_id,
+        "rule deleted",
+    )
+    assert resolved.value == 34.0 and resolved.resolved_at is not None
+    state = cloud_config.config.alert_engine.state_path
+    wait_until(lambda: firing_rows(state) == [], 15, what="the state saved without the episode")
+    assert "resolves: rule deleted" in engine.log_tail(200)
+
+
 def firing_rows(path) -> list[tuple]:
     if not path.exists():
         return []

@@ -66,3 +66,28 @@ def test_removed_series_are_deleted(tmp_path):
         ["low-batt"],
         [("low-batt", "dev-2")],
     )
+
+
+def test_a_state_file_from_before_last_values_opens_and_resolves(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE series (rule_id TEXT NOT NULL, device TEXT NOT NULL,"
+            " last_ts INTEGER NOT NULL, last_id INTEGER NOT NULL, alert_id TEXT,"
+            " started_at INTEGER, start_reading_id INTEGER, PRIMARY KEY (rule_id, device))"
+            " WITHOUT ROWID;"
+            "INSERT INTO series VALUES ('high-temp', 'dev-1', 5, 1, 'high-temp:dev-1:1', 5, 1);"
+        )
+    db.close()
+    store = StateStore(path)
+    _, _, states = store.load()
+    assert states[("high-temp", "dev-1")].last_value == 0.0
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    ev = Evaluator.restore(RULES, 1, states)
+    [gone] = ev.replace_rules([], 2, 10).resolved
+    assert (gone.alert_id, gone.reason) == ("high-temp:dev-1:1", "rule deleted")
+    store.save(ev.take_changes(), (2, []))
+    assert store.load() == (2, [], {})
+    store.close()

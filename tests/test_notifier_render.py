@@ -59,6 +59,14 @@ def test_a_resolved_email_says_when_and_after_how_long():
         assert "29.5" in body and "2024-11-22 18:28:45 UTC" in body and "2m 5s" in body
 
 
+def test_an_alert_resolved_by_its_rule_going_away_says_so():
+    gone = alert("resolved", value=34.0, reason="rule deleted", reading_id=None)
+    assert subject(gone) == "[RESOLVED critical] high-temp on dev-1: rule deleted"
+    text, html = parts(render_email(gone, sender="v@x.org", recipients=["a@x.org"]))
+    for body in (text, html):
+        assert "rule deleted" in body and "2m 5s" in body and "back inside" not in body
+
+
 def test_html_is_escaped_and_headers_cannot_be_injected():
     evil = alert(rule="<script>alert(1)</script>\r\nBcc: x@evil.example", device="dev-1")
     msg = render_email(evil, sender="v@x.org", recipients=["a@x.org"])

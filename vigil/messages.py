@@ -550,6 +550,8 @@ class Alert:
     ts: int  # epoch ms of the reading behind this transition
     resolved_at: int | None = None
     reading_id: int | None = None
+    #: why it resolved when no reading resolved it ("rule deleted", ...); None otherwise
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -567,6 +569,7 @@ class Alert:
             "resolved_at": self.resolved_at,
             "ts": self.ts,
             "reading_id": self.reading_id,
+            "reason": self.reason,
         }
 
     def encode(self) -> bytes:
@@ -598,6 +601,10 @@ class Alert:
             value = obj.get(key)
             return None if value is None else _check_int(value, f"alert {key}", 0, 2**63 - 1)
 
+        def opt_str(key: str) -> str | None:
+            value = obj.get(key)
+            return None if value is None else _check_str(value, f"alert {key}", 200)
+
         rule_id = name("rule_id")
         return cls(
             alert_id=_check_str(obj["alert_id"], "alert alert_id", 200),
@@ -614,6 +621,9 @@ class Alert:
             ts=_check_int(obj["ts"], "alert ts", 0, 2**63 - 1),
             resolved_at=opt_int("resolved_at"),
             reading_id=opt_int("reading_id"),
+            reason=None
+            if obj.get("reason") is None
+            else _check_str(obj["reason"], "alert reason", 200),
         )
 
 
