@@ -120,7 +120,7 @@ class Evaluator:
         """An evaluator resuming from saved rules and state (state of unknown rules, or of
         devices a rule no longer covers, is left out)."""
         ev = cls()
-        ev._set_rules(rules, version)
+        ev._set_rules([r for r in rules if r.enabled], version)
         for key, state in states.items():
             rule = ev._rules.get(key[0])
             if rule is not None and applies_to(rule, key[1]):
@@ -147,7 +147,9 @@ class Evaluator:
         ``now_ms``, with the last value seen and the reason), so no alert stays open
         because its rule went away."""
         old = self._rules
-        self._set_rules(rules, version)
+        incoming = list(rules)
+        disabled = {r.id for r in incoming if not r.enabled}
+        self._set_rules([r for r in incoming if r.enabled], version)
         new = self._rules
         dropped: list[tuple[SeriesKey, Episode]] = []
         resolved: list[Alert] = []
@@ -165,11 +167,12 @@ class Evaluator:
                 if state.firing is not None:
                     dropped.append((key, state.firing))
                     if before is not None:
-                        why = (
-                            "rule deleted"
-                            if rule is None
-                            else f"rule changed: it no longer covers {key[1]} {before.metric}"
-                        )
+                        if key[0] in disabled:
+                            why = "rule disabled"
+                        elif rule is None:
+                            why = "rule deleted"
+                        else:
+                            why = f"rule changed: it no longer covers {key[1]} {before.metric}"
                         resolved.append(_resolution(before, key[1], state, now_ms, why))
         return RuleSetChange(
             version=version,

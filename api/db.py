@@ -431,6 +431,16 @@ class Store:
         self.conn.execute("COMMIT")
         return version
 
+    def replace_rule(self, rule: Rule, owner: str | None = None) -> int | None:
+        """Replace the stored rule with ``rule``'s id (of ``owner``, if given); returns the
+        new rule-set version, or None if there is no such rule."""
+        with self._transaction():
+            cur = self.conn.execute(
+                "UPDATE rules SET body = ? WHERE id = ? AND (? IS NULL OR owner = ?)",
+                (json.dumps(rule.to_dict()), rule.id, owner, owner),
+            )
+            return self._bump_version() if cur.rowcount else None
+
     def delete_rule(self, rule_id: str, owner: str | None = None) -> int | None:
         """Delete a rule (of ``owner``, if given); returns the new rule-set version, or None
         if there was no such rule (nothing changes then)."""

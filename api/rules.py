@@ -1,4 +1,5 @@
-"""Alert rules: list, create, read, delete. Each rule has an owner: a user sees and deletes
+"""Alert rules: list, create, read, replace (PUT), change (PATCH, e.g. ``{"enabled":
+false}``), delete. Each rule has an owner: a user sees and deletes
 only their own (another user's rule is the 404 of one that does not exist), an admin every
 rule. Rules live in the API database; after every
 change the whole rule set is published as the retained snapshot the alert engine follows
@@ -31,7 +32,7 @@ from vigil.messages import InvalidMessage, Rule
 bp = Blueprint("rules", __name__, url_prefix="/rules")
 MAX_RULE_BODY_BYTES = 64 * 1024
 #: Views that check ``rule_id`` themselves: they also take the id of an invalid stored row.
-_STORED_ID_VIEWS = frozenset({"rules.get_rule", "rules.delete"})
+_STORED_ID_VIEWS = frozenset({"rules.get_rule", "rules.delete", "rules.replace", "rules.patch"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -67,9 +68,7 @@ def _owner_of_new(body: dict[str, Any]) -> str:
     return owner
 
 
-def parse_rule_body() -> tuple[Rule, str]:
-    """The rule in the request body and its owner; the id defaults to one derived from the
-    name."""
+def _rule_object() -> dict[str, Any]:
     if not request.is_json:
         raise Problem(415, "send the rule as a JSON object with 'Content-Type: application/json'")
     try:
@@ -78,6 +77,20 @@ def parse_rule_body() -> tuple[Rule, str]:
         raise _invalid_rule(f"the body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise _invalid_rule("the body must be a JSON object")
+    return body
+
+
+def _validated(body: dict[str, Any]) -> Rule:
+    try:
+        return Rule.from_dict(body)
+    except InvalidMessage as exc:
+        raise _invalid_rule(exc.reason) from None
+
+
+def parse_rule_body() -> tuple[Rule, str]:
+    """The rule in the request body and its owner; the id defaults to one derived from the
+    name."""
+    body = _rule_object()
     owner = _owner_of_new(body)
     if "id" not in body:
         name = body.get("name")
@@ -89,10 +102,7 @@ def parse_rule_body() -> tuple[Rule, str]:
             body = {**body, "id": rule_id_from_name(name)}
         except ValueError as exc:
             raise _invalid_rule(f"{exc}; give an 'id'") from None
-    try:
-        return Rule.from_dict(body), owner
-    except InvalidMessage as exc:
-        raise _invalid_rule(exc.reason) from None
+    return _validated(body), owner
 
 
 def _push(version: int) -> bool:
@@ -170,12 +180,10 @@ def create() -> tuple[Response, int]:
     return _sync_headers(resp, version, pushed), 201
 
 
-@bp.get("/<rule_id>")
-def get_rule(rule_id: str) -> dict[str, Any]:
-    """One rule; 404 if there is none with this id, 409 if the stored row is not a valid
-    rule (the detail says why; delete it)."""
-    store = get_store()
-    rule = store.get_rule(rule_id, _scope())
+def _stored(rule_id: str) -> Rule:
+    """The caller's valid stored rule ``rule_id``: 404 if there is none (or it is another
+    user's), 409 if the stored row is not a valid rule."""
+    rule = get_store().get_rule(rule_id, _scope())
     if rule is None:
         raise _no_rule(rule_id)
     if isinstance(rule, InvalidStoredRule):
@@ -187,7 +195,49 @@ def get_rule(rule_id: str) -> dict[str, Any]:
             title="Invalid stored rule",
             rule_id=rule.id,
         )
-    return rule_view(rule, store.rule_owner(rule_id))
+    return rule
+
+
+def _replaced(rule_id: str, body: dict[str, Any]) -> Response:
+    if body.get("id", rule_id) != rule_id:
+        raise _invalid_rule(f"id: the body names {shown(str(body['id']))}, the path {rule_id!r}")
+    if "owner" in body:
+        raise _invalid_rule("owner: a rule's owner cannot change; create it for the other user")
+    rule = _validated({**body, "id": rule_id})
+    store = get_store()
+    version = store.replace_rule(rule, _scope())
+    if version is None:
+        raise _no_rule(rule_id)
+    pushed = _push(version)
+    resp = jsonify(
+        {"rule": rule_view(rule, store.rule_owner(rule_id)), "version": version, "pushed": pushed}
+    )
+    return _sync_headers(resp, version, pushed)
+
+
+@bp.get("/<rule_id>")
+def get_rule(rule_id: str) -> dict[str, Any]:
+    """One rule; 404 if there is none with this id, 409 if the stored row is not a valid
+    rule (the detail says why; delete it)."""
+    return rule_view(_stored(rule_id), get_store().rule_owner(rule_id))
+
+
+@bp.put("/<rule_id>")
+def replace(rule_id: str) -> Response:
+    """Replace a rule whole (fields left out take their defaults); the id stays. A firing
+    alert the new rule no longer covers resolves. A stored row that is no longer a valid
+    rule can be replaced too."""
+    if get_store().get_rule(rule_id, _scope()) is None:
+        raise _no_rule(rule_id)
+    return _replaced(rule_id, _rule_object())
+
+
+@bp.patch("/<rule_id>")
+def patch(rule_id: str) -> Response:
+    """Change some fields of a rule (JSON merge: the fields given replace the stored ones),
+    e.g. ``{"enabled": false}`` to disable it (its firing alerts resolve)."""
+    current = _stored(rule_id).to_dict()
+    return _replaced(rule_id, {**current, **_rule_object()})
 
 
 @bp.delete("/<rule_id>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import ALERT_T0 as T0
@@ -179,6 +181,13 @@ def test_deleting_a_firing_rule_resolves_its_alert():
     assert gone.reason == "rule deleted" and gone.value == 35 and gone.reading_id is None
     assert gone.resolved_at == gone.ts >= T0 + 9 and gone.started_at == fired.started_at
     assert Alert.decode(gone.encode()) == gone  # what the notifier gets back
+    # A disabled rule is kept out of evaluation, and its firing alert resolves.
+    run(ev, [reading(36, 3)])
+    ev.replace_rules([HIGH], 5, T0 + 12)
+    run(ev, [reading(37, 4)])
+    [off] = ev.replace_rules([replace(HIGH, enabled=False)], 6, T0 + 13).resolved
+    assert off.reason == "rule disabled" and ev.rules == []
+    assert run(ev, [reading(38, 5)]) == []
     # A series that was not firing resolves nothing; the rule set coming again neither.
     assert ev.replace_rules([HIGH], 3, T0 + 10).resolved == ()
     assert ev.replace_rules([HIGH], 4, T0 + 11).resolved == ()

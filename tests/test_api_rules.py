@@ -39,13 +39,18 @@ def test_create_read_list_delete(client):
     assert resp.status_code == 201
     assert resp.headers["Location"] == "/rules/hot"
     body = resp.get_json()
-    assert body["rule"] == {**HOT, "threshold": 30.0, "owner": "admin"}
+    assert body["rule"] == {**HOT, "threshold": 30.0, "owner": "admin", "enabled": True}
     assert body["pushed"] is True and resp.headers["Vigil-Rules-Pushed"] == "true"
     assert int(resp.headers["Vigil-Rules-Version"]) == body["version"]
 
-    assert client.get("/rules/hot").get_json() == {**HOT, "threshold": 30.0, "owner": "admin"}
+    assert client.get("/rules/hot").get_json() == {
+        **HOT,
+        "threshold": 30.0,
+        "owner": "admin",
+        "enabled": True,
+    }
     listed = client.get("/rules").get_json()
-    assert listed["rules"] == [{**HOT, "threshold": 30.0, "owner": "admin"}]
+    assert listed["rules"] == [{**HOT, "threshold": 30.0, "owner": "admin", "enabled": True}]
     assert listed["version"] == body["version"] and listed["pushed"] is True
 
     resp = client.delete("/rules/hot")
@@ -126,7 +131,7 @@ def test_a_created_rule_reaches_mqtt_and_a_deleted_one_leaves(client, probe):
     assert retained[-1].retain
     got_version, rules = decode_rules(retained[-1].payload)
     assert got_version == version
-    assert [r.to_dict() for r in rules] == [{**HOT, "threshold": 30.0}]
+    assert [r.to_dict() for r in rules] == [{**HOT, "threshold": 30.0, "enabled": True}]
 
     assert client.delete("/rules/hot").status_code == 204
     wait_until(lambda: rule_ids(snapshots(watch)[-1]) == [], 10, what="a snapshot without it")
@@ -249,3 +254,53 @@ def test_a_locked_database_is_a_503_with_retry_after(app, client, cloud_config):
         holder.execute("ROLLBACK")
         holder.close()
     assert client.post("/rules", json=HOT).status_code == 201
+
+
+def test_a_rule_is_replaced_and_changed_in_place(client, probe):
+    """Issue 9: a rule could not be edited (PUT was a 405)."""
+    watch = probe(RULES_TOPIC)
+    assert client.post("/rules", json=HOT).status_code == 201
+    resp = client.put("/rules/hot", json={**HOT, "threshold": 35, "name": "Hotter"})
+    assert resp.status_code == 200 and resp.headers["Vigil-Rules-Pushed"] == "true"
+    body = resp.get_json()
+    assert (body["rule"]["threshold"], body["rule"]["name"]) == (35.0, "Hotter")
+    # PUT is whole: what it leaves out takes its default
+    resp = client.put("/rules/hot", json={k: v for k, v in HOT.items() if k != "severity"})
+    assert resp.get_json()["rule"]["severity"] == "warning"
+    resp = client.patch("/rules/hot", json={"enabled": False, "severity": "critical"})
+    assert resp.status_code == 200
+    rule = client.get("/rules/hot").get_json()
+    assert (rule["enabled"], rule["severity"], rule["threshold"]) == (False, "critical", 30.0)
+    version = int(resp.headers["Vigil-Rules-Version"])
+
+    def published():
+        snaps = [s for s in snapshots(watch) if s[0] == version]
+        return snaps[-1][1] if snaps else None
+
+    [out] = wait_until(published, 10, what="the changed rule published")
+    assert (out.id, out.enabled, out.severity) == ("hot", False, "critical")
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "detail"),
+    [
+        ("put", {**HOT, "id": "other"}, 400, "id: the body names 'other', the path 'hot'"),
+        ("put", {**HOT, "owner": "bob"}, 400, "owner: a rule's owner cannot change"),
+        ("patch", {"threshold": "hot"}, 400, "threshold must be a number"),
+        ("patch", {"enabled": "no"}, 400, "enabled must be true or false"),
+        ("patch", {"colour": "red"}, 400, "unknown field(s): colour"),
+        ("patch", [], 400, "the body must be a JSON object"),
+    ],
+)
+def test_a_bad_change_is_refused_and_changes_nothing(client, method, body, status, detail):
+    assert client.post("/rules", json=HOT).status_code == 201
+    resp = getattr(client, method)("/rules/hot", json=body)
+    assert resp.status_code == status and resp.mimetype == "application/problem+json"
+    assert detail in resp.get_json()["detail"]
+    assert client.get("/rules/hot").get_json()["threshold"] == 30.0
+
+
+def test_changing_a_rule_that_does_not_exist_is_a_404(client):
+    for method in ("put", "patch"):
+        resp = getattr(client, method)("/rules/nope", json=HOT)
+        assert resp.status_code == 404 and "no rule with id 'nope'" in resp.get_json()["detail"]

@@ -170,6 +170,11 @@ def test_users_see_and_change_only_their_own_rules(client, anon_client, alice, b
     assert owners == [("admins", "admin"), ("hot", "alice")]
     assert client.get("/rules/admins").status_code == 200
     assert anon_client.get("/rules/hot", headers=as_alice).get_json()["owner"] == "alice"
+    for method in ("put", "patch"):  # nor change it
+        resp = getattr(anon_client, method)("/rules/hot", json=RULE, headers=as_bob)
+        assert resp.status_code == 404, method
+    resp = anon_client.patch("/rules/hot", json={"threshold": 40}, headers=as_alice)
+    assert resp.status_code == 200 and resp.get_json()["rule"]["owner"] == "alice"
     assert anon_client.delete("/rules/hot", headers=as_alice).status_code == 204
 
 

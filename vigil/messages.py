@@ -461,6 +461,8 @@ class Rule:
     device: str | None = None
     severity: str = "warning"
     name: str = ""
+    #: a disabled rule is kept but evaluates nothing (its firing alerts resolve)
+    enabled: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -471,6 +473,7 @@ class Rule:
             "op": self.op,
             "threshold": self.threshold,
             "severity": self.severity,
+            "enabled": self.enabled,
         }
 
     @classmethod
@@ -479,7 +482,7 @@ class Rule:
         if not isinstance(obj, Mapping):
             raise InvalidMessage("rule must be a JSON object")
         unknown = sorted(
-            set(obj) - {"id", "name", "metric", "device", "op", "threshold", "severity"}
+            set(obj) - {"id", "name", "metric", "device", "op", "threshold", "severity", "enabled"}
         )
         if unknown:
             raise InvalidMessage(f"rule has unknown field(s): {', '.join(unknown)}")
@@ -501,7 +504,10 @@ class Rule:
             raise InvalidMessage(f"severity must be one of {', '.join(SEVERITIES)}")
         name = _check_str(obj.get("name", "") or "", "name", 200)
         op = cast(Literal["above", "below"], obj["op"])
-        return cls(rid, metric, op, threshold, device, severity, name or rid)
+        enabled = obj.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidMessage(f"enabled must be true or false, got {_show(enabled)}")
+        return cls(rid, metric, op, threshold, device, severity, name or rid, enabled)
 
 
 def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
