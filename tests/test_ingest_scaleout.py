@@ -11,10 +11,10 @@ import pytest
 import yaml
 from support import publish_all, scrape, wait_ready, wait_until
 
-from stack.process import free_port, port_open
+from stack.process import free_port
 from storage_nodes import StorageCluster
 from vigil.messages import Reading, encode_readings
-from vigil.settings import load_config
+from vigil.settings import MEMBER_PORT_STEP, load_config
 
 DEVICES = [f"dev-{i}" for i in range(4)]
 PER_DEVICE = 1000
@@ -34,10 +34,7 @@ def test_two_members_share_the_stream_and_one_killed_loses_nothing(
     cloud_config, broker, run_service, tmp_path
 ):
     data = yaml.safe_load(cloud_config.path.read_text())
-    port = free_port()
-    while port + 100 > 65535 or port_open("127.0.0.1", port + 100):
-        port = free_port()
-    data["ingest"].update(members=2, hints_dir=str(tmp_path / "hints"), metrics_port=port)
+    data["ingest"].update(members=2, hints_dir=str(tmp_path / "hints"), metrics_port=0)
     path = tmp_path / "scaled.yaml"
     path.write_text(yaml.safe_dump(data))
     config = load_config(path)
@@ -45,8 +42,23 @@ def test_two_members_share_the_stream_and_one_killed_loses_nothing(
     cluster = StorageCluster(config.storage, background=False)
     cluster.ensure_database()
 
+    ports: dict[int, int] = {}
+
     def member(n: int, name: str):
-        proc = run_service("ingest_service", "--config", str(path), "--member", str(n), name=name)
+        # Each member's metrics port is picked just before it starts: member N listens on
+        # the base + 100 x (N - 1), and a port fixed at the start of the test would be
+        # free of the kernel's ephemeral connections only for a moment.
+        ports[n] = free_port()
+        base = ports[n] - MEMBER_PORT_STEP * (n - 1)
+        proc = run_service(
+            "ingest_service",
+            "--config",
+            str(path),
+            "--member",
+            str(n),
+            name=name,
+            env={"VIGIL__INGEST__METRICS_PORT": str(base)},
+        )
         wait_ready(proc, 30)
         return proc
 
@@ -71,7 +83,7 @@ def test_two_members_share_the_stream_and_one_killed_loses_nothing(
         t.start()
     wait_until(lambda: stored() >= total // 5, 60, interval=0.01, what="a fifth stored")
     # the broker spreads the stream over the group: the first member has taken a share
-    wait_until(lambda: (scrape(port, "vigil_messages_in_total") or 0) > 0, 10, what="member 1")
+    wait_until(lambda: (scrape(ports[1], "vigil_messages_in_total") or 0) > 0, 10, what="member 1")
     first.kill()
     assert stored() < total, "the kill must land in the middle of the stream"
     restarted = member(1, "ingest-1b")  # its session: what it held unacknowledged comes back
@@ -80,9 +92,7 @@ def test_two_members_share_the_stream_and_one_killed_loses_nothing(
     wait_until(lambda: stored() >= total, 90, what="every reading stored")
     assert "session present: True" in restarted.log_tail(400)
     # both took their share: the broker spread the stream over the group
-    taken = [
-        scrape(config.ingest.member(n).metrics_port, "vigil_messages_in_total") for n in (1, 2)
-    ]
+    taken = [scrape(ports[n], "vigil_messages_in_total") for n in (1, 2)]
     assert all(t and t > 0 for t in taken), taken
 
     by_series: dict[str, set[int]] = defaultdict(set)
