@@ -3,8 +3,12 @@
 The consumer runtime (:mod:`vigil.consumer`) receives and acknowledges; this module is the
 batch handler (whatever is queued, up to ``MAX_BATCH`` messages):
 
-1. apply rule-set messages and evaluate readings, in arrival order;
-2. publish each transition once at QoS 1 and wait until the broker confirmed it
+1. apply rule-set messages, evaluate readings and device statuses, in arrival order; then,
+   at most once a second (the runtime calls with an empty batch when nothing comes), what
+   time alone changes (no data for a while, offline for a while);
+2. publish each transition once at QoS 1, and the alert's current state retained on
+   ``{root}/firing/{device}/{rule_id}`` (the firing alert; cleared when it resolves), and
+   wait until the broker confirmed each
    (``MqttClient.publish_wait``: paho re-sends it across reconnects, however long the broker
    is away); one the broker refuses is published again with backoff;
 3. save the changed state (and the rule set) to SQLite;
@@ -33,19 +37,29 @@ from alert_engine.store import StateStore
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, Rule, decode_rules, now_ms, parse_readings
+from vigil.messages import (
+    Alert,
+    DeviceStatus,
+    InvalidMessage,
+    Rule,
+    decode_rules,
+    now_ms,
+    parse_readings,
+)
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import PublishError
 from vigil.readiness import Readiness
 from vigil.retry import Backoff, retry
 from vigil.settings import AlertEngineSettings, BrokerSettings
-from vigil.topics import DATA
+from vigil.topics import DATA, STATUS
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 RECEIVE_MAXIMUM = 2000
 RETRY_BACKOFF = Backoff(initial_s=0.5, cap_s=10.0, jitter=0.0)
+#: How often what time alone changes is evaluated (nodata, offline for a duration).
+TICK_S = 1.0
 #: A batch of alerts confirmed later than this is logged (the outage itself is logged by
 #: ``vigil.mqtt`` when the connection drops).
 SLOW_CONFIRM_S = 5.0
@@ -57,6 +71,8 @@ def _num(value: float) -> str:
 
 def describe(alert: Alert) -> str:
     """One line for the log: ``FIRING high-temp on dev-1: temperature 31.2 above 30``."""
+    if alert.detail:
+        return f"{alert.state.upper()} {alert.rule}: {alert.detail} (alert {alert.alert_id})"
     verb = alert.op if alert.state == "firing" else f"no longer {alert.op}"
     return (
         f"{alert.state.upper()} {alert.rule} on {alert.device}: {alert.metric} "
@@ -88,14 +104,21 @@ class AlertEngine:
             broker,
             settings.mqtt,
             service="alert_engine",
-            subscriptions=[self.topics.data_filter, self.topics.rules],
+            subscriptions=[self.topics.data_filter, self.topics.rules, self.topics.status_filter],
             handler=self._process,
             batch_max=MAX_BATCH,
             linger_s=0.0,  # whatever is queued: evaluation wants no wait
             receive_maximum=RECEIVE_MAXIMUM,
             metrics=self.metrics,
             readiness=Readiness("alert_engine", ready_file),
+            tick_s=TICK_S,
         )
+        self._last_tick = 0.0
+        self._handlers: dict[str, Callable[[Received], object]] = {
+            "rule set": self._apply_rules,
+            "status": self._status,
+            "readings": self._evaluate,
+        }
         self.mqtt = self.consumer.mqtt
         self._stopping = self.consumer.stopping
         self.dead_letters = DeadLetters(
@@ -128,10 +151,10 @@ class AlertEngine:
         new_rule_set: tuple[int, list[Rule]] | None = None
         dead: list[DeadLetter] = []
         for d in batch:
-            rules = d.topic == self.topics.rules
+            kind = self._kind_of(d.topic)
             result = contain(
-                lambda: self._apply_rules(d) if rules else self._evaluate(d),  # noqa: B023
-                what="applying the rule set" if rules else "evaluating the readings",
+                lambda: self._handlers[kind](d),  # noqa: B023
+                what=f"evaluating the {kind}" if kind != "rule set" else "applying the rule set",
                 subject=d.topic,
             )
             if isinstance(result, Failed):  # only an exception: invalid content is skipped
@@ -139,11 +162,14 @@ class AlertEngine:
                 dead.append(DeadLetter(d.topic, d.payload, d.received_at, result.reason))
             elif isinstance(result, list):
                 alerts.extend(result)
-            elif result is not None:
+            elif isinstance(result, tuple):
                 new_rule_set = result
                 # Firing alerts whose rule went away resolve, in the batch's order.
                 alerts.extend(self._resolutions)
                 self._resolutions.clear()
+        if time.monotonic() - self._last_tick >= TICK_S:
+            self._last_tick = time.monotonic()
+            alerts.extend(self.evaluator.tick(now_ms()))
         if not self.publish_alerts(alerts):
             return False
         changes = self.evaluator.take_changes()
@@ -155,28 +181,44 @@ class AlertEngine:
             self._update_gauges()
         return True
 
+    def _kind_of(self, topic: str) -> str:
+        if topic == self.topics.rules:
+            return "rule set"
+        return "status" if self.topics.device_of(topic, STATUS) is not None else "readings"
+
     def publish_alerts(self, alerts: Sequence[Alert]) -> bool:
-        """Publish ``alerts`` in order, each once, and wait until the broker confirmed each,
-        however long it is away. Returns False only if the engine is stopping first."""
+        """Publish ``alerts`` in order, each once, with each one's current state retained,
+        and wait until the broker confirmed each, however long it is away. Returns False
+        only if the engine is stopping first."""
         started = time.monotonic()
         for n, alert in enumerate(alerts):
-            topic, payload = self.topics.alert(alert.device, alert.rule_id), alert.encode()
+            current = self.topics.firing(alert.device, alert.rule_id)
+            steps = (
+                (self.topics.alert(alert.device, alert.rule_id), alert.encode(), False),
+                # the current state: idempotent, so sending it again changes nothing
+                (current, alert.encode() if alert.state == "firing" else b"", True),
+            )
+            for topic, payload, retain in steps:
 
-            def publish(topic: str = topic, payload: bytes = payload) -> None:
-                # No timeout: besides stopping, only a publish the broker refused (or paho
-                # did not queue) raises, so the broker has no copy and retrying cannot
-                # duplicate it.
-                self.mqtt.publish_wait(topic, payload, timeout=None, stop=self._stopping)
+                def publish(
+                    topic: str = topic, payload: bytes = payload, retain: bool = retain
+                ) -> None:
+                    # No timeout: besides stopping, only a publish the broker refused (or
+                    # paho did not queue) raises, so the broker has no copy and retrying
+                    # cannot duplicate it.
+                    self.mqtt.publish_wait(
+                        topic, payload, retain=retain, timeout=None, stop=self._stopping
+                    )
 
-            if not self._retry(
-                f"publish alert {alert.alert_id} to {topic}", publish, PublishError, "publish"
-            ):
-                log.warning(
-                    "stopping with %d alert(s) not confirmed by the broker; their "
-                    "readings stay unacknowledged and will be evaluated again",
-                    len(alerts) - n,
-                )
-                return False
+                if not self._retry(
+                    f"publish alert {alert.alert_id} to {topic}", publish, PublishError, "publish"
+                ):
+                    log.warning(
+                        "stopping with %d alert(s) not confirmed by the broker; their "
+                        "readings stay unacknowledged and will be evaluated again",
+                        len(alerts) - n,
+                    )
+                    return False
             log.info("%s", describe(alert))
             self.metrics.messages_out.inc()
         if alerts and time.monotonic() - started > SLOW_CONFIRM_S:
@@ -200,9 +242,25 @@ class AlertEngine:
             log.debug("ignoring invalid message on %s: %s", msg.topic, exc.reason)
             return []
         started = time.perf_counter()
-        alerts = [a for r in readings for a in self.evaluator.evaluate(r)]
+        now = now_ms()
+        alerts = [a for r in readings for a in self.evaluator.evaluate(r, now)]
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return alerts
+
+    def _status(self, msg: Received) -> list[Alert]:
+        """A device status (retained; the last will says offline) for ``offline`` rules."""
+        if not msg.payload:
+            return []  # a cleared retained status
+        try:
+            status = DeviceStatus.decode(msg.payload)
+        except InvalidMessage as exc:
+            self.metrics.error("invalid_status")
+            log.debug("ignoring invalid status on %s: %s", msg.topic, exc.reason)
+            return []
+        if status.device != self.topics.device_of(msg.topic, STATUS):
+            self.metrics.error("invalid_status")
+            return []
+        return self.evaluator.status(status, now_ms())
 
     def _apply_rules(self, msg: Received) -> tuple[int, list[Rule]] | None:
         """Install a newer rule set; returns it (to save) or None if it was not applied."""

@@ -6,6 +6,7 @@ are acknowledged; a restart resumes from here, so a rule that was firing does no
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,9 +30,27 @@ CREATE TABLE IF NOT EXISTS series (
     started_at INTEGER,
     start_reading_id INTEGER,
     last_value REAL,
+    pending_since INTEGER,
+    window TEXT,
+    seen_at INTEGER,
     PRIMARY KEY (rule_id, device)
 ) WITHOUT ROWID;
 """
+
+
+#: columns later versions added, in order
+ADDED_COLUMNS = (
+    ("last_value", "REAL"),
+    ("pending_since", "INTEGER"),
+    ("window", "TEXT"),
+    ("seen_at", "INTEGER"),
+)
+
+
+def _window(text: str | None) -> tuple[tuple[int, float], ...]:
+    if not text:
+        return ()
+    return tuple((int(ts), float(v)) for ts, v in json.loads(text))
 
 
 class StateStore:
@@ -47,8 +66,10 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
-        if "last_value" not in columns:  # a state file from before it was kept
-            self._db.execute("ALTER TABLE series ADD COLUMN last_value REAL")
+        # a state file from before these were kept
+        for column, kind in ADDED_COLUMNS:
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE series ADD COLUMN {column} {kind}")
 
     def load(self) -> tuple[int, list[Rule], dict[SeriesKey, SeriesState]]:
         """The saved rule set (version 0 and no rules if none) and series states."""
@@ -57,12 +78,19 @@ class StateStore:
         states: dict[SeriesKey, SeriesState] = {}
         for row in self._db.execute(
             "SELECT rule_id, device, last_ts, last_id, alert_id, started_at, start_reading_id, "
-            "last_value FROM series"
+            "last_value, pending_since, window, seen_at FROM series"
         ):
-            rule_id, device, last_ts, last_id, alert_id, started_at, start_id, value = row
+            rule_id, device, last_ts, last_id, alert_id, started_at, start_id, value = row[:8]
+            pending, window, seen_at = row[8:]
             firing = Episode(alert_id, started_at, start_id) if alert_id is not None else None
             states[(rule_id, device)] = SeriesState(
-                last_ts, last_id, firing, 0.0 if value is None else float(value)
+                last_ts,
+                last_id,
+                firing,
+                0.0 if value is None else float(value),
+                pending,
+                _window(window),
+                seen_at or 0,
             )
         return version, rules, states
 
@@ -84,7 +112,8 @@ class StateStore:
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO series (rule_id, device, last_ts, last_id, alert_id, "
-                "started_at, start_reading_id, last_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "started_at, start_reading_id, last_value, pending_since, window, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         rule_id,
@@ -95,6 +124,9 @@ class StateStore:
                         s.firing.started_at if s.firing else None,
                         s.firing.reading_id if s.firing else None,
                         s.last_value,
+                        s.pending_since,
+                        json.dumps(s.window, separators=(",", ":")) if s.window else None,
+                        s.seen_at,
                     )
                     for (rule_id, device), s in changes.upserts.items()
                 ],

@@ -27,7 +27,7 @@ from api.problems import Problem, problem_type
 from api.resources import resources
 from api.validation import check_path_name, reject_args, rule_id_from_name, shown
 from vigil.jsonin import JsonInputError, loads
-from vigil.messages import InvalidMessage, Rule
+from vigil.messages import RULE_COMMON_FIELDS, InvalidMessage, Rule
 
 bp = Blueprint("rules", __name__, url_prefix="/rules")
 MAX_RULE_BODY_BYTES = 64 * 1024
@@ -235,9 +235,13 @@ def replace(rule_id: str) -> Response:
 @bp.patch("/<rule_id>")
 def patch(rule_id: str) -> Response:
     """Change some fields of a rule (JSON merge: the fields given replace the stored ones),
-    e.g. ``{"enabled": false}`` to disable it (its firing alerts resolve)."""
+    e.g. ``{"enabled": false}`` to disable it (its firing alerts resolve). A change of
+    ``kind`` keeps only the fields every kind has: give the new kind's own."""
     current = _stored(rule_id).to_dict()
-    return _replaced(rule_id, {**current, **_rule_object()})
+    change = _rule_object()
+    if change.get("kind", current["kind"]) != current["kind"]:
+        current = {k: v for k, v in current.items() if k in RULE_COMMON_FIELDS}
+    return _replaced(rule_id, {**current, **change})
 
 
 @bp.delete("/<rule_id>")

@@ -54,7 +54,9 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "vigil-alert-engine": (
         ("read", "data/#"),
         ("read", "config/rules"),
+        ("read", "status/#"),
         ("write", "alerts/#"),
+        ("write", "firing/#"),
         ("write", "deadletter/#"),
     ),
     "vigil-notifier": (("read", "alerts/#"), ("write", "deadletter/#")),

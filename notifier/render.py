@@ -71,6 +71,8 @@ def summary(alert: Alert) -> str:
     without a reading: ``high-temp on dev-1: rule deleted``)."""
     if alert.state == "resolved" and alert.reason:
         return _line(f"{alert.rule} on {alert.device}: {alert.reason}")
+    if alert.kind != "threshold" and alert.detail:
+        return _line(f"{alert.rule}: {alert.detail}")
     condition = (
         f"{alert.op} {fmt_number(alert.threshold)}"
         if alert.state == "firing"
@@ -79,6 +81,21 @@ def summary(alert: Alert) -> str:
     return _line(
         f"{alert.rule} on {alert.device}: {alert.metric} {fmt_number(alert.value)} {condition}"
     )
+
+
+def condition(alert: Alert) -> str:
+    """What the rule watches for: ``above 30``, ``outside (crossed 80)``, ``rise by 2%``,
+    ``no data for 60 s``, ``offline for 30 s``."""
+    level = fmt_number(alert.threshold)
+    if alert.kind == "band":
+        return f"outside its band (crossed {level})"
+    if alert.kind == "change":
+        return f"{alert.op} by {level}%"
+    if alert.kind == "nodata":
+        return f"no data for {level} s"
+    if alert.kind == "offline":
+        return f"offline for {level} s" if alert.threshold else "offline"
+    return f"{alert.op} {level}"
 
 
 def subject(alert: Alert) -> str:
@@ -95,6 +112,8 @@ def context(alert: Alert) -> dict[str, Any]:
         "headline": f"{alert.state.capitalize()} ({_line(alert.severity)}): {summary(alert)}",
         "value": fmt_number(alert.value),
         "threshold": fmt_number(alert.threshold),
+        "condition": condition(alert),
+        "detail": _line(alert.detail),
         "started": fmt_time(alert.started_at),
         "resolved": fmt_time(resolved_at),
         "duration": fmt_duration(resolved_at - alert.started_at),

@@ -124,7 +124,7 @@ def test_one_firing_and_one_resolved_alert_per_episode(broker, cloud_config, run
     assert (third.state, third.value) == ("firing", 40.0)
     assert third.alert_id != firing.alert_id
     assert [m.topic for m in watch.messages] == [ALERTS] * 3
-    assert "FIRING high-temp on dev-1: temperature 31.2 above 30" in engine.log_tail(200)
+    assert "FIRING high-temp: temperature on dev-1 is 31.2, above 30" in engine.log_tail(200)
 
 
 def test_a_firing_rule_deleted_resolves_its_alert(broker, cloud_config, run_service, probe):

@@ -15,6 +15,8 @@ from vigil.messages import decode_rules
 from vigil.topics import Topics
 
 RULES_TOPIC = Topics().rules
+#: what a threshold rule shows of the fields left out
+DEFAULTS = {"kind": "threshold", "symbol": None, "clear": None, "for_s": 0.0}
 HOT = {
     "id": "hot",
     "name": "Hot lab",
@@ -39,18 +41,21 @@ def test_create_read_list_delete(client):
     assert resp.status_code == 201
     assert resp.headers["Location"] == "/rules/hot"
     body = resp.get_json()
-    assert body["rule"] == {**HOT, "threshold": 30.0, "owner": "admin", "enabled": True}
+    assert body["rule"] == {**HOT, "threshold": 30.0, **DEFAULTS, "owner": "admin", "enabled": True}
     assert body["pushed"] is True and resp.headers["Vigil-Rules-Pushed"] == "true"
     assert int(resp.headers["Vigil-Rules-Version"]) == body["version"]
 
     assert client.get("/rules/hot").get_json() == {
         **HOT,
         "threshold": 30.0,
+        **DEFAULTS,
         "owner": "admin",
         "enabled": True,
     }
     listed = client.get("/rules").get_json()
-    assert listed["rules"] == [{**HOT, "threshold": 30.0, "owner": "admin", "enabled": True}]
+    assert listed["rules"] == [
+        {**HOT, "threshold": 30.0, **DEFAULTS, "owner": "admin", "enabled": True}
+    ]
     assert listed["version"] == body["version"] and listed["pushed"] is True
 
     resp = client.delete("/rules/hot")
@@ -131,7 +136,7 @@ def test_a_created_rule_reaches_mqtt_and_a_deleted_one_leaves(client, probe):
     assert retained[-1].retain
     got_version, rules = decode_rules(retained[-1].payload)
     assert got_version == version
-    assert [r.to_dict() for r in rules] == [{**HOT, "threshold": 30.0, "enabled": True}]
+    assert [r.to_dict() for r in rules] == [{**HOT, "threshold": 30.0, **DEFAULTS, "enabled": True}]
 
     assert client.delete("/rules/hot").status_code == 204
     wait_until(lambda: rule_ids(snapshots(watch)[-1]) == [], 10, what="a snapshot without it")
@@ -304,3 +309,46 @@ def test_changing_a_rule_that_does_not_exist_is_a_404(client):
     for method in ("put", "patch"):
         resp = getattr(client, method)("/rules/nope", json=HOT)
         assert resp.status_code == 404 and "no rule with id 'nope'" in resp.get_json()["detail"]
+
+
+def test_every_kind_of_rule_through_the_api(client):
+    kinds = [
+        {"id": "band", "metric": "humidity", "kind": "band", "low": 30, "high": 80},
+        {"id": "jump", "symbol": "aapl", "kind": "change", "percent": 2, "window_s": 300},
+        {"id": "quiet", "metric": "temperature", "kind": "nodata", "for_s": 60,
+         "device": "dev-*"},
+        {"id": "gone", "kind": "offline", "device": "dev-1", "for_s": 30},
+        {"id": "hot2", "metric": "temperature", "op": "above", "threshold": 30, "clear": 28,
+         "for_s": 10},
+    ]  # fmt: skip
+    for body in kinds:
+        resp = client.post("/rules", json=body)
+        assert resp.status_code == 201, resp.get_json()
+    jump = client.get("/rules/jump").get_json()
+    assert (jump["symbol"], jump["metric"], jump["direction"]) == ("AAPL", "price", "any")
+    # PATCH a level; then a new kind, which keeps only the common fields
+    assert client.patch("/rules/band", json={"high": 90}).get_json()["rule"]["high"] == 90.0
+    changed = client.patch(
+        "/rules/band", json={"kind": "threshold", "op": "above", "threshold": 85}
+    ).get_json()["rule"]
+    assert (changed["kind"], changed["threshold"], changed["metric"]) == (
+        "threshold",
+        85.0,
+        "humidity",
+    )
+    assert "low" not in changed
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"kind": "band", "low": 9, "high": 1}, "low (9) must be below high (1)"),
+        ({"op": "above", "threshold": 30, "clear": 35}, "clear (35) must be at or below"),
+        ({"kind": "change", "percent": 2}, "missing required field 'window_s'"),
+        ({"kind": "nodata", "op": "above"}, "op do not apply to a nodata rule"),
+    ],
+)
+def test_a_malformed_rule_of_any_kind_is_a_precise_400(client, body, detail):
+    resp = client.post("/rules", json={"id": "bad", "metric": "temperature", **body})
+    assert resp.status_code == 400 and resp.mimetype == "application/problem+json"
+    assert detail in resp.get_json()["detail"]

@@ -90,3 +90,26 @@ def test_numbers_are_shown_exactly_and_briefly(value, shown):
 )
 def test_durations(ms, shown):
     assert fmt_duration(ms) == shown
+
+
+def test_other_kinds_say_what_happened_in_their_own_words():
+    change = alert(
+        kind="change",
+        op="rise",
+        threshold=2.0,
+        rule="aapl-jump",
+        detail="price of AAPL on dev-9 rose 2.10% in 300 s (100 -> 102.1)",
+    )
+    assert subject(change) == (
+        "[FIRING critical] aapl-jump: price of AAPL on dev-9 rose 2.10% in 300 s (100 -> 102.1)"
+    )
+    text, html = parts(render_email(change, sender="v@example.org", recipients=["a@b.org"]))
+    assert "Condition: rise by 2%" in text and "rose 2.10% in 300 s" in text
+    assert "rise by 2%" in html
+    silent = alert(
+        kind="nodata", op="nodata", threshold=60.0, detail="no temperature from dev-1 for 60 s"
+    )
+    assert (
+        "Condition: no data for 60 s"
+        in parts(render_email(silent, sender="v@example.org", recipients=["a@b.org"]))[0]
+    )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from storage_nodes import LineProtocolError, reading_to_line
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import (
+    RULE_KINDS,
     Alert,
     DeviceStatus,
     InvalidMessage,
@@ -122,21 +123,27 @@ def test_status_alert_and_rule_set_decoders_are_total(data: bytes) -> None:
             assert exc.reason
 
 
-@FUZZ
-@given(
-    st.dictionaries(
-        st.sampled_from(["id", "metric", "op", "threshold", "device", "severity", "name"]),
-        junk | names,
-        max_size=7,
-    )
+RULE_KEYS = [
+    "id", "metric", "op", "threshold", "device", "severity", "name", "kind", "clear", "for_s",
+    "low", "high", "percent", "window_s", "direction", "symbol", "enabled",
+]  # fmt: skip
+rule_values = (
+    junk
+    | names
+    | st.sampled_from([*RULE_KINDS, "above", "below", "rise", "fall", "any", "dev-*", "AAPL"])
+    | st.floats(min_value=-1e6, max_value=1e7)
 )
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(RULE_KEYS), rule_values, max_size=10))
 def test_rules_validate_totally(body) -> None:
     try:
         rule = Rule.from_dict(body)
     except InvalidMessage as exc:
         assert exc.reason
         return
-    assert is_name(rule.id) and is_name(rule.metric)
+    assert is_name(rule.id) and is_name(rule.metric) and rule.kind in RULE_KINDS
     assert Rule.from_dict(rule.to_dict()) == rule
 
 

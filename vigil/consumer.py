@@ -149,9 +149,12 @@ class Consumer:
         metrics: ServiceMetrics,
         readiness: Readiness | None = None,
         transport: Literal["fast", "paho"] | None = None,
+        tick_s: float | None = None,
     ) -> None:
         """``transport``: the client to receive with; by default the identity's own
-        (``ident.transport``, fast if it has none)."""
+        (``ident.transport``, fast if it has none). ``tick_s``: call the handler at least
+        this often, with an empty batch when nothing came (what time alone changes)."""
+        self.tick_s = tick_s
         self.service = service
         self.handler = handler
         self.batch_max = batch_max
@@ -247,17 +250,27 @@ class Consumer:
 
     def _loop(self) -> None:
         batcher: Batcher[Received] = Batcher(self.batch_max, self.linger_s)
+        idle_wait = 0.2 if self.tick_s is None else min(0.2, self.tick_s)
+        last_call = time.monotonic()
         while not self.stopping.is_set():
             if not batcher.ready():
                 left = batcher.time_left()
                 if left is None:  # no batch open: wake on the first message
-                    lists = self._handoff.take(1, 0.2)
+                    lists = self._handoff.take(1, idle_wait)
                 else:  # wake when the batch is full or due
                     lists = self._handoff.take(self.batch_max - len(batcher), max(left, 0.0005))
                 for items in lists:
                     batcher.extend(items)
             if len(batcher) and batcher.ready():
                 self.handle(batcher.take())
+                last_call = time.monotonic()
+            elif (
+                self.tick_s is not None
+                and not len(batcher)
+                and time.monotonic() - last_call >= self.tick_s
+            ):
+                self.handle([])  # a tick: nothing to acknowledge
+                last_call = time.monotonic()
 
     def handle(self, batch: list[Received]) -> None:
         """Run the handler on ``batch``; acknowledge it if the handler says it is durable."""

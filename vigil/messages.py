@@ -449,65 +449,246 @@ def id_ranges_of(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 # -- rules -------------------------------------------------------------------------------
+RULE_KINDS = ("threshold", "band", "change", "nodata", "offline")
+RuleKind = Literal["threshold", "band", "change", "nodata", "offline"]
+CHANGE_DIRECTIONS = ("rise", "fall", "any")
+#: the metric of the quotes a ``symbol`` rule watches, and of the ``offline`` rules
+PRICE_METRIC = "price"
+STATUS_METRIC = "status"
+#: the longest for-duration, no-data duration or change window: 30 days
+MAX_RULE_SECONDS = 30 * 86400.0
+#: what a device pattern may hold: a name with ``*`` and ``?`` wildcards
+_DEVICE_PATTERN = re.compile(r"[A-Za-z0-9_.\-*?]{1,64}")
+RULE_COMMON_FIELDS = frozenset(
+    {"id", "name", "kind", "metric", "device", "symbol", "severity", "enabled"}
+)
+#: the fields each kind takes besides the common ones
+RULE_FIELDS: dict[str, frozenset[str]] = {
+    "threshold": frozenset({"op", "threshold", "clear", "for_s"}),
+    "band": frozenset({"low", "high", "for_s"}),
+    "change": frozenset({"percent", "window_s", "direction"}),
+    "nodata": frozenset({"for_s"}),
+    "offline": frozenset({"for_s"}),
+}
+
+
+def is_device_pattern(value: object) -> bool:
+    """A device id, or a pattern of device ids with ``*`` (any run) and ``?`` (one
+    character) wildcards: ``greenhouse-*``."""
+    return (
+        isinstance(value, str)
+        and _DEVICE_PATTERN.fullmatch(value) is not None
+        and (is_name(value) or any(c in value for c in "*?"))
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A threshold rule: fire while ``metric`` of ``device`` (or of any device) is above or
-    below ``threshold``."""
+    """An alert rule: what it watches (``metric`` of ``device`` — an id, a ``*``/``?``
+    pattern, or None for every device — or the quotes of ``symbol``) and, by ``kind``, when
+    it fires:
+
+    - ``threshold``: the value is strictly ``op`` (above/below) ``threshold`` for at least
+      ``for_s`` seconds; it resolves once the value is back past ``clear`` (hysteresis; by
+      default the threshold itself);
+    - ``band``: the value is outside ``low``..``high`` for at least ``for_s`` seconds;
+    - ``change``: the value moved by at least ``percent`` % (``direction`` rise, fall or
+      any) from the oldest value within the last ``window_s`` seconds;
+    - ``nodata``: no reading of the metric for ``for_s`` seconds;
+    - ``offline``: the device's status says offline (its last will) for ``for_s`` seconds.
+    """
 
     id: str
     metric: str
-    op: Literal["above", "below"]
-    threshold: float
+    op: Literal["above", "below"] = "above"
+    threshold: float = 0.0
     device: str | None = None
     severity: str = "warning"
     name: str = ""
     #: a disabled rule is kept but evaluates nothing (its firing alerts resolve)
     enabled: bool = True
+    kind: RuleKind = "threshold"
+    clear: float | None = None
+    for_s: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
+    percent: float = 0.0
+    window_s: float = 0.0
+    direction: Literal["rise", "fall", "any"] = "any"
+    symbol: str | None = None
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.device is not None and not is_name(self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        common: dict[str, Any] = {
             "id": self.id,
             "name": self.name or self.id,
+            "kind": self.kind,
             "metric": self.metric,
             "device": self.device,
-            "op": self.op,
-            "threshold": self.threshold,
-            "severity": self.severity,
-            "enabled": self.enabled,
         }
+        common["symbol"] = self.symbol
+        specific: dict[str, Any]
+        if self.kind == "threshold":
+            specific = {
+                "op": self.op,
+                "threshold": self.threshold,
+                "clear": self.clear,
+                "for_s": self.for_s,
+            }
+        elif self.kind == "band":
+            specific = {"low": self.low, "high": self.high, "for_s": self.for_s}
+        elif self.kind == "change":
+            specific = {
+                "percent": self.percent,
+                "window_s": self.window_s,
+                "direction": self.direction,
+            }
+        else:
+            specific = {"for_s": self.for_s}
+        return {**common, **specific, "severity": self.severity, "enabled": self.enabled}
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Rule:
         """Validate a rule; raises InvalidMessage naming the bad field."""
         if not isinstance(obj, Mapping):
             raise InvalidMessage("rule must be a JSON object")
-        unknown = sorted(
-            set(obj) - {"id", "name", "metric", "device", "op", "threshold", "severity", "enabled"}
-        )
+        kind = obj.get("kind", "threshold")
+        if not isinstance(kind, str) or kind not in RULE_KINDS:
+            raise InvalidMessage(f"kind must be one of {', '.join(RULE_KINDS)}, got {_show(kind)}")
+        allowed = RULE_COMMON_FIELDS | RULE_FIELDS[kind]
+        unknown = sorted(set(obj) - allowed)
         if unknown:
+            others = [k for k in unknown if any(k in f for f in RULE_FIELDS.values())]
+            if others:
+                raise InvalidMessage(
+                    f"field(s) {', '.join(others)} do not apply to a {kind} rule (it takes "
+                    f"{', '.join(sorted(RULE_FIELDS[kind]))})"
+                )
             raise InvalidMessage(f"rule has unknown field(s): {', '.join(unknown)}")
-        for key in ("id", "metric", "op", "threshold"):
-            if key not in obj:
-                raise InvalidMessage(f"rule is missing required field '{key}'")
-        rid, metric, device = obj["id"], obj["metric"], obj.get("device")
+        if "id" not in obj:
+            raise InvalidMessage("rule is missing required field 'id'")
+        rid, device, symbol = obj["id"], obj.get("device"), obj.get("symbol")
         if not is_name(rid):
             raise InvalidMessage(f"rule id {_show(rid)} is not a valid name: {NAME_RULE}")
+        if device is not None and not is_device_pattern(device):
+            raise InvalidMessage(
+                f"device {_show(device)} is not a valid device id or pattern: {NAME_RULE}, "
+                "with * and ? as wildcards in a pattern"
+            )
+        if symbol is not None:
+            if not isinstance(symbol, str) or not symbol or len(symbol) > 32:
+                raise InvalidMessage(f"symbol {_show(symbol)} must be a ticker of 1-32 characters")
+            _check_str(symbol, "symbol", 32)
+            if not re.fullmatch(r"[A-Za-z0-9.^=_-]+", symbol):
+                raise InvalidMessage(
+                    f"symbol {_show(symbol)} is not a ticker: use A-Z 0-9 and . ^ = _ -"
+                )
+            if kind == "offline":
+                raise InvalidMessage(
+                    "symbol does not apply to an offline rule (it watches a device)"
+                )
+            symbol = symbol.upper()
+        default_metric = (
+            STATUS_METRIC if kind == "offline" else PRICE_METRIC if symbol is not None else None
+        )
+        metric = obj.get("metric", default_metric)
+        if metric is None:
+            raise InvalidMessage("rule is missing required field 'metric'")
         if not is_name(metric):
             raise InvalidMessage(f"metric {_show(metric)} is not a valid name: {NAME_RULE}")
-        if device is not None and not is_name(device):
-            raise InvalidMessage(f"device {_show(device)} is not a valid device id: {NAME_RULE}")
-        if not isinstance(obj["op"], str) or obj["op"] not in RULE_OPS:
-            raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {_show(obj['op'])}")
-        threshold = _check_number(obj["threshold"], "threshold")
+        if kind == "offline" and metric != STATUS_METRIC:
+            raise InvalidMessage(
+                f"an offline rule watches the device status: leave out metric (not {_show(metric)})"
+            )
         severity = obj.get("severity", "warning")
         if not isinstance(severity, str) or severity not in SEVERITIES:
             raise InvalidMessage(f"severity must be one of {', '.join(SEVERITIES)}")
         name = _check_str(obj.get("name", "") or "", "name", 200)
-        op = cast(Literal["above", "below"], obj["op"])
         enabled = obj.get("enabled", True)
         if not isinstance(enabled, bool):
             raise InvalidMessage(f"enabled must be true or false, got {_show(enabled)}")
-        return cls(rid, metric, op, threshold, device, severity, name or rid, enabled)
+        fields: dict[str, Any] = {"kind": kind}
+        if kind == "threshold":
+            fields.update(_threshold_fields(obj))
+        elif kind == "band":
+            low, high = (_required_number(obj, k, kind) for k in ("low", "high"))
+            if not low < high:
+                raise InvalidMessage(f"low ({low:g}) must be below high ({high:g})")
+            fields.update(low=low, high=high, for_s=_seconds(obj, "for_s", 0.0))
+        elif kind == "change":
+            percent = _required_number(obj, "percent", kind)
+            if not 0 < percent <= 10_000:
+                raise InvalidMessage(f"percent must be in (0, 10000], got {percent:g}")
+            if "window_s" not in obj:
+                raise InvalidMessage("a change rule is missing required field 'window_s'")
+            window = _seconds(obj, "window_s", 1.0)
+            direction = obj.get("direction", "any")
+            if not isinstance(direction, str) or direction not in CHANGE_DIRECTIONS:
+                raise InvalidMessage(
+                    f"direction must be one of {', '.join(CHANGE_DIRECTIONS)}, "
+                    f"got {_show(direction)}"
+                )
+            fields.update(percent=percent, window_s=window, direction=direction)
+        elif kind == "nodata":
+            if "for_s" not in obj:
+                raise InvalidMessage("a nodata rule is missing required field 'for_s'")
+            fields.update(for_s=_seconds(obj, "for_s", 1.0))
+        else:
+            fields.update(for_s=_seconds(obj, "for_s", 0.0))
+        return cls(
+            id=rid,
+            metric=metric,
+            device=device,
+            severity=severity,
+            name=name or rid,
+            enabled=enabled,
+            symbol=symbol,
+            **fields,
+        )
+
+
+def _required_number(obj: Mapping[str, Any], key: str, kind: str) -> float:
+    if key not in obj:
+        raise InvalidMessage(f"a {kind} rule is missing required field '{key}'")
+    return _check_number(obj[key], key)
+
+
+def _seconds(obj: Mapping[str, Any], key: str, least: float) -> float:
+    """A duration in seconds, ``least``..30 days (0 when absent and ``least`` is 0)."""
+    value = obj.get(key, 0.0)
+    seconds = _check_number(value, key)
+    if not least <= seconds <= MAX_RULE_SECONDS:
+        raise InvalidMessage(
+            f"{key} must be {least:g}..{MAX_RULE_SECONDS:.0f} seconds, got {seconds:g}"
+        )
+    return seconds
+
+
+def _threshold_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    for key in ("op", "threshold"):
+        if key not in obj:
+            raise InvalidMessage(f"rule is missing required field '{key}'")
+    if not isinstance(obj["op"], str) or obj["op"] not in RULE_OPS:
+        raise InvalidMessage(f"op must be one of {', '.join(RULE_OPS)}, got {_show(obj['op'])}")
+    op = cast(Literal["above", "below"], obj["op"])
+    threshold = _check_number(obj["threshold"], "threshold")
+    clear = obj.get("clear")
+    if clear is not None:
+        clear = _check_number(clear, "clear")
+        if op == "above" and clear > threshold:
+            raise InvalidMessage(
+                f"clear ({clear:g}) must be at or below the threshold ({threshold:g}) of an "
+                "above rule: the alert resolves once the value is below it"
+            )
+        if op == "below" and clear < threshold:
+            raise InvalidMessage(
+                f"clear ({clear:g}) must be at or above the threshold ({threshold:g}) of a "
+                "below rule: the alert resolves once the value is above it"
+            )
+    return {"op": op, "threshold": threshold, "clear": clear, "for_s": _seconds(obj, "for_s", 0.0)}
 
 
 def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
@@ -558,10 +739,18 @@ class Alert:
     reading_id: int | None = None
     #: why it resolved when no reading resolved it ("rule deleted", ...); None otherwise
     reason: str | None = None
+    #: the rule's kind, and a sentence saying what is (or no longer is) wrong
+    kind: str = "threshold"
+    detail: str = ""
+    #: the share symbol of a ``symbol`` rule
+    symbol: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "alert_id": self.alert_id,
+            "kind": self.kind,
+            "detail": self.detail,
+            "symbol": self.symbol,
             "rule_id": self.rule_id,
             "rule": self.rule,
             "device": self.device,
@@ -630,7 +819,21 @@ class Alert:
             reason=None
             if obj.get("reason") is None
             else _check_str(obj["reason"], "alert reason", 200),
+            kind=_check_alert_kind(obj.get("kind", "threshold")),
+            detail=_check_str(obj.get("detail", "") or "", "alert detail", MAX_DETAIL),
+            symbol=opt_str("symbol"),
         )
+
+
+MAX_DETAIL = 500
+
+
+def _check_alert_kind(kind: object) -> str:
+    if not isinstance(kind, str) or kind not in RULE_KINDS:
+        raise InvalidMessage(
+            f"alert kind must be one of {', '.join(RULE_KINDS)}, got {_show(kind)}"
+        )
+    return kind
 
 
 # -- dead letters ------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     {root}/config/devices/{device}       retained device configuration, api -> device
     {root}/config/rules                  retained rule set snapshot, api -> alert engine
     {root}/alerts/{device}/{rule_id}     alert transitions, alert engine -> notifier, users
+    {root}/firing/{device}/{rule_id}     retained: the alert firing now (cleared on resolve)
     {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
     {root}/ack/{device}                  storage confirmations (id ranges), ingest -> device
     {root}/events/{device}               pipeline events about a device (gaps), api -> users
@@ -26,6 +27,7 @@ DATA = "data"
 STATUS = "status"
 CONFIG = "config"
 ALERTS = "alerts"
+FIRING = "firing"
 DEADLETTER = "deadletter"
 ACK = "ack"
 EVENTS = "events"
@@ -73,6 +75,13 @@ class Topics:
             f"{check_name(rule_id, 'rule id')}"
         )
 
+    def firing(self, device: str, rule_id: str) -> str:
+        """Where the alert firing now for ``rule_id`` on ``device`` is retained."""
+        return (
+            f"{self.root}/{FIRING}/{check_name(device, 'device id')}/"
+            f"{check_name(rule_id, 'rule id')}"
+        )
+
     def deadletter(self, device: str | None) -> str:
         level = device if is_name(device) else UNKNOWN_DEVICE
         return f"{self.root}/{DEADLETTER}/{level}"
@@ -96,6 +105,10 @@ class Topics:
     @property
     def alerts_filter(self) -> str:
         return f"{self.root}/{ALERTS}/#"
+
+    @property
+    def firing_filter(self) -> str:
+        return f"{self.root}/{FIRING}/#"
 
     @property
     def deadletter_filter(self) -> str:
