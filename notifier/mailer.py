@@ -1,8 +1,8 @@
 """Sending one email with aiosmtplib, with the outcome told apart by type.
 
 ``SendError.permanent`` is True for a 5xx answer (a refused sender, recipient or login: a
-configuration problem rather than an outage); the notifier retries either kind, but says
-which it is.
+configuration problem rather than an outage): the notifier records it as failed and goes
+on; anything else it retries.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ The consumer runtime (:mod:`vigil.consumer`) receives, acknowledges, and hands e
    sent log's disk, goes to the dead-letter topic with the reason (``vigil.contain``) and
    is acknowledged;
 2. skip it if (alert id, state) was already emailed (a redelivery);
-3. render the email and send it, retrying with capped backoff until the SMTP server
-   accepts it; nothing is acknowledged meanwhile;
-4. record (alert id, state) as sent; the runtime then acknowledges the MQTT message.
+3. render the email and send it, retrying with capped backoff while the SMTP server is away
+   or answers 4xx (an outage); nothing is acknowledged meanwhile. A 5xx answer (a refused
+   sender, recipient or login) is permanent: retrying cannot help, and it must not hold up
+   every alert after it, so the transition is recorded as failed, with the reason;
+4. record (alert id, state) as sent (or failed); the runtime then acknowledges the message.
 
 A message received on an earlier connection is not acknowledged (the runtime skips it: its
 packet id may name another message by now); the broker re-sends it and step 2 recognises it.
@@ -60,6 +62,10 @@ class Notifier:
         self.metrics = metrics or ServiceMetrics("notifier", "send")
         self._duplicates = self.metrics.counter(
             "vigil_notifier_duplicates", "Alert messages already emailed (redeliveries)"
+        )
+        self._failed = self.metrics.counter(
+            "vigil_notifications_failed",
+            "Alert transitions not delivered: the SMTP server refused them for good (5xx)",
         )
         self.backoff = backoff or Backoff()
         self.mailer = Mailer(settings.smtp, settings.recipients)
@@ -157,14 +163,25 @@ class Notifier:
         email = render_email(
             alert, sender=self.settings.smtp.sender, recipients=self.settings.recipients
         )
-        if not await self._send_until_accepted(alert, email):
+        result = await self._send_until_accepted(alert, email)
+        if result is None:
             return False  # stopping: not acknowledged, the broker keeps it
-        self.store.record(alert.alert_id, alert.state)
-        self.metrics.messages_out.inc()
+        attempts, refusal = result
+        if refusal is None:
+            self.store.record(alert.alert_id, alert.state, attempts=attempts)
+            self.metrics.messages_out.inc()
+        else:
+            self.store.record(
+                alert.alert_id, alert.state, outcome="failed", attempts=attempts, reason=refusal
+            )
+            self._failed.inc()
         return True
 
-    async def _send_until_accepted(self, alert: Alert, email: EmailMessage) -> bool:
-        """Send until the SMTP server accepts; False if stopping came first."""
+    async def _send_until_accepted(
+        self, alert: Alert, email: EmailMessage
+    ) -> tuple[int, str | None] | None:
+        """Send until the SMTP server accepts, or refuses for good: ``(attempts, None)``
+        once sent, ``(attempts, reason)`` if refused for good; None if stopping came first."""
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
@@ -174,18 +191,23 @@ class Notifier:
             except SendError as exc:
                 failures += 1
                 self.metrics.error("smtp_refused" if exc.permanent else "smtp")
+                if exc.permanent:
+                    log.error(
+                        "the SMTP server %s refused %r for good: %s (check notifier.smtp and "
+                        "recipients); recorded as failed, going on with the next alert",
+                        self.mailer.server,
+                        subject(alert),
+                        exc.reason,
+                    )
+                    return failures, exc.reason
                 if failures == 1 or failures % 20 == 0:
-                    level = logging.ERROR if exc.permanent else logging.WARNING
-                    hint = " (check notifier.smtp and recipients)" if exc.permanent else ""
-                    log.log(
-                        level,
-                        "cannot email %r via %s (attempt %d): %s%s; retrying "
-                        "with backoff up to %.0fs",
+                    log.warning(
+                        "cannot email %r via %s (attempt %d): %s; retrying with backoff up "
+                        "to %.0fs",
                         subject(alert),
                         self.mailer.server,
                         failures,
                         exc.reason,
-                        hint,
                         self.backoff.cap_s,
                     )
                 delay = self.backoff.delay(failures, random.random())
@@ -193,7 +215,7 @@ class Notifier:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 except TimeoutError:
                     continue
-                return False
+                return None
             self.metrics.step_seconds.observe(loop.time() - started)
             if refused:
                 self.metrics.error("recipient_refused")
@@ -208,4 +230,4 @@ class Notifier:
                 len(self.settings.recipients) - len(refused),
                 f" after {failures} failed attempt(s)" if failures else "",
             )
-            return True
+            return failures + 1, None

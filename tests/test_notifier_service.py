@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
 from support import (
     alert,
     connected,
@@ -17,6 +18,7 @@ from support import (
 )
 
 from notifier.__main__ import main
+from notifier.store import SentStore
 from stack.mailsink import start_mailsink
 from stack.process import free_port
 from vigil.messages import Alert, now_ms
@@ -184,3 +186,52 @@ def test_validate_config_reports_a_missing_smtp_password_file(cloud_config, tmp_
     assert main(["--config", str(bad), "--validate-config"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: notifier.smtp.password_file: cannot read {missing}" in err
+
+
+class RefusingSink:
+    """An aiosmtpd handler that refuses for good (554) the email of rule ``bad`` and accepts
+    every other one."""
+
+    def __init__(self) -> None:
+        self.accepted: list[bytes] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        if b"X-Vigil-Rule: bad" in envelope.content:
+            return "554 5.7.1 message refused by policy"
+        self.accepted.append(envelope.content)
+        return "250 OK"
+
+
+def test_an_email_refused_for_good_is_recorded_failed_and_does_not_block_the_next(
+    broker, cloud_config, run_service
+):
+    sink = RefusingSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    notifier = start_notifier(
+        run_service, cloud_config, env={"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
+    )
+    ae = alert_engine_client(broker)
+    try:
+        refused = alert(alert_id="bad-1", rule_id="bad", rule="bad")
+        publish(ae, refused, alert(alert_id="fine-1"))
+        wait_until(lambda: sink.accepted, 20, what="the email after the refused one")
+        assert len(sink.accepted) == 1 and b"X-Vigil-Alert-Id: fine-1" in sink.accepted[0]
+        metrics = cloud_config.config.notifier.metrics_port
+        assert scrape(metrics, "vigil_notifications_failed_total") == 1
+        assert "refused '[FIRING critical] bad on dev-1" in notifier.log_tail()
+        publish(ae, refused)  # a redelivery of the failed one: not tried again
+        counted(metrics, 3)
+        assert scrape(metrics, "vigil_notifications_failed_total") == 1
+    finally:
+        ae.stop()
+        controller.stop()
+    notifier.stop()
+    store = SentStore(cloud_config.config.notifier.state_path)
+    try:
+        outcome = store.outcome("bad-1", "firing")
+        assert outcome is not None and outcome[0] == "failed" and "554" in (outcome[2] or "")
+        assert store.outcome("fine-1", "firing") == ("sent", 1, None)
+    finally:
+        store.close()
