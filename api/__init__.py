@@ -14,8 +14,9 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from api import auth, db, devices, health, problems, request_metrics, ring, rules, users
+from api import alerts, auth, db, devices, health, problems, request_metrics, ring, rules, users
 from api import storage as storage_routes
+from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
 from api.resources import ApiResources, close_app, resources
@@ -89,6 +90,8 @@ def create_app(
     topics = config.broker.topics
     board = StatusBoard(topics)
     client.subscribe(topics.status_filter, board.on_message)
+    alert_board = AlertBoard(topics)
+    client.subscribe(topics.firing_filter, alert_board.on_message)
     database = Path(app.config["DATABASE"])
 
     def read_snapshot() -> db.RuleSnapshot:
@@ -115,6 +118,7 @@ def create_app(
         storage=storage or StorageCluster(config.storage),
         mqtt=client,
         status=board,
+        alerts=alert_board,
         publisher=publisher,
         broker_admin=broker_admin,
         metrics=metrics,
@@ -135,7 +139,7 @@ def create_app(
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
-    for module in (health, users, devices, ring, rules, storage_routes):
+    for module in (health, users, devices, ring, rules, alerts, storage_routes):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
 from api.rules_sync import RulePublisher
@@ -30,6 +31,7 @@ class ApiResources:
     storage: StorageCluster
     mqtt: MqttClient
     status: StatusBoard
+    alerts: AlertBoard
     publisher: RulePublisher
     broker_admin: BrokerAdmin
     metrics: ServiceMetrics

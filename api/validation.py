@@ -126,3 +126,36 @@ def rule_id_from_name(name: str) -> str:
     if not is_name(slug):
         raise ValueError(f"cannot derive a rule id from the name {name!r}")
     return slug
+
+
+#: the most items one page of a list gives, and the default
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """Filters (exact names) and a page: ``limit`` items from ``offset``."""
+
+    filters: Mapping[str, str]
+    limit: int
+    offset: int
+
+
+def parse_page_args(args: Args, filters: Mapping[str, Sequence[str] | None]) -> PageQuery:
+    """``limit`` (1..1000, default 100), ``offset`` (default 0) and the ``filters``: each a
+    name, one of the values given (or any valid name for None)."""
+    _only(args, ("limit", "offset", *filters))
+    limit = _int(args, "limit", 1, MAX_PAGE, DEFAULT_PAGE)
+    offset = _int(args, "offset", 0, 10**9, 0)
+    assert limit is not None and offset is not None
+    chosen: dict[str, str] = {}
+    for name, allowed in filters.items():
+        values = args.get(name)
+        if not values:
+            continue
+        value = values[0]
+        if allowed is not None and value not in allowed:
+            raise InvalidParameter(name, f"must be one of {', '.join(allowed)}, got {shown(value)}")
+        chosen[name] = check_path_name(name, value) if allowed is None else value
+    return PageQuery(chosen, limit, offset)

@@ -65,6 +65,7 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "vigil-api": (
         ("readwrite", "config/#"),
         ("read", "status/#"),
+        ("read", "firing/#"),
         ("write", "events/#"),
         ("write", dynsec.CONTROL_TOPIC),
         ("read", dynsec.RESPONSE_TOPIC),
