@@ -541,6 +541,7 @@ def _alert(
             rule, reading.device, state, reading.value, percent=percent, reference=reference
         ),
         symbol=rule.symbol,
+        owner=rule.owner,
     )
 
 
@@ -573,6 +574,7 @@ def _timed_alert(
         kind=rule.kind,
         detail=_detail(rule, device, state, value),
         symbol=rule.symbol,
+        owner=rule.owner,
     )
 
 
@@ -599,4 +601,5 @@ def _resolution(rule: Rule, device: str, state: SeriesState, now_ms: int, reason
         kind=rule.kind,
         detail=f"{_subject(rule, device)}: {reason}",
         symbol=rule.symbol,
+        owner=rule.owner,
     )

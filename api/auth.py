@@ -21,9 +21,10 @@ from pathlib import Path
 
 from flask import Flask, current_app, g, request
 
-from api.db import ADMIN_USER, Caller, get_store
+from api.db import Caller, get_store
 from api.problems import Problem
 from vigil.config_core import SecretFile, secret_problem
+from vigil.names import ADMIN_USER
 
 PUBLIC_PATHS = frozenset({"/health"})
 REALM = "vigil"

@@ -35,6 +35,7 @@ from flask import Flask, current_app, g
 
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage, Rule, now_ms
+from vigil.names import ADMIN_USER
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (
@@ -56,6 +57,12 @@ CREATE TABLE IF NOT EXISTS user_tokens (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS user_tokens_by_user ON user_tokens (user);
+-- Where a user's alerts are emailed (in the rule-set snapshot the notifier follows).
+CREATE TABLE IF NOT EXISTS recipients (
+    user TEXT NOT NULL,
+    email TEXT NOT NULL,
+    PRIMARY KEY (user, email)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -83,8 +90,8 @@ DEVICE_QUERIES = {
 #: ``PRAGMA user_version`` of the current schema (0: before users, tokens had only a name;
 #: 1: rules without an owner, the admin's since).
 SCHEMA_VERSION = 2
-#: The user behind the admin token file; it cannot be deleted or demoted.
-ADMIN_USER = "admin"
+#: The user behind the admin token file (vigil.names.ADMIN_USER); it cannot be deleted or
+#: demoted.
 ROLES = ("admin", "user")
 #: Most users, and most tokens one user holds.
 MAX_USERS = 10_000
@@ -223,6 +230,8 @@ class RuleSnapshot:
     invalid: list[InvalidStoredRule]
     #: every row's owner, by id
     owners: dict[str, str] = field(default_factory=dict)
+    #: every user's email recipients (users without any have an empty tuple)
+    recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def new_token_id() -> str:
@@ -404,6 +413,7 @@ class Store:
                 stored.rules,
                 stored.invalid,
                 stored.owners,
+                self._all_recipients(),
             )
         finally:
             self.conn.execute("COMMIT")
@@ -492,9 +502,35 @@ class Store:
         with self._transaction():
             self.conn.execute("DELETE FROM user_tokens WHERE user = ?", (name,))
             rules = self.conn.execute("DELETE FROM rules WHERE owner = ?", (name,)).rowcount
+            rules += self.conn.execute("DELETE FROM recipients WHERE user = ?", (name,)).rowcount
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
+
+    def _all_recipients(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {u.name: [] for u in self.users()}
+        for user, email in self.conn.execute(
+            "SELECT user, email FROM recipients ORDER BY user, email"
+        ):
+            out.setdefault(user, []).append(email)
+        return {u: tuple(e) for u, e in out.items()}
+
+    def recipients(self, user: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT email FROM recipients WHERE user = ? ORDER BY email", (user,)
+        )
+        return [r[0] for r in rows]
+
+    def set_recipients(self, user: str, emails: list[str]) -> int:
+        """Replace ``user``'s recipients; returns the new rule-set version (the snapshot
+        carries them to the notifier)."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM recipients WHERE user = ?", (user,))
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO recipients (user, email) VALUES (?, ?)",
+                [(user, e) for e in emails],
+            )
+            return self._bump_version()
 
     def add_token(self, user: str, sha256_hex: str, label: str = "") -> TokenRow:
         """Remember a token of ``user`` by its SHA-256 digest (the token itself is never

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -28,6 +28,7 @@ from api.db import InvalidStoredRule, RuleSnapshot
 from vigil.messages import encode_rules
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
+from vigil.names import ADMIN_USER
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,9 @@ class RulePublisher:
             return
         self._warn_invalid(snap.invalid)
         version = snap.version
-        payload = encode_rules(snap.rules, version, snap.changed_at)
+        # each rule with its owner: the engine stamps it on the alerts, the notifier routes by it
+        rules = [replace(r, owner=snap.owners.get(r.id, ADMIN_USER)) for r in snap.rules]
+        payload = encode_rules(rules, version, snap.changed_at, snap.recipients)
         # Not holding the condition: paho calls on_published under its own lock.
         info = self.mqtt.publish(self.topic, payload, qos=1, retain=True)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

@@ -8,6 +8,8 @@
   and their rules (the new rule set is pushed).
 - ``GET /users/<user>/tokens``, ``POST`` (``{"label"?}``, the token answered once) and
   ``DELETE /users/<user>/tokens/<token_id>``: the admin, or the user themself.
+- ``GET/PUT /users/<user>/recipients`` ``{"emails": [...]}``: where the user's alerts are
+  emailed; the admin, or the user themself.
 
 A user who is not an admin learns nothing of other users: any other user's path is the
 404 a user that does not exist gets, so names cannot be probed. Only an admin changes roles
@@ -24,7 +26,6 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from api.auth import caller, hash_token, new_token, require_admin
 from api.body import json_object
 from api.db import (
-    ADMIN_USER,
     ROLES,
     DuplicateUser,
     TokenRow,
@@ -36,7 +37,8 @@ from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.validation import reject_args
-from vigil.names import NAME_RULE, is_name
+from vigil.messages import MAX_RECIPIENTS, InvalidMessage, check_email
+from vigil.names import ADMIN_USER, NAME_RULE, is_name
 from vigil.text import shown
 
 bp = Blueprint("users", __name__)
@@ -219,3 +221,39 @@ def revoke_token(user: str, token_id: str) -> Response:
     if not get_store().revoke_token(user, token_id):
         raise Problem(404, f"user {user!r} has no token {token_id!r}")
     return Response(status=204)
+
+
+def _recipients_view(user: str) -> dict[str, Any]:
+    return {"user": user, "emails": get_store().recipients(user)}
+
+
+@bp.get("/users/<user>/recipients")
+def recipients(user: str) -> dict[str, Any]:
+    """Where the user's alerts are emailed (the admin, or the user themself)."""
+    _visible(user)
+    return _recipients_view(user)
+
+
+@bp.put("/users/<user>/recipients")
+def set_recipients(user: str) -> Response:
+    """Replace the addresses the user's alerts go to: ``{"emails": [...]}`` (at most 20;
+    empty: the user's alerts are emailed to nobody). The notifier gets them with the rule
+    set: the answer says whether the broker has it (``pushed``)."""
+    _visible(user)
+    body = json_object(_invalid_recipients, allowed=("emails",))
+    emails = body.get("emails")
+    if not isinstance(emails, list) or len(emails) > MAX_RECIPIENTS:
+        raise _invalid_recipients(f"emails: must be a list of at most {MAX_RECIPIENTS} addresses")
+    try:
+        checked = sorted({check_email(e, f"emails[{i}]") for i, e in enumerate(emails)})
+    except InvalidMessage as exc:
+        raise _invalid_recipients(exc.reason) from None
+    version = get_store().set_recipients(user, checked)
+    pushed = resources().publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
+    return jsonify({**_recipients_view(user), "version": version, "pushed": pushed})
+
+
+def _invalid_recipients(detail: str) -> Problem:
+    return Problem(
+        400, detail, type_=problem_type("invalid-recipients"), title="Invalid recipients"
+    )

@@ -59,7 +59,8 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("write", "firing/#"),
         ("write", "deadletter/#"),
     ),
-    "vigil-notifier": (("read", "alerts/#"), ("write", "deadletter/#")),
+    # The rule-set snapshot carries where each user's alerts go.
+    "vigil-notifier": (("read", "alerts/#"), ("read", "config/rules"), ("write", "deadletter/#")),
     # Topics starting with "$" are not under the root: the API manages devices through the
     # dynamic-security plugin's control topic.
     "vigil-api": (

@@ -25,16 +25,15 @@ class SendError(Exception):
 class Mailer:
     """Delivers to one SMTP server, as configured in ``notifier.smtp``."""
 
-    def __init__(self, smtp: SmtpSettings, recipients: Sequence[str]) -> None:
+    def __init__(self, smtp: SmtpSettings) -> None:
         self.smtp = smtp
-        self.recipients = list(recipients)
         self._password = read_secret(smtp.password_file)  # read once: fail at start
 
     @property
     def server(self) -> str:
         return f"{self.smtp.host}:{self.smtp.port}"
 
-    async def send(self, message: EmailMessage) -> list[str]:
+    async def send(self, message: EmailMessage, recipients: Sequence[str]) -> list[str]:
         """Send; returns the recipients the server refused while it accepted others.
         Raises SendError if nothing was accepted."""
         username = self.smtp.username or None
@@ -43,7 +42,7 @@ class Mailer:
             refused, _ = await aiosmtplib.send(
                 message,
                 sender=self.smtp.sender,
-                recipients=self.recipients,
+                recipients=list(recipients),
                 hostname=self.smtp.host,
                 port=self.smtp.port,
                 use_tls=self.smtp.use_tls,

@@ -7,11 +7,16 @@ The consumer runtime (:mod:`vigil.consumer`) receives, acknowledges, and hands e
    sent log's disk, goes to the dead-letter topic with the reason (``vigil.contain``) and
    is acknowledged;
 2. skip it if (alert id, state) was already emailed (a redelivery);
-3. render the email and send it, retrying with capped backoff while the SMTP server is away
+3. find its recipients: the addresses of the rule's owner, from the rule-set snapshot on
+   ``{root}/config/rules`` (followed outside the batches, so an alert never waits behind
+   it); the admin's alerts (and those of rules from before owners) go to the admin's
+   addresses, or ``notifier.recipients`` if the admin has none. A user without addresses:
+   recorded as skipped, with the reason;
+4. render the email and send it, retrying with capped backoff while the SMTP server is away
    or answers 4xx (an outage); nothing is acknowledged meanwhile. A 5xx answer (a refused
    sender, recipient or login) is permanent: retrying cannot help, and it must not hold up
    every alert after it, so the transition is recorded as failed, with the reason;
-4. record (alert id, state) as sent (or failed); the runtime then acknowledges the message.
+5. record (alert id, state) as sent (or failed); the runtime then acknowledges the message.
 
 A message received on an earlier connection is not acknowledged (the runtime skips it: its
 packet id may name another message by now); the broker re-sends it and step 2 recognises it.
@@ -26,6 +31,7 @@ import concurrent.futures
 import logging
 import random
 import sqlite3
+import threading
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -35,8 +41,9 @@ from notifier.store import SentStore
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert
+from vigil.messages import Alert, InvalidMessage, RuleSet, decode_rule_set
 from vigil.metrics import ServiceMetrics
+from vigil.names import ADMIN_USER
 from vigil.readiness import Readiness
 from vigil.retry import Backoff
 from vigil.settings import BrokerSettings, NotifierSettings
@@ -44,6 +51,8 @@ from vigil.settings import BrokerSettings, NotifierSettings
 log = logging.getLogger(__name__)
 
 RECEIVE_MAXIMUM = 100
+#: How long an alert waits for the first rule-set snapshot (who gets it) after a start.
+ROUTING_WAIT_S = 10.0
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
 
@@ -68,7 +77,9 @@ class Notifier:
             "Alert transitions not delivered: the SMTP server refused them for good (5xx)",
         )
         self.backoff = backoff or Backoff()
-        self.mailer = Mailer(settings.smtp, settings.recipients)
+        self.mailer = Mailer(settings.smtp)
+        self._routing: RuleSet | None = None
+        self._routing_known = threading.Event()
         self.store = SentStore(settings.state_path)
         self.consumer = Consumer(
             broker,
@@ -82,6 +93,7 @@ class Notifier:
             metrics=self.metrics,
             readiness=Readiness("notifier", ready_file),
         )
+        self.consumer.watch(self.topics.rules, self._on_rule_set)
         self.mqtt = self.consumer.mqtt
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +114,7 @@ class Notifier:
         self._loop = asyncio.get_running_loop()
         self.consumer.start()
         log.info(
-            "notifier started: %s -> %s via SMTP %s",
+            "notifier started: %s -> each rule owner's recipients (the admin's: %s) via SMTP %s",
             self.topics.alerts_filter,
             ", ".join(self.settings.recipients),
             self.mailer.server,
@@ -154,16 +166,54 @@ class Notifier:
             return await asyncio.to_thread(self.dead_letters.publish, [dead])
         return outcome
 
+    # -- routing ------------------------------------------------------------------------
+    def _on_rule_set(self, d: Received) -> None:
+        """A rule-set snapshot (on the network thread): keep the newest one's recipients."""
+        if not d.payload:
+            return
+        try:
+            rule_set = decode_rule_set(d.payload)
+        except InvalidMessage as exc:
+            self.metrics.error("invalid_rules")
+            log.error("ignoring the rule set on %s: %s", d.topic, exc.reason)
+            return
+        current = self._routing
+        if current is None or rule_set.version > current.version:
+            self._routing = rule_set
+            if current is None:
+                log.info("recipients of rule set version %d known", rule_set.version)
+        self._routing_known.set()
+
+    def recipients_for(self, alert: Alert) -> tuple[list[str], str | None]:
+        """Who gets ``alert``'s email, or why nobody does."""
+        owner = alert.owner or ADMIN_USER
+        routing = self._routing
+        known = None if routing is None else routing.recipients
+        own = list(known.get(owner, ())) if known is not None else []
+        if owner == ADMIN_USER:
+            return (own or list(self.settings.recipients)), None
+        if own:
+            return own, None
+        if known is None:
+            return [], f"who gets {owner}'s alerts is not known yet (no rule-set snapshot)"
+        return [], f"user {owner} has no email recipients"
+
     async def _handle_alert(self, d: Received) -> bool:
         alert = Alert.decode(d.payload)
         if self.store.seen(alert.alert_id, alert.state):
             self._duplicates.inc()
             log.debug("alert %s %s already emailed; acknowledging", alert.alert_id, alert.state)
             return True
-        email = render_email(
-            alert, sender=self.settings.smtp.sender, recipients=self.settings.recipients
-        )
-        result = await self._send_until_accepted(alert, email)
+        if (alert.owner or ADMIN_USER) != ADMIN_USER and not self._routing_known.is_set():
+            # just started: the retained snapshot comes right after the subscription
+            await asyncio.to_thread(self._routing_known.wait, ROUTING_WAIT_S)
+        recipients, nobody = self.recipients_for(alert)
+        if nobody is not None:
+            log.warning("not emailing %r: %s", subject(alert), nobody)
+            self.store.record(alert.alert_id, alert.state, outcome="skipped", reason=nobody)
+            return True
+        email = render_email(alert, sender=self.settings.smtp.sender, recipients=recipients)
+        result = await self._send_until_accepted(alert, email, recipients)
         if result is None:
             return False  # stopping: not acknowledged, the broker keeps it
         attempts, refusal = result
@@ -178,7 +228,7 @@ class Notifier:
         return True
 
     async def _send_until_accepted(
-        self, alert: Alert, email: EmailMessage
+        self, alert: Alert, email: EmailMessage, recipients: list[str]
     ) -> tuple[int, str | None] | None:
         """Send until the SMTP server accepts, or refuses for good: ``(attempts, None)``
         once sent, ``(attempts, reason)`` if refused for good; None if stopping came first."""
@@ -187,7 +237,7 @@ class Notifier:
         while True:
             started = loop.time()
             try:
-                refused = await self.mailer.send(email)
+                refused = await self.mailer.send(email, recipients)
             except SendError as exc:
                 failures += 1
                 self.metrics.error("smtp_refused" if exc.permanent else "smtp")
@@ -227,7 +277,7 @@ class Notifier:
             log.info(
                 "emailed %r to %d recipient(s)%s",
                 subject(alert),
-                len(self.settings.recipients) - len(refused),
+                len(recipients) - len(refused),
                 f" after {failures} failed attempt(s)" if failures else "",
             )
             return failures + 1, None

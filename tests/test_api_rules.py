@@ -136,7 +136,9 @@ def test_a_created_rule_reaches_mqtt_and_a_deleted_one_leaves(client, probe):
     assert retained[-1].retain
     got_version, rules = decode_rules(retained[-1].payload)
     assert got_version == version
-    assert [r.to_dict() for r in rules] == [{**HOT, "threshold": 30.0, **DEFAULTS, "enabled": True}]
+    assert [r.to_dict() for r in rules] == [
+        {**HOT, "threshold": 30.0, **DEFAULTS, "enabled": True, "owner": "admin"}
+    ]
 
     assert client.delete("/rules/hot").status_code == 204
     wait_until(lambda: rule_ids(snapshots(watch)[-1]) == [], 10, what="a snapshot without it")

@@ -197,6 +197,24 @@ class Consumer:
         self._handled = 0
         self._last_received = time.monotonic()
 
+    def watch(self, raw: str, callback: Callable[[Received], None]) -> None:
+        """Messages on ``raw`` handled at once on the network thread, outside the batches,
+        and acknowledged then: small retained configuration the handler consults (it must
+        not wait behind the batches that need it). Call before :meth:`start`."""
+        subscription = TopicFilter.parse(raw)
+
+        def receive(messages: list[Message]) -> None:
+            at = now_ms()
+            for m in messages:
+                callback(
+                    Received(
+                        m.topic, m.payload, m.qos, m.mid, m.connection, at, subscription, m.retain
+                    )
+                )
+            self.mqtt.ack_many((m.mid, m.qos, m.connection) for m in messages)
+
+        self.mqtt.subscribe_batch(raw, receive, qos=1)
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self._worker.start()

@@ -516,6 +516,8 @@ class Rule:
     window_s: float = 0.0
     direction: Literal["rise", "fall", "any"] = "any"
     symbol: str | None = None
+    #: the user the rule belongs to (set by the API in the snapshot; its alerts go to them)
+    owner: str = ""
 
     @property
     def is_pattern(self) -> bool:
@@ -548,7 +550,10 @@ class Rule:
             }
         else:
             specific = {"for_s": self.for_s}
-        return {**common, **specific, "severity": self.severity, "enabled": self.enabled}
+        out = {**common, **specific, "severity": self.severity, "enabled": self.enabled}
+        if self.owner:
+            out["owner"] = self.owner
+        return out
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Rule:
@@ -558,7 +563,7 @@ class Rule:
         kind = obj.get("kind", "threshold")
         if not isinstance(kind, str) or kind not in RULE_KINDS:
             raise InvalidMessage(f"kind must be one of {', '.join(RULE_KINDS)}, got {_show(kind)}")
-        allowed = RULE_COMMON_FIELDS | RULE_FIELDS[kind]
+        allowed = RULE_COMMON_FIELDS | RULE_FIELDS[kind] | {"owner"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
             others = [k for k in unknown if any(k in f for f in RULE_FIELDS.values())]
@@ -610,7 +615,10 @@ class Rule:
         enabled = obj.get("enabled", True)
         if not isinstance(enabled, bool):
             raise InvalidMessage(f"enabled must be true or false, got {_show(enabled)}")
-        fields: dict[str, Any] = {"kind": kind}
+        owner = obj.get("owner", "") or ""
+        if owner and not is_name(owner):
+            raise InvalidMessage(f"owner {_show(owner)} is not a valid user name: {NAME_RULE}")
+        fields: dict[str, Any] = {"kind": kind, "owner": owner}
         if kind == "threshold":
             fields.update(_threshold_fields(obj))
         elif kind == "band":
@@ -691,10 +699,64 @@ def _threshold_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"op": op, "threshold": threshold, "clear": clear, "for_s": _seconds(obj, "for_s", 0.0)}
 
 
-def encode_rules(rules: list[Rule], version: int, ts: int) -> bytes:
+#: most addresses one user has, and the longest address
+MAX_RECIPIENTS = 20
+MAX_EMAIL = 254
+_EMAIL = re.compile(
+    r"[^@\s\x00-\x1f\x7f<>,;\"]+@[^@\s\x00-\x1f\x7f<>,;\"]+\.[^@\s\x00-\x1f\x7f<>,;\".]+"
+)
+
+
+def check_email(value: object, where: str = "email") -> str:
+    """An email address (``local@domain.tld``, no spaces, quotes or list separators)."""
+    if not isinstance(value, str) or len(value) > MAX_EMAIL or not _EMAIL.fullmatch(value):
+        raise InvalidMessage(f"{where} {_show(value)} is not an email address (name@example.org)")
+    return value
+
+
+def check_recipients(value: object, where: str = "recipients") -> dict[str, tuple[str, ...]]:
+    """``{user: [address, ...]}``: each user's email addresses (at most MAX_RECIPIENTS)."""
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{where} must be an object of user -> addresses")
+    out: dict[str, tuple[str, ...]] = {}
+    for user, emails in value.items():
+        if not is_name(user):
+            raise InvalidMessage(f"{where}: {_show(user)} is not a valid user name")
+        if not isinstance(emails, list) or len(emails) > MAX_RECIPIENTS:
+            raise InvalidMessage(f"{where}[{user}] must be a list of at most {MAX_RECIPIENTS}")
+        out[user] = tuple(check_email(e, f"{where}[{user}]") for e in emails)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The retained snapshot on ``{root}/config/rules``: the rules (each with its owner) and
+    where each user's alerts go (None: a snapshot from before recipients were kept)."""
+
+    version: int
+    rules: list[Rule]
+    recipients: Mapping[str, tuple[str, ...]] | None = None
+
+
+def encode_rules(
+    rules: list[Rule],
+    version: int,
+    ts: int,
+    recipients: Mapping[str, Iterable[str]] | None = None,
+) -> bytes:
     """The retained rule-set snapshot on ``{root}/config/rules``."""
-    body = {"version": version, "ts": ts, "rules": [r.to_dict() for r in rules]}
+    body: dict[str, Any] = {"version": version, "ts": ts, "rules": [r.to_dict() for r in rules]}
+    if recipients is not None:
+        body["recipients"] = {u: list(e) for u, e in sorted(recipients.items())}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_rule_set(payload: bytes) -> RuleSet:
+    """Validate a rule-set snapshot with its recipients; InvalidMessage names the bad part."""
+    version, rules = decode_rules(payload)
+    obj = json.loads(payload)  # decode_rules has validated it as JSON
+    recipients = obj.get("recipients")
+    return RuleSet(version, rules, None if recipients is None else check_recipients(recipients))
 
 
 def decode_rules(payload: bytes) -> tuple[int, list[Rule]]:
@@ -744,6 +806,8 @@ class Alert:
     detail: str = ""
     #: the share symbol of a ``symbol`` rule
     symbol: str | None = None
+    #: the rule's owner: who is notified ("" for a rule from before owners)
+    owner: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -751,6 +815,7 @@ class Alert:
             "kind": self.kind,
             "detail": self.detail,
             "symbol": self.symbol,
+            "owner": self.owner,
             "rule_id": self.rule_id,
             "rule": self.rule,
             "device": self.device,
@@ -822,7 +887,14 @@ class Alert:
             kind=_check_alert_kind(obj.get("kind", "threshold")),
             detail=_check_str(obj.get("detail", "") or "", "alert detail", MAX_DETAIL),
             symbol=opt_str("symbol"),
+            owner=_check_owner(obj.get("owner", "") or ""),
         )
+
+
+def _check_owner(owner: object) -> str:
+    if owner and not is_name(owner):
+        raise InvalidMessage(f"alert owner {_show(owner)} is not a valid user name")
+    return str(owner)
 
 
 MAX_DETAIL = 500

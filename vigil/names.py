@@ -18,6 +18,8 @@ from vigil.text import shown
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 MAX_NAME_LEN = 64
 #: What a name may hold, in the words every error message uses.
+#: the user behind the admin token; rules from before owners are theirs
+ADMIN_USER = "admin"
 NAME_RULE = "use 1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
 
 _NAME = re.compile(NAME_PATTERN)
