@@ -144,3 +144,76 @@ def render_email(alert: Alert, *, sender: str, recipients: Sequence[str]) -> Ema
     msg.set_content(_env.get_template(TEXT_TEMPLATE).render(ctx))
     msg.add_alternative(_env.get_template(HTML_TEMPLATE).render(ctx), subtype="html")
     return msg
+
+
+GROUP_TEXT_TEMPLATE = "group.txt.j2"
+GROUP_HTML_TEMPLATE = "group.html.j2"
+
+
+def _row(alert: Alert) -> dict[str, Any]:
+    ctx = context(alert)
+    return {
+        "alert_id": alert.alert_id,
+        "state": alert.state,
+        "severity": _line(alert.severity),
+        "summary": summary(alert),
+        "started": ctx["started"],
+        "resolved": ctx["resolved"],
+        "duration": ctx["duration"],
+        "colour": ctx["colour"],
+    }
+
+
+def group_subject(alerts: Sequence[Alert], *, repeat: bool = False) -> str:
+    """``[FIRING:2 RESOLVED:1] high-temp`` (the rule when all share one, else the count),
+    ``[STILL FIRING:2] ...`` for a repeat."""
+    firing = sum(a.state == "firing" for a in alerts)
+    resolved = len(alerts) - firing
+    if repeat:
+        counts = f"STILL FIRING:{firing}"
+    else:
+        counts = " ".join(
+            f"{name}:{n}" for name, n in (("FIRING", firing), ("RESOLVED", resolved)) if n
+        )
+    rules = {a.rule for a in alerts}
+    devices = {a.device for a in alerts}
+    what = next(iter(rules)) if len(rules) == 1 else f"{len(rules)} rules"
+    where = f" on {next(iter(devices))}" if len(devices) == 1 else f" on {len(devices)} devices"
+    return _line(f"[{counts}] {what}{where}")
+
+
+def render_notification(
+    alerts: Sequence[Alert],
+    *,
+    firing: Sequence[Alert] = (),
+    repeat: bool = False,
+    notification_id: str,
+    sender: str,
+    recipients: Sequence[str],
+) -> EmailMessage:
+    """The email of one notification: a lone transition's own email, else the group's,
+    listing each transition (and, as context, the group's other alerts still firing)."""
+    if len(alerts) == 1 and not firing and not repeat:
+        return render_email(alerts[0], sender=sender, recipients=recipients)
+    subj = group_subject(alerts, repeat=repeat)
+    ctx = {
+        "subject": subj,
+        "headline": subj,
+        "alerts": [_row(a) for a in alerts],
+        "firing": [_row(a) for a in firing],
+    }
+    msg = EmailMessage()
+    msg["Subject"] = subj
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = format_datetime(datetime.fromtimestamp(max(a.ts for a in alerts) / 1000, UTC))
+    domain = _NOT_TOKEN.sub("_", sender.rpartition("@")[2]) or "vigil.invalid"
+    msg["Message-ID"] = f"<{_NOT_TOKEN.sub('_', notification_id)}@{domain}>"
+    msg["X-Vigil-Alert-Id"] = _line(", ".join(a.alert_id for a in alerts))
+    msg["X-Vigil-State"] = "repeat" if repeat else ", ".join(sorted({a.state for a in alerts}))
+    devices = sorted({a.device for a in alerts})
+    msg["X-Vigil-Device"] = _line(", ".join(devices))
+    msg["X-Vigil-Rule"] = _line(", ".join(sorted({a.rule_id for a in alerts})))
+    msg.set_content(_env.get_template(GROUP_TEXT_TEMPLATE).render(ctx))
+    msg.add_alternative(_env.get_template(GROUP_HTML_TEMPLATE).render(ctx), subtype="html")
+    return msg

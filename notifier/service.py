@@ -1,47 +1,53 @@
-"""The notifier's I/O: alert transitions in from MQTT, one email out per transition.
+"""The notifier's I/O: alert transitions in from MQTT, notifications out by email.
 
 The consumer runtime (:mod:`vigil.consumer`) receives, acknowledges, and hands each message
-(batches of one) from its worker thread to the asyncio loop, where it is handled in order:
+(batches of one) from its worker thread to the asyncio loop, where everything the notifier
+does happens, in order:
 
-1. decode the alert; a bad one, or one whose handling raises anything but a failure of the
-   sent log's disk, goes to the dead-letter topic with the reason (``vigil.contain``) and
-   is acknowledged;
-2. skip it if (alert id, state) was already emailed (a redelivery);
-3. find its recipients: the addresses of the rule's owner, from the rule-set snapshot on
-   ``{root}/config/rules`` (followed outside the batches, so an alert never waits behind
-   it); the admin's alerts (and those of rules from before owners) go to the admin's
-   addresses, or ``notifier.recipients`` if the admin has none. A user without addresses:
-   recorded as skipped, with the reason;
-4. render the email and send it, retrying with capped backoff while the SMTP server is away
-   or answers 4xx (an outage); nothing is acknowledged meanwhile. A 5xx answer (a refused
-   sender, recipient or login) is permanent: retrying cannot help, and it must not hold up
-   every alert after it, so the transition is recorded as failed, with the reason;
-5. record (alert id, state) as sent (or failed); the runtime then acknowledges the message.
+1. **receive**: decode the alert; a bad one, or one whose handling raises anything but a
+   failure of the state file's disk, goes to the dead-letter topic with the reason
+   (``vigil.contain``) and is acknowledged. A transition already received (a redelivery) is
+   acknowledged and counted. A new one is stored with its group (:mod:`notifier.grouping`)
+   in one transaction; then the runtime acknowledges the message;
+2. **group** (at once after each alert, and every ``TICK_S``): each group whose time came
+   (group wait, group interval, repeat interval) becomes one notification per channel of its
+   owner, written with the group's new state in one transaction. Where it goes: the
+   addresses of the rule's owner, from the rule-set snapshot on ``{root}/config/rules``
+   (followed outside the batches); the admin's alerts (and those of rules from before
+   owners) go to the admin's addresses, or ``notifier.recipients`` if the admin has none. An
+   owner without addresses: the notification is recorded as skipped, with the reason;
+3. **deliver**: pending notifications are sent in order, retrying with capped backoff while
+   the SMTP server is away or answers 4xx (an outage). A 5xx answer (a refused sender,
+   recipient or login) is permanent: retrying cannot help, and it must not hold up every
+   notification after it, so it is recorded as failed, with the reason.
 
-A message received on an earlier connection is not acknowledged (the runtime skips it: its
-packet id may name another message by now); the broker re-sends it and step 2 recognises it.
-A failure of the sent log's disk ends the process (crash-only); the alert stays
-unacknowledged for the restarted notifier.
+A notification is written before it is sent and marked sent after, so a crash between the
+two sends it again after the restart (at least once; the Message-ID is the same, so mail
+systems can tell). A failure of the state file's disk ends the process (crash-only): an
+alert not yet stored stays unacknowledged for the restarted notifier.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import sqlite3
 import threading
+from collections.abc import Iterable
 from email.message import EmailMessage
 from pathlib import Path
 
+from notifier.grouping import Flush, Group, Timing, apply, due, group_key, never_muted
 from notifier.mailer import Mailer, SendError
-from notifier.render import render_email, subject
-from notifier.store import SentStore
+from notifier.render import render_notification
+from notifier.store import SentStore, StoredNotification
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, RuleSet, decode_rule_set
+from vigil.messages import Alert, InvalidMessage, RuleSet, decode_rule_set, now_ms
 from vigil.metrics import ServiceMetrics
 from vigil.names import ADMIN_USER
 from vigil.readiness import Readiness
@@ -55,6 +61,8 @@ RECEIVE_MAXIMUM = 100
 ROUTING_WAIT_S = 10.0
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
+#: How often the groups are looked at (group wait, interval and repeat are kept to this).
+TICK_S = 0.25
 
 
 class Notifier:
@@ -81,13 +89,25 @@ class Notifier:
         self._routing: RuleSet | None = None
         self._routing_known = threading.Event()
         self.store = SentStore(settings.state_path)
+        g = settings.grouping
+        self.timing = Timing.of(g.group_by, g.group_wait_s, g.group_interval_s, g.repeat_interval_s)
+        self.groups: dict[tuple[str, str], Group] = {
+            (group.owner, group.key): group for group in self.store.groups()
+        }
+        self._suppressed = self.metrics.counter(
+            "vigil_notifications_suppressed",
+            "Alert transitions not notified: a silence or the device being offline muted them",
+        )
+        self._pending = self.metrics.gauge(
+            "vigil_notifications_pending", "Notifications made and not delivered yet"
+        ).labels("notifier")
         self.consumer = Consumer(
             broker,
             settings.mqtt,
             service="notifier",
             subscriptions=[self.topics.alerts_filter],
             handler=self._handle_from_thread,
-            batch_max=1,  # one email at a time, each acknowledged once sent
+            batch_max=1,  # each alert acknowledged once stored
             linger_s=0.0,
             receive_maximum=RECEIVE_MAXIMUM,
             metrics=self.metrics,
@@ -96,42 +116,56 @@ class Notifier:
         self.consumer.watch(self.topics.rules, self._on_rule_set)
         self.mqtt = self.consumer.mqtt
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._in_flight: concurrent.futures.Future[bool] | None = None
         self.dead_letters = DeadLetters(
             self.mqtt, self.topics, "notifier", self.metrics, self.consumer.stopping
         )
         log.info(
-            "sent-alert log %s: %d entries (%d old ones pruned)",
+            "notifier state %s: %d transitions, %d groups, %d notifications to deliver "
+            "(%d old entries pruned)",
             settings.state_path,
             self.store.count(),
+            len(self.groups),
+            len(self.store.pending()),
             self.store.pruned,
         )
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume alerts until ``stop`` is set."""
+        """Consume alerts and deliver notifications until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
         self.consumer.start()
         log.info(
-            "notifier started: %s -> each rule owner's recipients (the admin's: %s) via SMTP %s",
+            "notifier started: %s -> each rule owner's recipients (the admin's: %s) via SMTP "
+            "%s, grouped by owner%s (wait %.0fs, interval %.0fs, repeat %s)",
             self.topics.alerts_filter,
             ", ".join(self.settings.recipients),
             self.mailer.server,
+            "".join(f", {name}" for name in self.timing.group_by),
+            self.timing.group_wait_ms / 1000,
+            self.timing.group_interval_ms / 1000,
+            f"{self.timing.repeat_interval_ms / 1000:.0f}s"
+            if self.timing.repeat_interval_ms
+            else "never",
         )
+        deliverer = asyncio.create_task(self._deliver_forever(), name="deliver")
+        ticker = asyncio.create_task(self._tick_forever(), name="group")
         try:
             await stop.wait()
         finally:
             self._stopping.set()
+            self._wake.set()
             await asyncio.to_thread(self.consumer.stop, STOP_GRACE_S)
-            in_flight = self._in_flight
-            if in_flight is not None and not in_flight.done():
+            ticker.cancel()
+            try:
+                await asyncio.wait_for(deliverer, STOP_GRACE_S)
+            except TimeoutError:
                 log.warning(
-                    "an email was still being sent after %.0fs; abandoning it (its "
-                    "alert stays unacknowledged)",
+                    "a notification was still being sent after %.0fs; abandoning it (it is "
+                    "sent again after the restart)",
                     STOP_GRACE_S,
                 )
-                in_flight.cancel()
             self.store.close()
         log.info("stopped")
 
@@ -139,7 +173,6 @@ class Notifier:
         """The runtime's handler (its worker thread): run the batch on the loop, wait."""
         assert self._loop is not None, "run() starts the consumer"
         future = asyncio.run_coroutine_threadsafe(self._handle_batch(batch), self._loop)
-        self._in_flight = future
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -152,19 +185,162 @@ class Notifier:
         return True
 
     async def _handle(self, d: Received) -> bool:
-        """Email ``d``'s alert, or dead-letter it; True once that is done (to acknowledge)."""
+        """Store ``d``'s alert, or dead-letter it; True once that is done (to acknowledge)."""
         self.metrics.messages_in.inc()
         outcome = await contain_async(
             lambda: self._handle_alert(d),
-            what="emailing the alert",
+            what="taking the alert",
             subject=d.topic,
-            passthrough=(sqlite3.Error, OSError),  # the sent log's disk: crash-only
+            passthrough=(sqlite3.Error, OSError),  # the state file's disk: crash-only
         )
         if isinstance(outcome, Failed):
             self.metrics.error("invalid_alert")
             dead = DeadLetter(d.topic, d.payload, d.received_at, outcome.reason)
             return await asyncio.to_thread(self.dead_letters.publish, [dead])
         return outcome
+
+    async def _handle_alert(self, d: Received) -> bool:
+        alert = Alert.decode(d.payload)
+        if self.store.seen(alert.alert_id, alert.state):
+            self._duplicates.inc()
+            log.debug("alert %s %s already received; acknowledging", alert.alert_id, alert.state)
+            return True
+        owner = alert.owner or ADMIN_USER
+        if owner != ADMIN_USER and not self._routing_known.is_set():
+            # just started: the retained snapshot comes right after the subscription
+            await asyncio.to_thread(self._routing_known.wait, ROUTING_WAIT_S)
+        key = (owner, group_key(alert, self.timing.group_by))
+        now = now_ms()
+        group = self.groups.get(key) or Group(*key)
+        changed = group.add(alert, now)
+        with self.store.transaction():
+            if changed:
+                self.store.record(alert.alert_id, alert.state, outcome="pending", attempts=0)
+                self.store.save_group(group)
+            else:
+                self.store.record(
+                    alert.alert_id,
+                    alert.state,
+                    outcome="skipped",
+                    attempts=0,
+                    reason="its episode had already resolved",
+                )
+        self.groups[key] = group
+        self._group(now)
+        return True
+
+    # -- grouping -----------------------------------------------------------------------
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._group(now_ms())
+
+    def _group(self, now: int) -> None:
+        """Every group whose time came becomes its notifications (and suppressions)."""
+        made = False
+        for key, group in list(self.groups.items()):
+            flush = due(group, self.timing, now, self.muted)
+            if flush is None:
+                continue
+            with self.store.transaction():
+                if flush.alerts:
+                    self._notifications_of(flush, now)
+                    made = True
+                for alert, reason in flush.suppressed:
+                    self.store.settle([(alert.alert_id, alert.state)], "suppressed", 0, reason)
+                empty = apply(group, flush, now)
+                self.store.save_group(group)
+            if empty:
+                del self.groups[key]
+            if flush.suppressed:
+                self._suppressed.inc(len(flush.suppressed))
+                log.info(
+                    "not notifying %d transition(s) of %s's group %r: %s",
+                    len(flush.suppressed),
+                    flush.owner,
+                    flush.key,
+                    flush.suppressed[0][1],
+                )
+        if made:
+            self._wake.set()
+
+    def muted(self, alert: Alert, now: int) -> str | None:
+        """Why ``alert`` is not notified at ``now``, or None."""
+        return never_muted(alert, now)
+
+    def _notifications_of(self, flush: Flush, now: int) -> None:
+        recipients, nobody = self.recipients_for_owner(flush.owner)
+        transitions = covered(flush.alerts)
+        if nobody is not None:
+            log.warning(
+                "not emailing %d transition(s) of %s's group %r: %s",
+                len(flush.alerts),
+                flush.owner,
+                flush.key,
+                nobody,
+            )
+            self.store.add_notification(
+                owner=flush.owner,
+                group_key=flush.key,
+                channel="email",
+                target="",
+                alerts=flush.alerts,
+                firing=flush.firing,
+                repeat=flush.repeat,
+                state="skipped",
+                reason=nobody,
+                at=now,
+            )
+            self.store.settle(transitions, "skipped", 1, nobody)
+            return
+        self.store.add_notification(
+            owner=flush.owner,
+            group_key=flush.key,
+            channel="email",
+            target=", ".join(recipients),
+            alerts=flush.alerts,
+            firing=flush.firing,
+            repeat=flush.repeat,
+            at=now,
+        )
+
+    # -- delivery -----------------------------------------------------------------------
+    async def _deliver_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            pending = self.store.pending()
+            self._pending.set(len(pending))
+            for n in pending:
+                if self._stopping.is_set() or not await self._deliver(n):
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _deliver(self, n: StoredNotification) -> bool:
+        """Deliver ``n``; False if stopping came first (it stays pending)."""
+        recipients = n.target.split(", ")
+        email = render_notification(
+            n.alerts,
+            firing=n.firing,
+            repeat=n.repeat,
+            notification_id=f"n{n.seq}.{n.created_at}",
+            sender=self.settings.smtp.sender,
+            recipients=recipients,
+        )
+        result = await self._send_until_accepted(n, email, recipients)
+        if result is None:
+            return False
+        attempts, refusal = result
+        transitions = covered(n.alerts) if not n.repeat else []
+        if refusal is None:
+            self.store.finish(n.seq, "sent", attempts)
+            self.store.settle(transitions, "sent", attempts)
+            self.metrics.messages_out.inc()
+        else:
+            self.store.finish(n.seq, "failed", attempts, refusal)
+            self.store.settle(transitions, "failed", attempts, refusal)
+            self._failed.inc()
+        return True
 
     # -- routing ------------------------------------------------------------------------
     def _on_rule_set(self, d: Received) -> None:
@@ -186,7 +362,10 @@ class Notifier:
 
     def recipients_for(self, alert: Alert) -> tuple[list[str], str | None]:
         """Who gets ``alert``'s email, or why nobody does."""
-        owner = alert.owner or ADMIN_USER
+        return self.recipients_for_owner(alert.owner or ADMIN_USER)
+
+    def recipients_for_owner(self, owner: str) -> tuple[list[str], str | None]:
+        """Who gets ``owner``'s emails, or why nobody does."""
         routing = self._routing
         known = None if routing is None else routing.recipients
         own = list(known.get(owner, ())) if known is not None else []
@@ -198,42 +377,14 @@ class Notifier:
             return [], f"who gets {owner}'s alerts is not known yet (no rule-set snapshot)"
         return [], f"user {owner} has no email recipients"
 
-    async def _handle_alert(self, d: Received) -> bool:
-        alert = Alert.decode(d.payload)
-        if self.store.seen(alert.alert_id, alert.state):
-            self._duplicates.inc()
-            log.debug("alert %s %s already emailed; acknowledging", alert.alert_id, alert.state)
-            return True
-        if (alert.owner or ADMIN_USER) != ADMIN_USER and not self._routing_known.is_set():
-            # just started: the retained snapshot comes right after the subscription
-            await asyncio.to_thread(self._routing_known.wait, ROUTING_WAIT_S)
-        recipients, nobody = self.recipients_for(alert)
-        if nobody is not None:
-            log.warning("not emailing %r: %s", subject(alert), nobody)
-            self.store.record(alert.alert_id, alert.state, outcome="skipped", reason=nobody)
-            return True
-        email = render_email(alert, sender=self.settings.smtp.sender, recipients=recipients)
-        result = await self._send_until_accepted(alert, email, recipients)
-        if result is None:
-            return False  # stopping: not acknowledged, the broker keeps it
-        attempts, refusal = result
-        if refusal is None:
-            self.store.record(alert.alert_id, alert.state, attempts=attempts)
-            self.metrics.messages_out.inc()
-        else:
-            self.store.record(
-                alert.alert_id, alert.state, outcome="failed", attempts=attempts, reason=refusal
-            )
-            self._failed.inc()
-        return True
-
     async def _send_until_accepted(
-        self, alert: Alert, email: EmailMessage, recipients: list[str]
+        self, n: StoredNotification, email: EmailMessage, recipients: list[str]
     ) -> tuple[int, str | None] | None:
         """Send until the SMTP server accepts, or refuses for good: ``(attempts, None)``
         once sent, ``(attempts, reason)`` if refused for good; None if stopping came first."""
         loop = asyncio.get_running_loop()
-        failures = 0
+        title = str(email["Subject"])
+        failures = n.attempts  # attempts made before a restart count too
         while True:
             started = loop.time()
             try:
@@ -244,9 +395,9 @@ class Notifier:
                 if exc.permanent:
                     log.error(
                         "the SMTP server %s refused %r for good: %s (check notifier.smtp and "
-                        "recipients); recorded as failed, going on with the next alert",
+                        "recipients); recorded as failed, going on with the next one",
                         self.mailer.server,
-                        subject(alert),
+                        title,
                         exc.reason,
                     )
                     return failures, exc.reason
@@ -254,12 +405,13 @@ class Notifier:
                     log.warning(
                         "cannot email %r via %s (attempt %d): %s; retrying with backoff up "
                         "to %.0fs",
-                        subject(alert),
+                        title,
                         self.mailer.server,
                         failures,
                         exc.reason,
                         self.backoff.cap_s,
                     )
+                self.store.attempted(n.seq, failures, exc.reason)
                 delay = self.backoff.delay(failures, random.random())
                 try:
                     await asyncio.wait_for(self._stopping.wait(), delay)
@@ -272,12 +424,23 @@ class Notifier:
                 log.warning(
                     "SMTP server refused recipient(s) %s for %r; sent to the others",
                     ", ".join(refused),
-                    subject(alert),
+                    title,
                 )
             log.info(
                 "emailed %r to %d recipient(s)%s",
-                subject(alert),
+                title,
                 len(recipients) - len(refused),
                 f" after {failures} failed attempt(s)" if failures else "",
             )
             return failures + 1, None
+
+
+def covered(alerts: Iterable[Alert]) -> list[tuple[str, str]]:
+    """The transitions a notification of ``alerts`` carries: a resolved alert also carries
+    its firing (it may have fired and resolved before its group went out)."""
+    out: list[tuple[str, str]] = []
+    for a in alerts:
+        if a.state == "resolved":
+            out.append((a.alert_id, "firing"))
+        out.append((a.alert_id, a.state))
+    return out

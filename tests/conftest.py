@@ -302,6 +302,9 @@ def cloud_config(
                 "sender": "vigil@test.invalid",
             },
             "recipients": ["ops@test.invalid"],
+            # each transition on its own at once, as most tests expect; the grouping tests
+            # set their own
+            "grouping": {"group_wait_s": 0, "group_interval_s": 0, "repeat_interval_s": 0},
             "state_path": str(tmp_path / "notifier" / "state.sqlite3"),
             "metrics_port": free_port(),
         },

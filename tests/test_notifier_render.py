@@ -113,3 +113,36 @@ def test_other_kinds_say_what_happened_in_their_own_words():
         "Condition: no data for 60 s"
         in parts(render_email(silent, sender="v@example.org", recipients=["a@b.org"]))[0]
     )
+
+
+def test_a_group_email_lists_each_transition_and_what_still_fires():
+    from notifier.render import render_notification
+
+    fired = alert(alert_id="g-1")
+    other = alert(alert_id="g-2", device="dev-2")
+    gone = alert("resolved", alert_id="g-3", device="dev-3", value=29.0)
+    msg = render_notification(
+        [fired, gone],
+        firing=[other],
+        notification_id="n7.123",
+        sender="vigil@example.org",
+        recipients=["a@example.org"],
+    )
+    assert msg["Subject"] == "[FIRING:1 RESOLVED:1] high-temp on 2 devices"
+    assert msg["Message-ID"] == "<n7.123@example.org>"
+    assert msg["X-Vigil-Alert-Id"] == "g-1, g-3"
+    assert msg["X-Vigil-State"] == "firing, resolved"
+    text, html = parts(msg)
+    for body in (text, html):
+        assert "high-temp on dev-1" in body and "high-temp on dev-3" in body
+        assert "g-1" in body and "g-3" in body
+        assert "Still firing" in body and "high-temp on dev-2" in body
+    # a lone transition keeps its own email
+    lone = render_notification(
+        [fired], notification_id="n8.1", sender="vigil@example.org", recipients=["a@x.org"]
+    )
+    assert lone["Message-ID"] == "<g-1.firing@example.org>"
+    repeat = render_notification(
+        [fired], repeat=True, notification_id="n9.1", sender="v@x.org", recipients=["a@x.org"]
+    )
+    assert repeat["Subject"] == "[STILL FIRING:1] high-temp on dev-1"

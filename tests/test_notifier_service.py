@@ -21,7 +21,7 @@ from notifier.__main__ import main
 from notifier.store import SentStore
 from stack.mailsink import start_mailsink
 from stack.process import free_port
-from vigil.messages import Alert, now_ms
+from vigil.messages import Alert
 from vigil.mqtt import MqttClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.no_influx]
@@ -128,13 +128,14 @@ def test_emails_wait_for_the_smtp_server_and_none_is_lost(
             controller.stop()
 
 
-def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
+def test_a_stored_alert_survives_sigkill_and_a_broker_restart_and_is_emailed_once(
     broker, cloud_config, run_service, tmp_path
 ):
-    """The copy received before the restart is emailed but not acknowledged (its packet id
-    belongs to the old connection); the copy the broker re-sends is recognised and
-    acknowledged, so a restarted notifier gets nothing again."""
-    port = free_port()  # no SMTP server yet: the alert stays unacknowledged
+    """An alert is acknowledged once stored, before it is emailed: with the SMTP server
+    away, the notifier holds it as a pending notification. SIGKILL the notifier and restart
+    the broker: the restarted notifier emails it once the SMTP server is up, and the broker
+    has nothing to redeliver."""
+    port = free_port()  # no SMTP server yet
     metrics_port = cloud_config.config.notifier.metrics_port
     env = {"VIGIL__NOTIFIER__SMTP__PORT": str(port)}
     notifier = start_notifier(run_service, cloud_config, env=env)
@@ -144,35 +145,38 @@ def test_an_alert_held_across_a_broker_restart_is_emailed_once_and_acknowledged(
     finally:
         ae.stop()
     wait_until(lambda: "cannot email" in notifier.log_tail(), 15, what="a failed send attempt")
+    notifier.kill()
     broker.stop()
-    restarted = now_ms()
     broker.start()
-    wait_ready(notifier, 20, after_ms=restarted)
+    restarted = start_notifier(run_service, cloud_config, name="notifier-restarted", env=env)
+    assert "1 notifications to deliver" in restarted.log_tail()
     controller, sink = start_mailsink(tmp_path / "late-mail", "127.0.0.1", port)
     try:
         wait_until(lambda: sink.messages, 30, what="the email once SMTP is up")
-        wait_until(lambda: scrape(metrics_port, DUPLICATES) == 1, 15, what="the re-sent copy")
-        assert subjects(sink.messages) == [
-            "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30"
-        ]
-
-        notifier.stop()
-        restarted = start_notifier(run_service, cloud_config, name="notifier-restarted", env=env)
         after = alert(alert_id="after-1", rule_id="low-batt", rule="low-batt")
         ae = alert_engine_client(broker)
         try:
             publish(ae, after)
             wait_until(lambda: len(sink.messages) >= 2, 20, what="the next alert's email")
-            publish(ae, after)  # sentinel: already emailed
-            # Delivered in order: a redelivered held-1 would have come (and been counted)
-            # first.
+            publish(ae, after)  # sentinel: already received
             counted(metrics_port, 2)
         finally:
             ae.stop()
-        assert scrape(metrics_port, DUPLICATES) == 1, restarted.log_tail()
-        assert len(sink.messages) == 2
+        assert scrape(metrics_port, DUPLICATES) == 1  # the sentinel only: held-1 never came again
+        assert subjects(sink.messages) == [
+            "[FIRING critical] high-temp on dev-1: temperature 31.2 above 30",
+            "[FIRING critical] low-batt on dev-1: temperature 31.2 above 30",
+        ]
     finally:
         controller.stop()
+    restarted.stop()
+    store = SentStore(cloud_config.config.notifier.state_path)
+    try:
+        (held,) = (n for n in store.notifications() if n.alerts[0].alert_id == "held-1")
+        assert held.state == "sent" and held.attempts >= 2 and held.channel == "email"
+        assert store.outcome("held-1", "firing") == ("sent", held.attempts, None)
+    finally:
+        store.close()
 
 
 def test_validate_config_reports_a_missing_smtp_password_file(cloud_config, tmp_path, capsys):
@@ -233,5 +237,51 @@ def test_an_email_refused_for_good_is_recorded_failed_and_does_not_block_the_nex
         outcome = store.outcome("bad-1", "firing")
         assert outcome is not None and outcome[0] == "failed" and "554" in (outcome[2] or "")
         assert store.outcome("fine-1", "firing") == ("sent", 1, None)
+    finally:
+        store.close()
+
+
+def test_alerts_of_one_rule_go_out_together_then_at_the_group_interval_then_repeat(
+    broker, cloud_config, run_service, smtp_server
+):
+    """group_wait 1 s gathers two devices' alerts into one email; a change after that waits
+    for the group interval and carries only that transition; a group still firing is
+    notified again after the repeat interval."""
+    env = {
+        "VIGIL__NOTIFIER__GROUPING__GROUP_WAIT_S": "1",
+        "VIGIL__NOTIFIER__GROUPING__GROUP_INTERVAL_S": "2",
+        "VIGIL__NOTIFIER__GROUPING__REPEAT_INTERVAL_S": "4",
+    }
+    start_notifier(run_service, cloud_config, env=env)
+    mail = smtp_server.sink.messages
+    ae = alert_engine_client(broker)
+    try:
+        publish(ae, alert(alert_id="g-1"), alert(alert_id="g-2", device="dev-2"))
+        wait_until(lambda: mail, 15, what="the group's first email")
+        first = parsed(mail[0])
+        assert first["Subject"] == "[FIRING:2] high-temp on 2 devices"
+        assert first["X-Vigil-Alert-Id"] == "g-1, g-2"
+        text = first.get_body(("plain",)).get_content()
+        assert "high-temp on dev-1" in text and "high-temp on dev-2" in text
+
+        publish(ae, alert("resolved", alert_id="g-1", value=29.0))
+        wait_until(lambda: len(mail) >= 2, 15, what="the resolution, at the group interval")
+        second = parsed(mail[1])
+        assert second["X-Vigil-Alert-Id"] == "g-1"  # the one transition, not g-2 again
+        text = second.get_body(("plain",)).get_content()
+        assert "Still firing:" in text and "high-temp on dev-2" in text
+
+        wait_until(lambda: len(mail) >= 3, 15, what="the repeat of what still fires")
+        third = parsed(mail[2])
+        assert third["Subject"] == "[STILL FIRING:1] high-temp on dev-2"
+        assert third["X-Vigil-State"] == "repeat"
+    finally:
+        ae.stop()
+    store = SentStore(cloud_config.config.notifier.state_path)
+    try:
+        sent = [n for n in store.notifications() if n.state == "sent"]
+        assert [n.repeat for n in sent[:3]] == [False, False, True]
+        assert sent[1].created_at - sent[0].created_at >= 2000  # the group interval
+        assert sent[2].created_at - sent[1].created_at >= 4000  # the repeat interval
     finally:
         store.close()

@@ -424,9 +424,55 @@ class SmtpSettings(Model):
         return self
 
 
+#: What an alert's group may be keyed by (besides its owner).
+GroupLabel = Literal["rule_id", "device", "severity", "kind", "symbol"]
+
+
+def _by_rule() -> list[GroupLabel]:
+    return ["rule_id"]
+
+
+class GroupingSettings(Model):
+    """How alert transitions become notifications (Alertmanager's model): the transitions of
+    one owner's group (same values of ``group_by``) go out together."""
+
+    group_by: list[GroupLabel] = Field(
+        default_factory=_by_rule,
+        max_length=5,
+        description="the labels that make a group, besides the owner ([]: one group per owner)",
+    )
+    group_wait_s: Float = Field(
+        10.0,
+        ge=0,
+        le=86_400,
+        description="how long a new group waits for more alerts before its first notification",
+    )
+    group_interval_s: Float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="after a group's notification, how long its next changes wait to go out "
+        "together",
+    )
+    repeat_interval_s: Float = Field(
+        14_400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="how often a group still firing is notified again without a change (0: never)",
+    )
+
+    @field_validator("group_by")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("names a label twice")
+        return v
+
+
 class NotifierSettings(Model):
     mqtt: ConsumerMqttSettings
     smtp: SmtpSettings = SmtpSettings()
+    grouping: GroupingSettings = GroupingSettings()
     recipients: list[Email] = Field(min_length=1)
     state_path: FilePath
     metrics_port: ListenPort = 9103
