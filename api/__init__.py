@@ -14,7 +14,19 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from api import alerts, auth, db, devices, health, problems, request_metrics, ring, rules, users
+from api import (
+    alerts,
+    auth,
+    db,
+    devices,
+    health,
+    problems,
+    request_metrics,
+    ring,
+    rules,
+    silences,
+    users,
+)
 from api import storage as storage_routes
 from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
@@ -139,7 +151,7 @@ def create_app(
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
-    for module in (health, users, devices, ring, rules, alerts, storage_routes):
+    for module in (health, users, devices, ring, rules, alerts, silences, storage_routes):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)

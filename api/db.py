@@ -34,7 +34,7 @@ from pathlib import Path
 from flask import Flask, current_app, g
 
 from vigil.jsonin import JsonInputError, loads
-from vigil.messages import InvalidMessage, Rule, now_ms
+from vigil.messages import InvalidMessage, Rule, Silence, now_ms
 from vigil.names import ADMIN_USER
 
 SCHEMA = """
@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS recipients (
     email TEXT NOT NULL,
     PRIMARY KEY (user, email)
 );
+-- Silences (the admin's mute everyone's alerts). The rule-set snapshot carries the ones
+-- not yet expired to the notifier. Expiring one sets ends_at to now: it stays listed.
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    body TEXT NOT NULL,
+    ends_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS silences_by_owner ON silences (owner);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -232,6 +242,8 @@ class RuleSnapshot:
     owners: dict[str, str] = field(default_factory=dict)
     #: every user's email recipients (users without any have an empty tuple)
     recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the silences not yet expired
+    silences: list[Silence] = field(default_factory=list)
 
 
 def new_token_id() -> str:
@@ -414,6 +426,7 @@ class Store:
                 stored.invalid,
                 stored.owners,
                 self._all_recipients(),
+                self.silences(live_at=now_ms()),
             )
         finally:
             self.conn.execute("COMMIT")
@@ -503,6 +516,7 @@ class Store:
             self.conn.execute("DELETE FROM user_tokens WHERE user = ?", (name,))
             rules = self.conn.execute("DELETE FROM rules WHERE owner = ?", (name,)).rowcount
             rules += self.conn.execute("DELETE FROM recipients WHERE user = ?", (name,)).rowcount
+            rules += self.conn.execute("DELETE FROM silences WHERE owner = ?", (name,)).rowcount
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
@@ -514,6 +528,50 @@ class Store:
         ):
             out.setdefault(user, []).append(email)
         return {u: tuple(e) for u, e in out.items()}
+
+    # -- silences -------------------------------------------------------------------------
+    def silences(self, owner: str | None = None, live_at: int | None = None) -> list[Silence]:
+        """The silences (of ``owner``; not expired at ``live_at``), newest first. A stored
+        row that is no longer valid is left out."""
+        rows = self.conn.execute(
+            "SELECT body FROM silences WHERE (? IS NULL OR owner = ?) "
+            "AND (? IS NULL OR ends_at > ?) ORDER BY created_at DESC, id",
+            (owner, owner, live_at, live_at),
+        )
+        out = []
+        for (body,) in rows:
+            try:
+                out.append(Silence.from_dict(json.loads(body)))
+            except (InvalidMessage, ValueError):
+                continue
+        return out
+
+    def get_silence(self, silence_id: str, owner: str | None = None) -> Silence | None:
+        row = self.conn.execute(
+            "SELECT body FROM silences WHERE id = ? AND (? IS NULL OR owner = ?)",
+            (silence_id, owner, owner),
+        ).fetchone()
+        return None if row is None else Silence.from_dict(json.loads(row[0]))
+
+    def count_silences(self, live_at: int) -> int:
+        row = self.conn.execute("SELECT count(*) FROM silences WHERE ends_at > ?", (live_at,))
+        return int(row.fetchone()[0])
+
+    def put_silence(self, silence: Silence) -> int:
+        """Store (or replace) ``silence``; returns the new rule-set version."""
+        with self._transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO silences (id, owner, body, ends_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    silence.id,
+                    silence.owner,
+                    json.dumps(silence.to_dict(), separators=(",", ":")),
+                    silence.ends_at,
+                    silence.created_at,
+                ),
+            )
+            return self._bump_version()
 
     def recipients(self, user: str) -> list[str]:
         rows = self.conn.execute(

@@ -191,7 +191,7 @@ class RulePublisher:
         version = snap.version
         # each rule with its owner: the engine stamps it on the alerts, the notifier routes by it
         rules = [replace(r, owner=snap.owners.get(r.id, ADMIN_USER)) for r in snap.rules]
-        payload = encode_rules(rules, version, snap.changed_at, snap.recipients)
+        payload = encode_rules(rules, version, snap.changed_at, snap.recipients, snap.silences)
         # Not holding the condition: paho calls on_published under its own lock.
         info = self.mqtt.publish(self.topic, payload, qos=1, retain=True)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

@@ -59,8 +59,14 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("write", "firing/#"),
         ("write", "deadletter/#"),
     ),
-    # The rule-set snapshot carries where each user's alerts go.
-    "vigil-notifier": (("read", "alerts/#"), ("read", "config/rules"), ("write", "deadletter/#")),
+    # The rule-set snapshot carries where each user's alerts go, and the silences; device
+    # statuses say which devices are offline (their alerts are inhibited).
+    "vigil-notifier": (
+        ("read", "alerts/#"),
+        ("read", "config/rules"),
+        ("read", "status/#"),
+        ("write", "deadletter/#"),
+    ),
     # Topics starting with "$" are not under the root: the API manages devices through the
     # dynamic-security plugin's control topic.
     "vigil-api": (

@@ -40,14 +40,22 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from pathlib import Path
 
-from notifier.grouping import Flush, Group, Timing, apply, due, group_key, never_muted
+from notifier.grouping import Flush, Group, Timing, apply, due, group_key
 from notifier.mailer import Mailer, SendError
 from notifier.render import render_notification
 from notifier.store import SentStore, StoredNotification
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
-from vigil.messages import Alert, InvalidMessage, RuleSet, decode_rule_set, now_ms
+from vigil.messages import (
+    Alert,
+    DeviceStatus,
+    InvalidMessage,
+    RuleSet,
+    decode_rule_set,
+    muting_silence,
+    now_ms,
+)
 from vigil.metrics import ServiceMetrics
 from vigil.names import ADMIN_USER
 from vigil.readiness import Readiness
@@ -114,6 +122,9 @@ class Notifier:
             readiness=Readiness("notifier", ready_file),
         )
         self.consumer.watch(self.topics.rules, self._on_rule_set)
+        #: the devices whose status says offline (their last will): their alerts are muted
+        self.offline: set[str] = set()
+        self.consumer.watch(self.topics.status_filter, self._on_status, qos=0)
         self.mqtt = self.consumer.mqtt
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -265,8 +276,37 @@ class Notifier:
             self._wake.set()
 
     def muted(self, alert: Alert, now: int) -> str | None:
-        """Why ``alert`` is not notified at ``now``, or None."""
-        return never_muted(alert, now)
+        """Why ``alert`` is not notified at ``now``, or None: a silence matches it, or its
+        device is offline (inhibition: the offline alert itself still goes out)."""
+        if alert.kind != "offline" and alert.device in self.offline:
+            return f"inhibited: device {alert.device} is offline"
+        routing = self._routing
+        if routing is None or not routing.silences:
+            return None
+        silence = muting_silence(routing.silences, alert, alert.owner or ADMIN_USER, now)
+        if silence is None:
+            return None
+        return f"silenced by {silence.id}" + (f" ({silence.comment})" if silence.comment else "")
+
+    def _on_status(self, d: Received) -> None:
+        """A device status (on the network thread): follow which devices are offline."""
+        device = d.topic.rpartition("/")[2]
+        if not d.payload:
+            self.offline.discard(device)  # the device was removed
+            return
+        try:
+            status = DeviceStatus.decode(d.payload)
+        except InvalidMessage as exc:
+            self.metrics.error("invalid_status")
+            log.debug("ignoring the status on %s: %s", d.topic, exc.reason)
+            return
+        if status.state == "offline":
+            if device not in self.offline:
+                log.info("device %s is offline: its alerts are inhibited", device)
+            self.offline.add(device)
+        elif device in self.offline:
+            self.offline.discard(device)
+            log.info("device %s is back online: its alerts are notified again", device)
 
     def _notifications_of(self, flush: Flush, now: int) -> None:
         recipients, nobody = self.recipients_for_owner(flush.owner)

@@ -12,10 +12,13 @@ from storage_nodes import LineProtocolError, reading_to_line
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import (
     RULE_KINDS,
+    SILENCE_LABELS,
     Alert,
     DeviceStatus,
     InvalidMessage,
     Rule,
+    Silence,
+    decode_rule_set,
     decode_rules,
     parse_readings,
 )
@@ -116,11 +119,40 @@ def test_readings_parse_or_give_a_reason_and_always_make_one_line(sample) -> Non
 @FUZZ
 @given(st.binary(max_size=200) | junk.map(lambda j: json.dumps(j, allow_nan=True).encode()))
 def test_status_alert_and_rule_set_decoders_are_total(data: bytes) -> None:
-    for decode in (DeviceStatus.decode, Alert.decode, decode_rules):
+    for decode in (DeviceStatus.decode, Alert.decode, decode_rules, decode_rule_set):
         try:
             decode(data)
         except InvalidMessage as exc:
             assert exc.reason
+
+
+SILENCE_KEYS = ["id", "owner", "matchers", "starts_at", "ends_at", "comment", "created_at"]
+silence_values = (
+    junk
+    | names
+    | st.sampled_from(["s-abcd", "s-0123456789abcdef", "alice", "admin"])
+    | st.integers(min_value=-5, max_value=2**53)
+    | st.dictionaries(
+        st.sampled_from([*SILENCE_LABELS, "colour"]), junk | names | st.just("dev-*"), max_size=3
+    )
+)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(SILENCE_KEYS), silence_values, max_size=8))
+def test_silences_validate_totally_and_a_rule_set_carries_them(body) -> None:
+    try:
+        silence = Silence.from_dict(body)
+    except InvalidMessage as exc:
+        assert exc.reason
+    else:
+        assert Silence.from_dict(silence.to_dict()) == silence
+        assert set(silence.matchers) <= set(SILENCE_LABELS)
+    payload = json.dumps({"version": 1, "rules": [], "silences": [body]}).encode()
+    try:
+        decode_rule_set(payload)
+    except InvalidMessage as exc:
+        assert exc.reason
 
 
 RULE_KEYS = [

@@ -197,10 +197,12 @@ class Consumer:
         self._handled = 0
         self._last_received = time.monotonic()
 
-    def watch(self, raw: str, callback: Callable[[Received], None]) -> None:
+    def watch(self, raw: str, callback: Callable[[Received], None], qos: int = 1) -> None:
         """Messages on ``raw`` handled at once on the network thread, outside the batches,
         and acknowledged then: small retained configuration the handler consults (it must
-        not wait behind the batches that need it). Call before :meth:`start`."""
+        not wait behind the batches that need it). ``qos`` 0 for a state whose retained
+        latest is all that matters (the session does not queue it meanwhile). Call before
+        :meth:`start`."""
         subscription = TopicFilter.parse(raw)
 
         def receive(messages: list[Message]) -> None:
@@ -213,7 +215,7 @@ class Consumer:
                 )
             self.mqtt.ack_many((m.mid, m.qos, m.connection) for m in messages)
 
-        self.mqtt.subscribe_batch(raw, receive, qos=1)
+        self.mqtt.subscribe_batch(raw, receive, qos=qos)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:

@@ -21,6 +21,7 @@ ingest service puts that reason on the dead-letter topic.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import math
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from vigil.jsonin import JsonInputError, loads
-from vigil.names import NAME_RULE, is_name, is_tag_key
+from vigil.names import ADMIN_USER, NAME_RULE, is_name, is_tag_key
 from vigil.text import shown
 
 KINDS = ("sensor", "quote")
@@ -728,14 +729,122 @@ def check_recipients(value: object, where: str = "recipients") -> dict[str, tupl
     return out
 
 
+# -- silences ----------------------------------------------------------------------------
+#: what a silence can match an alert on; values are fnmatch patterns (``dev-*``)
+SILENCE_LABELS = ("device", "rule_id", "severity", "kind", "symbol", "metric")
+MAX_SILENCES = 1000
+MAX_SILENCE_COMMENT = 500
+SILENCE_ID = re.compile(r"s-[0-9a-f]{4,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Mutes the alerts its ``matchers`` all match between ``starts_at`` and ``ends_at``
+    (epoch ms). A user's silence mutes that user's alerts; the admin's, everyone's."""
+
+    id: str
+    owner: str
+    matchers: Mapping[str, str]
+    starts_at: int
+    ends_at: int
+    comment: str = ""
+    created_at: int = 0
+
+    def active(self, now: int) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def state(self, now: int) -> Literal["pending", "active", "expired"]:
+        if now >= self.ends_at:
+            return "expired"
+        return "active" if now >= self.starts_at else "pending"
+
+    def applies_to(self, owner: str) -> bool:
+        return self.owner in (owner, ADMIN_USER)
+
+    def matches(self, alert: Alert) -> bool:
+        for name, pattern in self.matchers.items():
+            value = getattr(alert, name)
+            if not fnmatch.fnmatchcase("" if value is None else str(value), pattern):
+                return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "matchers": dict(self.matchers),
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "comment": self.comment,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object, where: str = "silence") -> Silence:
+        """Validate a stored or published silence; InvalidMessage names the bad part."""
+        if not isinstance(obj, dict):
+            raise InvalidMessage(f"{where} must be an object")
+        sid = obj.get("id")
+        if not isinstance(sid, str) or not SILENCE_ID.fullmatch(sid):
+            raise InvalidMessage(f"{where} id {_show(sid)} is not a silence id")
+        owner = obj.get("owner")
+        if not is_name(owner):
+            raise InvalidMessage(f"{where} owner {_show(owner)} is not a valid user name")
+        starts = _check_int(obj.get("starts_at"), f"{where} starts_at", 0, MAX_TS_MS)
+        ends = _check_int(obj.get("ends_at"), f"{where} ends_at", 0, MAX_TS_MS)
+        return cls(
+            id=sid,
+            owner=str(owner),
+            matchers=check_matchers(obj.get("matchers"), f"{where} matchers"),
+            starts_at=starts,
+            ends_at=ends,
+            comment=_check_str(obj.get("comment", ""), f"{where} comment", MAX_SILENCE_COMMENT),
+            created_at=_check_int(obj.get("created_at", 0), f"{where} created_at", 0, MAX_TS_MS),
+        )
+
+
+def check_matchers(value: object, where: str = "matchers") -> dict[str, str]:
+    """``{label: pattern}``: at least one, labels from SILENCE_LABELS, patterns of at most
+    200 characters on one line."""
+    if not isinstance(value, dict) or not value:
+        raise InvalidMessage(
+            f"{where} must be a non-empty object of label -> pattern (labels: "
+            f"{', '.join(SILENCE_LABELS)})"
+        )
+    out: dict[str, str] = {}
+    for name, pattern in value.items():
+        if name not in SILENCE_LABELS:
+            raise InvalidMessage(
+                f"{where}: {_show(name)} is not a label a silence can match (one of "
+                f"{', '.join(SILENCE_LABELS)})"
+            )
+        text = _check_str(pattern, f"{where}[{name}]", 200)
+        if not text:
+            raise InvalidMessage(f"{where}[{name}] must be a non-empty pattern")
+        out[name] = text
+    return out
+
+
+def muting_silence(
+    silences: Iterable[Silence], alert: Alert, owner: str, now: int
+) -> Silence | None:
+    """The first silence that mutes ``alert`` of ``owner`` at ``now``, or None."""
+    for silence in silences:
+        if silence.active(now) and silence.applies_to(owner) and silence.matches(alert):
+            return silence
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """The retained snapshot on ``{root}/config/rules``: the rules (each with its owner) and
-    where each user's alerts go (None: a snapshot from before recipients were kept)."""
+    """The retained snapshot on ``{root}/config/rules``: the rules (each with its owner),
+    where each user's alerts go (None: a snapshot from before recipients were kept) and the
+    silences not yet expired."""
 
     version: int
     rules: list[Rule]
     recipients: Mapping[str, tuple[str, ...]] | None = None
+    silences: tuple[Silence, ...] = ()
 
 
 def encode_rules(
@@ -743,20 +852,34 @@ def encode_rules(
     version: int,
     ts: int,
     recipients: Mapping[str, Iterable[str]] | None = None,
+    silences: Iterable[Silence] = (),
 ) -> bytes:
     """The retained rule-set snapshot on ``{root}/config/rules``."""
     body: dict[str, Any] = {"version": version, "ts": ts, "rules": [r.to_dict() for r in rules]}
     if recipients is not None:
         body["recipients"] = {u: list(e) for u, e in sorted(recipients.items())}
+    listed = [s.to_dict() for s in silences]
+    if listed:
+        body["silences"] = listed
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 def decode_rule_set(payload: bytes) -> RuleSet:
-    """Validate a rule-set snapshot with its recipients; InvalidMessage names the bad part."""
+    """Validate a rule-set snapshot with its recipients and silences; InvalidMessage names
+    the bad part."""
     version, rules = decode_rules(payload)
     obj = json.loads(payload)  # decode_rules has validated it as JSON
     recipients = obj.get("recipients")
-    return RuleSet(version, rules, None if recipients is None else check_recipients(recipients))
+    raw = obj.get("silences", [])
+    if not isinstance(raw, list) or len(raw) > MAX_SILENCES:
+        raise InvalidMessage(f"rule set 'silences' must be an array of at most {MAX_SILENCES}")
+    silences = tuple(Silence.from_dict(x, f"rule set silences[{i}]") for i, x in enumerate(raw))
+    return RuleSet(
+        version,
+        rules,
+        None if recipients is None else check_recipients(recipients),
+        silences,
+    )
 
 
 def decode_rules(payload: bytes) -> tuple[int, list[Rule]]:
