@@ -20,6 +20,7 @@ from api import (
     db,
     devices,
     health,
+    notifications,
     problems,
     request_metrics,
     ring,
@@ -31,6 +32,7 @@ from api import storage as storage_routes
 from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
+from api.notification_board import NotificationBoard
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher
@@ -104,6 +106,8 @@ def create_app(
     client.subscribe(topics.status_filter, board.on_message)
     alert_board = AlertBoard(topics)
     client.subscribe(topics.firing_filter, alert_board.on_message)
+    notification_board = NotificationBoard(topics)
+    client.subscribe(topics.notifications_filter, notification_board.on_message)
     database = Path(app.config["DATABASE"])
 
     def read_snapshot() -> db.RuleSnapshot:
@@ -131,6 +135,7 @@ def create_app(
         mqtt=client,
         status=board,
         alerts=alert_board,
+        notifications=notification_board,
         publisher=publisher,
         broker_admin=broker_admin,
         metrics=metrics,
@@ -151,7 +156,17 @@ def create_app(
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
-    for module in (health, users, devices, ring, rules, alerts, silences, storage_routes):
+    for module in (
+        health,
+        users,
+        devices,
+        ring,
+        rules,
+        alerts,
+        notifications,
+        silences,
+        storage_routes,
+    ):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)

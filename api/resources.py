@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
+from api.notification_board import NotificationBoard
 from api.rules_sync import RulePublisher
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
@@ -32,6 +33,7 @@ class ApiResources:
     mqtt: MqttClient
     status: StatusBoard
     alerts: AlertBoard
+    notifications: NotificationBoard
     publisher: RulePublisher
     broker_admin: BrokerAdmin
     metrics: ServiceMetrics

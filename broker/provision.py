@@ -66,6 +66,7 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("read", "config/rules"),
         ("read", "status/#"),
         ("write", "deadletter/#"),
+        ("write", "notifications/#"),
     ),
     # Topics starting with "$" are not under the root: the API manages devices through the
     # dynamic-security plugin's control topic.
@@ -73,6 +74,7 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("readwrite", "config/#"),
         ("read", "status/#"),
         ("read", "firing/#"),
+        ("read", "notifications/#"),
         ("write", "events/#"),
         ("write", dynsec.CONTROL_TOPIC),
         ("read", dynsec.RESPONSE_TOPIC),

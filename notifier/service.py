@@ -42,7 +42,7 @@ from pathlib import Path
 
 from notifier.grouping import Flush, Group, Timing, apply, due, group_key
 from notifier.mailer import Mailer, SendError
-from notifier.render import render_notification
+from notifier.render import render_notification, summary
 from notifier.store import SentStore, StoredNotification
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
@@ -51,12 +51,15 @@ from vigil.messages import (
     Alert,
     DeviceStatus,
     InvalidMessage,
+    Notification,
+    NotifiedAlert,
     RuleSet,
     decode_rule_set,
     muting_silence,
     now_ms,
 )
 from vigil.metrics import ServiceMetrics
+from vigil.mqtt import PublishError
 from vigil.names import ADMIN_USER
 from vigil.readiness import Readiness
 from vigil.retry import Backoff
@@ -69,6 +72,8 @@ RECEIVE_MAXIMUM = 100
 ROUTING_WAIT_S = 10.0
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
+#: Delivery records kept per owner (on the broker and in the state file).
+HISTORY_PER_OWNER = 500
 #: How often the groups are looked at (group wait, interval and repeat are kept to this).
 TICK_S = 0.25
 
@@ -128,6 +133,7 @@ class Notifier:
         self.mqtt = self.consumer.mqtt
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._recorded = asyncio.Event()  # a notification's state changed: publish it
         self._loop: asyncio.AbstractEventLoop | None = None
         self.dead_letters = DeadLetters(
             self.mqtt, self.topics, "notifier", self.metrics, self.consumer.stopping
@@ -162,6 +168,7 @@ class Notifier:
         )
         deliverer = asyncio.create_task(self._deliver_forever(), name="deliver")
         ticker = asyncio.create_task(self._tick_forever(), name="group")
+        recorder = asyncio.create_task(self._publish_forever(), name="records")
         try:
             await stop.wait()
         finally:
@@ -169,6 +176,7 @@ class Notifier:
             self._wake.set()
             await asyncio.to_thread(self.consumer.stop, STOP_GRACE_S)
             ticker.cancel()
+            self._recorded.set()
             try:
                 await asyncio.wait_for(deliverer, STOP_GRACE_S)
             except TimeoutError:
@@ -177,6 +185,8 @@ class Notifier:
                     "sent again after the restart)",
                     STOP_GRACE_S,
                 )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorder, STOP_GRACE_S)
             self.store.close()
         log.info("stopped")
 
@@ -274,6 +284,7 @@ class Notifier:
                 )
         if made:
             self._wake.set()
+            self._recorded.set()
 
     def muted(self, alert: Alert, now: int) -> str | None:
         """Why ``alert`` is not notified at ``now``, or None: a silence matches it, or its
@@ -363,7 +374,7 @@ class Notifier:
             n.alerts,
             firing=n.firing,
             repeat=n.repeat,
-            notification_id=f"n{n.seq}.{n.created_at}",
+            notification_id=n.id,
             sender=self.settings.smtp.sender,
             recipients=recipients,
         )
@@ -380,7 +391,42 @@ class Notifier:
             self.store.finish(n.seq, "failed", attempts, refusal)
             self.store.settle(transitions, "failed", attempts, refusal)
             self._failed.inc()
+        self._recorded.set()
         return True
+
+    # -- delivery records -----------------------------------------------------------------
+    async def _publish_forever(self) -> None:
+        """Keep the broker's retained delivery records (``{root}/notifications/{owner}/
+        {id}``) equal to the state file: each notification's newest state, the history past
+        ``HISTORY_PER_OWNER`` (or older than the log keeps) cleared."""
+        while not self._stopping.is_set():
+            self._recorded.clear()
+            try:
+                for n in self.store.unpublished():
+                    topic = self.topics.notification(n.owner, n.id)
+                    await self._publish_record(topic, record_of(n).encode())
+                    self.store.mark_published(n.seq, n.state)
+                for seq, owner, nid in self.store.prunable(HISTORY_PER_OWNER, now_ms()):
+                    await self._publish_record(self.topics.notification(owner, nid), b"")
+                    self.store.forget(seq)
+            except PublishError as exc:
+                if self.consumer.stopping.is_set():
+                    return  # what is unpublished is published after the restart
+                self.metrics.error("record_publish")
+                log.error("cannot publish a delivery record (retrying in 5s): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recorded.wait(), 5.0)
+
+    async def _publish_record(self, topic: str, payload: bytes) -> None:
+        """Publish retained and wait for the broker, however long it is away."""
+        await asyncio.to_thread(
+            self.mqtt.publish_wait,
+            topic,
+            payload,
+            retain=True,
+            timeout=None,
+            stop=self.consumer.stopping,
+        )
 
     # -- routing ------------------------------------------------------------------------
     def _on_rule_set(self, d: Received) -> None:
@@ -484,3 +530,28 @@ def covered(alerts: Iterable[Alert]) -> list[tuple[str, str]]:
             out.append((a.alert_id, "firing"))
         out.append((a.alert_id, a.state))
     return out
+
+
+def record_of(n: StoredNotification) -> Notification:
+    """The delivery record published for ``n``."""
+    return Notification(
+        id=n.id,
+        owner=n.owner,
+        channel=n.channel,
+        target=clean(n.target, 2000),
+        state=n.state,
+        attempts=n.attempts,
+        reason=None if n.reason is None else clean(n.reason, 1000),
+        created_at=n.created_at,
+        updated_at=n.updated_at,
+        repeat=n.repeat,
+        group=clean(n.group_key, 1000),
+        alerts=tuple(NotifiedAlert.of(a, clean(summary(a), 1000)) for a in n.alerts),
+    )
+
+
+def clean(text: str, limit: int) -> str:
+    """``text`` as a record's field: on one line, without backslashes, at most ``limit``."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).replace("\\", "/")[
+        :limit
+    ]

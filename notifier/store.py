@@ -103,6 +103,16 @@ class StoredNotification:
     firing: tuple[Alert, ...]
     published: str | None
 
+    @property
+    def id(self) -> str:
+        return notification_id(self.seq, self.created_at)
+
+
+def notification_id(seq: int, created_at: int) -> str:
+    """A notification's id on MQTT and in the API: unique even if the state file is
+    started afresh (its time is part of it)."""
+    return f"n-{created_at}-{seq}"
+
 
 def _alerts(blob: bytes) -> tuple[Alert, ...]:
     return tuple(Alert.decode(json.dumps(a).encode()) for a in json.loads(blob))
@@ -124,11 +134,9 @@ class SentStore:
         for column, kind in ADDED_COLUMNS:  # a log from before these were kept
             if column not in columns:
                 self._db.execute(f"ALTER TABLE sent ADD COLUMN {column} {kind}")
-        cutoff = now_ms() - keep_days * 86_400_000
+        self.keep_ms = keep_days * 86_400_000
+        cutoff = now_ms() - self.keep_ms
         self.pruned = self._db.execute("DELETE FROM sent WHERE sent_at < ?", (cutoff,)).rowcount
-        self._db.execute(
-            "DELETE FROM notifications WHERE created_at < ? AND state != 'pending'", (cutoff,)
-        )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -305,6 +313,20 @@ class SentStore:
             )
             for r in rows
         ]
+
+    def prunable(self, keep_per_owner: int, now: int) -> list[tuple[int, str, str]]:
+        """``(seq, owner, id)`` of the delivered notifications past each owner's newest
+        ``keep_per_owner`` or older than the log keeps: the history to forget."""
+        rows = self._db.execute(
+            "SELECT seq, owner, created_at FROM (SELECT seq, owner, created_at, state, "
+            "ROW_NUMBER() OVER (PARTITION BY owner ORDER BY seq DESC) AS rn "
+            "FROM notifications) WHERE state != 'pending' AND (rn > ? OR created_at < ?)",
+            (keep_per_owner, now - self.keep_ms),
+        ).fetchall()
+        return [(int(seq), str(owner), notification_id(seq, at)) for seq, owner, at in rows]
+
+    def forget(self, seq: int) -> None:
+        self._db.execute("DELETE FROM notifications WHERE seq = ?", (seq,))
 
     def pending(self) -> list[StoredNotification]:
         """The notifications still to deliver, oldest first."""

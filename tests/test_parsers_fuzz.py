@@ -16,6 +16,7 @@ from vigil.messages import (
     Alert,
     DeviceStatus,
     InvalidMessage,
+    Notification,
     Rule,
     Silence,
     decode_rule_set,
@@ -119,7 +120,13 @@ def test_readings_parse_or_give_a_reason_and_always_make_one_line(sample) -> Non
 @FUZZ
 @given(st.binary(max_size=200) | junk.map(lambda j: json.dumps(j, allow_nan=True).encode()))
 def test_status_alert_and_rule_set_decoders_are_total(data: bytes) -> None:
-    for decode in (DeviceStatus.decode, Alert.decode, decode_rules, decode_rule_set):
+    for decode in (
+        DeviceStatus.decode,
+        Alert.decode,
+        decode_rules,
+        decode_rule_set,
+        Notification.decode,
+    ):
         try:
             decode(data)
         except InvalidMessage as exc:
@@ -198,3 +205,38 @@ def test_a_text_input_with_a_raw_lone_surrogate_is_refused() -> None:
         assert "surrogate" in exc.reason
     else:  # pragma: no cover
         raise AssertionError("a lone surrogate passed")
+
+
+NOTIFICATION_KEYS = [
+    "id", "owner", "channel", "target", "state", "attempts", "reason", "created_at",
+    "updated_at", "repeat", "group", "alerts",
+]  # fmt: skip
+alert_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "alert_id": junk | names,
+        "rule_id": junk | names,
+        "device": junk | names,
+        "state": st.sampled_from(["firing", "resolved", "lost"]),
+        "severity": junk | names,
+        "summary": junk,
+    },
+)
+notification_values = (
+    junk
+    | names
+    | st.sampled_from(["n-1-2", "n-1763800000000-7", "email", "sent", "pending", True])
+    | st.integers(min_value=-5, max_value=2**53)
+    | st.lists(alert_entries, max_size=3)
+)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(NOTIFICATION_KEYS), notification_values, max_size=12))
+def test_delivery_records_validate_totally(body) -> None:
+    try:
+        record = Notification.decode(json.dumps(body).encode())
+    except InvalidMessage as exc:
+        assert exc.reason
+        return
+    assert Notification.decode(record.encode()) == record

@@ -1059,3 +1059,143 @@ def encode_dead_letter(
     if reading_id is not None:  # one reading of a batch was refused, the rest were stored
         body["reading_id"] = reading_id
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+# -- notifications -----------------------------------------------------------------------
+NOTIFICATION_STATES = ("pending", "sent", "failed", "skipped")
+CHANNELS = ("email", "webhook", "telegram")
+MAX_NOTIFIED_ALERTS = 200
+MAX_NOTIFICATION_BYTES = 256 * 1024
+NOTIFICATION_ID = re.compile(r"n-[0-9]{1,19}-[0-9]{1,16}")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedAlert:
+    """One alert transition a notification carried (or, in a repeat, an alert still
+    firing), with the sentence the notification said about it."""
+
+    alert_id: str
+    rule_id: str
+    device: str
+    state: Literal["firing", "resolved"]
+    severity: str
+    summary: str
+
+    @classmethod
+    def of(cls, alert: Alert, summary: str) -> NotifiedAlert:
+        return cls(
+            alert.alert_id, alert.rule_id, alert.device, alert.state, alert.severity, summary
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule_id": self.rule_id,
+            "device": self.device,
+            "state": self.state,
+            "severity": self.severity,
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A delivery record, retained on ``{root}/notifications/{owner}/{id}`` by the notifier
+    and updated as its delivery goes (pending -> sent | failed; skipped: nowhere to send)."""
+
+    id: str
+    owner: str
+    channel: str
+    target: str
+    state: str
+    attempts: int
+    reason: str | None
+    created_at: int
+    updated_at: int
+    repeat: bool
+    group: str
+    alerts: tuple[NotifiedAlert, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "channel": self.channel,
+            "target": self.target,
+            "state": self.state,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "repeat": self.repeat,
+            "group": self.group,
+            "alerts": [a.to_dict() for a in self.alerts],
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Notification:
+        """Validate a delivery record; InvalidMessage names the bad field."""
+        obj = _json(payload, "notification", MAX_NOTIFICATION_BYTES)
+        if not isinstance(obj, dict):
+            raise InvalidMessage("notification must be a JSON object")
+        nid = obj.get("id")
+        if not isinstance(nid, str) or not NOTIFICATION_ID.fullmatch(nid):
+            raise InvalidMessage(f"notification id {_show(nid)} is not a notification id")
+        owner = obj.get("owner")
+        if not is_name(owner):
+            raise InvalidMessage(f"notification owner {_show(owner)} is not a valid user name")
+        channel, state = obj.get("channel"), obj.get("state")
+        if channel not in CHANNELS:
+            raise InvalidMessage(
+                f"notification channel must be one of {', '.join(CHANNELS)}, got {_show(channel)}"
+            )
+        if state not in NOTIFICATION_STATES:
+            raise InvalidMessage(
+                f"notification state must be one of {', '.join(NOTIFICATION_STATES)}, got "
+                f"{_show(state)}"
+            )
+        repeat = obj.get("repeat", False)
+        if not isinstance(repeat, bool):
+            raise InvalidMessage("notification repeat must be true or false")
+        reason = obj.get("reason")
+        raw = obj.get("alerts")
+        if not isinstance(raw, list) or len(raw) > MAX_NOTIFIED_ALERTS:
+            raise InvalidMessage(
+                f"notification alerts must be an array of at most {MAX_NOTIFIED_ALERTS}"
+            )
+        return cls(
+            id=nid,
+            owner=str(owner),
+            channel=str(channel),
+            target=_check_str(obj.get("target", ""), "notification target", 2000),
+            state=str(state),
+            attempts=_check_int(obj.get("attempts", 0), "notification attempts", 0, MAX_ID),
+            reason=None if reason is None else _check_str(reason, "notification reason", 1000),
+            created_at=_check_int(obj.get("created_at"), "notification created_at", 0, MAX_TS_MS),
+            updated_at=_check_int(obj.get("updated_at"), "notification updated_at", 0, MAX_TS_MS),
+            repeat=repeat,
+            group=_check_str(obj.get("group", ""), "notification group", 1000),
+            alerts=tuple(_notified(a, f"notification alerts[{i}]") for i, a in enumerate(raw)),
+        )
+
+
+def _notified(obj: object, where: str) -> NotifiedAlert:
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"{where} must be an object")
+    for key in ("rule_id", "device"):
+        if not is_name(obj.get(key)):
+            raise InvalidMessage(f"{where} {key} {_show(obj.get(key))} is not a valid name")
+    state = obj.get("state")
+    if state not in ALERT_STATES:
+        raise InvalidMessage(f"{where} state must be firing or resolved, got {_show(state)}")
+    return NotifiedAlert(
+        alert_id=_check_str(obj.get("alert_id"), f"{where} alert_id", 200),
+        rule_id=str(obj["rule_id"]),
+        device=str(obj["device"]),
+        state=state,
+        severity=_check_str(obj.get("severity"), f"{where} severity", 32),
+        summary=_check_str(obj.get("summary", ""), f"{where} summary", 1000),
+    )

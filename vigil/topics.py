@@ -9,6 +9,7 @@
     {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
     {root}/ack/{device}                  storage confirmations (id ranges), ingest -> device
     {root}/events/{device}               pipeline events about a device (gaps), api -> users
+    {root}/notifications/{owner}/{id}    retained delivery records, notifier -> api
 
 The device identity is always the third level, so broker ACLs written with ``%u``
 confine a device to its own subtrees. Everything here is pure and tested directly.
@@ -31,6 +32,7 @@ FIRING = "firing"
 DEADLETTER = "deadletter"
 ACK = "ack"
 EVENTS = "events"
+NOTIFICATIONS = "notifications"
 
 #: Placeholder device level for a dead letter whose topic names no valid device.
 UNKNOWN_DEVICE = "_unknown"
@@ -92,6 +94,13 @@ class Topics:
     def events(self, device: str) -> str:
         return f"{self.root}/{EVENTS}/{check_name(device, 'device id')}"
 
+    def notification(self, owner: str, notification_id: str) -> str:
+        """Where the notifier retains a delivery record of ``owner``'s."""
+        return (
+            f"{self.root}/{NOTIFICATIONS}/{check_name(owner, 'user name')}/"
+            f"{check_name(notification_id, 'notification id')}"
+        )
+
     # -- subscription filters ---------------------------------------------------------
     @property
     def data_filter(self) -> str:
@@ -109,6 +118,10 @@ class Topics:
     @property
     def firing_filter(self) -> str:
         return f"{self.root}/{FIRING}/#"
+
+    @property
+    def notifications_filter(self) -> str:
+        return f"{self.root}/{NOTIFICATIONS}/#"
 
     @property
     def deadletter_filter(self) -> str:
