@@ -35,7 +35,7 @@ from api.gapcheck import GapChecker
 from api.notification_board import NotificationBoard
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
-from api.rules_sync import RulePublisher
+from api.rules_sync import RulePublisher, channel_set_payload
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
@@ -118,6 +118,14 @@ def create_app(
             store.close()
 
     publisher = RulePublisher(client, topics.rules, read_snapshot, metrics)
+    channel_publisher = RulePublisher(
+        client,
+        topics.channels,
+        read_snapshot,
+        metrics,
+        encode=channel_set_payload,
+        what="channels",
+    )
     broker_admin = BrokerAdmin(client, settings.broker_owners_file)
     if broker_admin.enabled:
         broker_admin.write_owners(_added_devices(database))
@@ -137,6 +145,7 @@ def create_app(
         alerts=alert_board,
         notifications=notification_board,
         publisher=publisher,
+        channel_publisher=channel_publisher,
         broker_admin=broker_admin,
         metrics=metrics,
         owns_storage=storage is None,
@@ -171,6 +180,7 @@ def create_app(
     app.after_request(_options_without_body)
     bind_resources(app, res)
     publisher.start()
+    channel_publisher.start()
     if owns_mqtt:
         client.start()
     return app

@@ -34,7 +34,7 @@ from pathlib import Path
 from flask import Flask, current_app, g
 
 from vigil.jsonin import JsonInputError, loads
-from vigil.messages import InvalidMessage, Rule, Silence, now_ms
+from vigil.messages import InvalidMessage, Rule, Silence, Webhook, check_webhook, now_ms
 from vigil.names import ADMIN_USER
 
 SCHEMA = """
@@ -73,6 +73,16 @@ CREATE TABLE IF NOT EXISTS silences (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS silences_by_owner ON silences (owner);
+-- Where a user's notifications are POSTed, with the signing secret (the notifier needs it
+-- to sign, so it cannot be hashed). In the channel snapshot, which only the notifier reads.
+CREATE TABLE IF NOT EXISTS webhooks (
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user, name)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -244,6 +254,8 @@ class RuleSnapshot:
     recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: the silences not yet expired
     silences: list[Silence] = field(default_factory=list)
+    #: every user's webhooks (only users with some)
+    webhooks: dict[str, tuple[Webhook, ...]] = field(default_factory=dict)
 
 
 def new_token_id() -> str:
@@ -427,6 +439,7 @@ class Store:
                 stored.owners,
                 self._all_recipients(),
                 self.silences(live_at=now_ms()),
+                self._all_webhooks(),
             )
         finally:
             self.conn.execute("COMMIT")
@@ -517,6 +530,7 @@ class Store:
             rules = self.conn.execute("DELETE FROM rules WHERE owner = ?", (name,)).rowcount
             rules += self.conn.execute("DELETE FROM recipients WHERE user = ?", (name,)).rowcount
             rules += self.conn.execute("DELETE FROM silences WHERE owner = ?", (name,)).rowcount
+            rules += self.conn.execute("DELETE FROM webhooks WHERE user = ?", (name,)).rowcount
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
@@ -570,6 +584,44 @@ class Store:
                     silence.ends_at,
                     silence.created_at,
                 ),
+            )
+            return self._bump_version()
+
+    # -- webhooks -------------------------------------------------------------------------
+    def _all_webhooks(self) -> dict[str, tuple[Webhook, ...]]:
+        out: dict[str, list[Webhook]] = {}
+        for user, name, url, secret in self.conn.execute(
+            "SELECT user, name, url, secret FROM webhooks ORDER BY user, name"
+        ):
+            try:
+                hook = check_webhook({"name": name, "url": url, "secret": secret})
+            except InvalidMessage:
+                continue  # stored by an older version and no longer valid: left out
+            out.setdefault(user, []).append(hook)
+        return {u: tuple(h) for u, h in out.items()}
+
+    def webhooks(self, user: str) -> list[tuple[Webhook, int]]:
+        """``user``'s webhooks, each with when it was created."""
+        rows = self.conn.execute(
+            "SELECT name, url, secret, created_at FROM webhooks WHERE user = ? ORDER BY name",
+            (user,),
+        )
+        return [(Webhook(n, u, s), int(t)) for n, u, s, t in rows]
+
+    def set_webhooks(self, user: str, hooks: list[Webhook]) -> int:
+        """Replace ``user``'s webhooks; returns the new version (the channel snapshot
+        carries them to the notifier)."""
+        t = now_ms()
+        with self._transaction():
+            created = dict(
+                self.conn.execute(
+                    "SELECT name, created_at FROM webhooks WHERE user = ?", (user,)
+                ).fetchall()
+            )
+            self.conn.execute("DELETE FROM webhooks WHERE user = ?", (user,))
+            self.conn.executemany(
+                "INSERT INTO webhooks (user, name, url, secret, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(user, h.name, h.url, h.secret, created.get(h.name, t)) for h in hooks],
             )
             return self._bump_version()
 

@@ -35,6 +35,7 @@ class ApiResources:
     alerts: AlertBoard
     notifications: NotificationBoard
     publisher: RulePublisher
+    channel_publisher: RulePublisher
     broker_admin: BrokerAdmin
     metrics: ServiceMetrics
     owns_storage: bool
@@ -45,6 +46,7 @@ class ApiResources:
     def close(self) -> None:
         """Stop what the app started; a client or cluster passed in stays the caller's."""
         self.publisher.stop()
+        self.channel_publisher.stop()
         if self.gap_check is not None:
             self.gap_check.stop()
         if self.owns_mqtt:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from paho.mqtt.enums import MQTTErrorCode
 
 from api.db import InvalidStoredRule, RuleSnapshot
-from vigil.messages import encode_rules
+from vigil.messages import encode_channels, encode_rules
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.names import ADMIN_USER
@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 
 #: A consistent read of the rule set.
 SnapshotReader = Callable[[], RuleSnapshot]
+#: What is published of a snapshot.
+SnapshotEncoder = Callable[[RuleSnapshot], bytes]
+
+
+def rule_set_payload(snap: RuleSnapshot) -> bytes:
+    """The rule-set snapshot: each rule with its owner (the engine stamps it on the alerts,
+    the notifier routes by it), the recipients and the silences."""
+    rules = [replace(r, owner=snap.owners.get(r.id, ADMIN_USER)) for r in snap.rules]
+    return encode_rules(rules, snap.version, snap.changed_at, snap.recipients, snap.silences)
+
+
+def channel_set_payload(snap: RuleSnapshot) -> bytes:
+    """The channel snapshot: the webhooks with their secrets (for the notifier only)."""
+    return encode_channels(snap.version, snap.webhooks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +63,14 @@ class RulePublisher:
         topic: str,
         read_snapshot: SnapshotReader,
         metrics: ServiceMetrics | None = None,
+        *,
+        encode: SnapshotEncoder = rule_set_payload,
+        what: str = "rule set",
     ) -> None:
         self.mqtt = mqtt
         self.topic = topic
+        self.what = what
+        self._encode = encode
         self._read_snapshot = read_snapshot
         self._metrics = metrics
         self._cond = threading.Condition()
@@ -63,12 +82,15 @@ class RulePublisher:
         self._warned: set[InvalidStoredRule] = set()
         self._unpublished = (
             metrics.gauge(
-                "vigil_api_rules_unpublished", "1 while the broker lacks the API's latest rule set"
+                f"vigil_api_{'rules' if what == 'rule set' else what}_unpublished",
+                f"1 while the broker lacks the API's latest {what}",
             ).labels(metrics.service)
             if metrics
             else None
         )
-        self._thread = threading.Thread(target=self._run, name="rules-publisher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"{what.replace(' ', '-')}-publisher", daemon=True
+        )
         mqtt.on_connected.append(self._on_connected)
         mqtt.on_disconnected.append(self._on_disconnected)
         mqtt.on_published.append(self._on_published)
@@ -154,7 +176,7 @@ class RulePublisher:
                     self._inflight = None
                     if self._published_version is None or version > self._published_version:
                         self._published_version = version
-                    log.info("broker has rule set version %d on %s", version, self.topic)
+                    log.info("broker has %s version %d on %s", self.what, version, self.topic)
                     self._cond.notify_all()
                     if not self._wanted:
                         self._set_gauge(False)
@@ -187,16 +209,15 @@ class RulePublisher:
             if self._metrics:
                 self._metrics.error("rules_read")
             return
-        self._warn_invalid(snap.invalid)
+        if self._encode is rule_set_payload:
+            self._warn_invalid(snap.invalid)
         version = snap.version
-        # each rule with its owner: the engine stamps it on the alerts, the notifier routes by it
-        rules = [replace(r, owner=snap.owners.get(r.id, ADMIN_USER)) for r in snap.rules]
-        payload = encode_rules(rules, version, snap.changed_at, snap.recipients, snap.silences)
+        payload = self._encode(snap)
         # Not holding the condition: paho calls on_published under its own lock.
         info = self.mqtt.publish(self.topic, payload, qos=1, retain=True)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.error(
-                "cannot publish rule set version %d to %s: rc %s", version, self.topic, info.rc
+                "cannot publish %s version %d to %s: rc %s", self.what, version, self.topic, info.rc
             )
             if self._metrics:
                 self._metrics.error("rules_publish")

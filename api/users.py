@@ -10,6 +10,8 @@
   ``DELETE /users/<user>/tokens/<token_id>``: the admin, or the user themself.
 - ``GET/PUT /users/<user>/recipients`` ``{"emails": [...]}``: where the user's alerts are
   emailed; the admin, or the user themself.
+- ``GET/PUT /users/<user>/webhooks`` ``{"webhooks": [{"name", "url", "secret"?}]}``: where
+  the user's notifications are POSTed, signed; the admin, or the user themself.
 
 A user who is not an admin learns nothing of other users: any other user's path is the
 404 a user that does not exist gets, so names cannot be probed. Only an admin changes roles
@@ -19,6 +21,7 @@ removed.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -37,7 +40,14 @@ from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.validation import reject_args
-from vigil.messages import MAX_RECIPIENTS, InvalidMessage, check_email
+from vigil.messages import (
+    MAX_RECIPIENTS,
+    MAX_WEBHOOKS,
+    InvalidMessage,
+    Webhook,
+    check_email,
+    check_webhook,
+)
 from vigil.names import ADMIN_USER, NAME_RULE, is_name
 from vigil.text import shown
 
@@ -257,3 +267,72 @@ def _invalid_recipients(detail: str) -> Problem:
     return Problem(
         400, detail, type_=problem_type("invalid-recipients"), title="Invalid recipients"
     )
+
+
+def _webhooks_view(user: str, shown_secrets: dict[str, str] | None = None) -> dict[str, Any]:
+    hooks = []
+    for hook, created in get_store().webhooks(user):
+        view: dict[str, Any] = {"name": hook.name, "url": hook.url, "created_at": created}
+        if shown_secrets and hook.name in shown_secrets:
+            view["secret"] = shown_secrets[hook.name]
+        hooks.append(view)
+    return {"user": user, "webhooks": hooks}
+
+
+@bp.get("/users/<user>/webhooks")
+def webhooks(user: str) -> dict[str, Any]:
+    """Where the user's notifications are POSTed (the secrets are never shown again)."""
+    _visible(user)
+    return _webhooks_view(user)
+
+
+@bp.put("/users/<user>/webhooks")
+def set_webhooks(user: str) -> Response:
+    """Replace the user's webhooks: ``{"webhooks": [{"name", "url", "secret"?}]}`` (at most
+    10). Each notification is POSTed as JSON to every one, signed with its secret
+    (``X-Vigil-Signature: sha256=HMAC(secret, "{X-Vigil-Timestamp}.{body}")``). Without a
+    secret, a webhook keeps the one it had, or gets a new one: a secret set or made here is
+    answered this once. The notifier gets them in the channel snapshot (``pushed``)."""
+    _visible(user)
+    body = json_object(_invalid_webhooks, allowed=("webhooks",))
+    given = body.get("webhooks")
+    if not isinstance(given, list) or len(given) > MAX_WEBHOOKS:
+        raise _invalid_webhooks(f"webhooks: must be a list of at most {MAX_WEBHOOKS}")
+    store = get_store()
+    old = {hook.name: hook.secret for hook, _ in store.webhooks(user)}
+    hooks: list[Webhook] = []
+    shown_secrets: dict[str, str] = {}
+    for i, item in enumerate(given):
+        if not isinstance(item, dict):
+            raise _invalid_webhooks(f"webhooks[{i}]: must be an object with name and url")
+        unknown = sorted(set(item) - {"name", "url", "secret"})
+        if unknown:
+            raise _invalid_webhooks(f"webhooks[{i}]: unknown field {unknown[0]!r}")
+        name = item.get("name")
+        secret = item.get("secret")
+        if secret is None:
+            secret = old.get(name) if isinstance(name, str) else None
+            if secret is None:
+                secret = secrets.token_urlsafe(32)
+                if isinstance(name, str):
+                    shown_secrets[name] = secret
+        elif isinstance(name, str):
+            shown_secrets[name] = str(secret)
+        try:
+            hook = check_webhook({**item, "secret": secret}, f"webhooks[{i}]")
+        except InvalidMessage as exc:
+            raise _invalid_webhooks(exc.reason) from None
+        if any(h.name == hook.name for h in hooks):
+            raise _invalid_webhooks(f"webhooks[{i}]: name {hook.name!r} is given twice")
+        hooks.append(hook)
+    version = store.set_webhooks(user, hooks)
+    res = resources()
+    pushed = res.channel_publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
+    out = {**_webhooks_view(user, shown_secrets), "version": version, "pushed": pushed}
+    response = jsonify(out)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _invalid_webhooks(detail: str) -> Problem:
+    return Problem(400, detail, type_=problem_type("invalid-webhooks"), title="Invalid webhooks")

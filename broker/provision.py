@@ -64,6 +64,7 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "vigil-notifier": (
         ("read", "alerts/#"),
         ("read", "config/rules"),
+        ("read", "config/channels"),
         ("read", "status/#"),
         ("write", "deadletter/#"),
         ("write", "notifications/#"),
@@ -79,8 +80,9 @@ SERVICE_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("write", dynsec.CONTROL_TOPIC),
         ("read", dynsec.RESPONSE_TOPIC),
     ),
-    # The credential handed to users for watching: reads everything, writes nothing.
-    "vigil-viewer": (("read", "#"),),
+    # The credential handed to users for watching: reads everything but the webhooks'
+    # signing secrets (a deny is checked before any grant), writes nothing.
+    "vigil-viewer": (("deny", "config/channels"), ("read", "#")),
 }
 #: What every device may do, confined to its own subtrees (``%u`` is its username).
 DEVICE_PATTERNS: tuple[tuple[str, str], ...] = (

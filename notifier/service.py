@@ -36,24 +36,27 @@ import logging
 import random
 import sqlite3
 import threading
-from collections.abc import Iterable
-from email.message import EmailMessage
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from notifier.grouping import Flush, Group, Timing, apply, due, group_key
 from notifier.mailer import Mailer, SendError
 from notifier.render import render_notification, summary
 from notifier.store import SentStore, StoredNotification
+from notifier.webhook import WebhookSender, body_of
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
 from vigil.deadletter import DeadLetter, DeadLetters
 from vigil.messages import (
     Alert,
+    ChannelSet,
     DeviceStatus,
     InvalidMessage,
     Notification,
     NotifiedAlert,
     RuleSet,
+    decode_channels,
     decode_rule_set,
     muting_silence,
     now_ms,
@@ -72,6 +75,10 @@ RECEIVE_MAXIMUM = 100
 ROUTING_WAIT_S = 10.0
 #: On SIGTERM, how long an email being sent may take to finish before it is abandoned.
 STOP_GRACE_S = 5.0
+#: Delivery records published per look at the state file.
+RECORDS_PER_PASS = 100
+#: The group's other alerts still firing listed in a notification, at most.
+MAX_CONTEXT = 20
 #: Delivery records kept per owner (on the broker and in the state file).
 HISTORY_PER_OWNER = 500
 #: How often the groups are looked at (group wait, interval and repeat are kept to this).
@@ -127,6 +134,10 @@ class Notifier:
             readiness=Readiness("notifier", ready_file),
         )
         self.consumer.watch(self.topics.rules, self._on_rule_set)
+        self._channels: ChannelSet | None = None
+        self._channels_known = threading.Event()
+        self.consumer.watch(self.topics.channels, self._on_channels)
+        self.webhooks = WebhookSender(settings.webhooks)
         #: the devices whose status says offline (their last will): their alerts are muted
         self.offline: set[str] = set()
         self.consumer.watch(self.topics.status_filter, self._on_status, qos=0)
@@ -187,6 +198,7 @@ class Notifier:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(recorder, STOP_GRACE_S)
+            self.webhooks.close()
             self.store.close()
         log.info("stopped")
 
@@ -230,6 +242,7 @@ class Notifier:
         if owner != ADMIN_USER and not self._routing_known.is_set():
             # just started: the retained snapshot comes right after the subscription
             await asyncio.to_thread(self._routing_known.wait, ROUTING_WAIT_S)
+            await asyncio.to_thread(self._channels_known.wait, ROUTING_WAIT_S)
         key = (owner, group_key(alert, self.timing.group_by))
         now = now_ms()
         group = self.groups.get(key) or Group(*key)
@@ -336,13 +349,14 @@ class Notifier:
                 channel="email",
                 target="",
                 alerts=flush.alerts,
-                firing=flush.firing,
+                firing=flush.firing[:MAX_CONTEXT],
                 repeat=flush.repeat,
                 state="skipped",
                 reason=nobody,
                 at=now,
             )
             self.store.settle(transitions, "skipped", 1, nobody)
+            self._webhook_notifications(flush, now)
             return
         self.store.add_notification(
             owner=flush.owner,
@@ -350,35 +364,75 @@ class Notifier:
             channel="email",
             target=", ".join(recipients),
             alerts=flush.alerts,
-            firing=flush.firing,
+            firing=flush.firing[:MAX_CONTEXT],
             repeat=flush.repeat,
             at=now,
         )
+        self._webhook_notifications(flush, now)
+
+    def _webhook_notifications(self, flush: Flush, now: int) -> None:
+        channels = self._channels
+        for hook in () if channels is None else channels.webhooks.get(flush.owner, ()):
+            self.store.add_notification(
+                owner=flush.owner,
+                group_key=flush.key,
+                channel="webhook",
+                target=f"{hook.name} {hook.url}",
+                alerts=flush.alerts,
+                firing=flush.firing[:MAX_CONTEXT],
+                repeat=flush.repeat,
+                at=now,
+            )
+
+    def _on_channels(self, d: Received) -> None:
+        """A channel snapshot (on the network thread): keep the newest one's webhooks."""
+        if not d.payload:
+            return
+        try:
+            channels = decode_channels(d.payload)
+        except InvalidMessage as exc:
+            self.metrics.error("invalid_channels")
+            log.error("ignoring the channel set on %s: %s", d.topic, exc.reason)
+            return
+        current = self._channels
+        if current is None or channels.version > current.version:
+            self._channels = channels
+            hooks = sum(len(h) for h in channels.webhooks.values())
+            log.info("channel set version %d: %d webhook(s)", channels.version, hooks)
+        self._channels_known.set()
 
     # -- delivery -----------------------------------------------------------------------
     async def _deliver_forever(self) -> None:
+        """Deliver the pending notifications, in order within each lane (a channel and its
+        target), the lanes apart: a webhook that is away holds up only its own."""
+        lanes: dict[tuple[str, str], asyncio.Task[None]] = {}
         while not self._stopping.is_set():
             self._wake.clear()
-            pending = self.store.pending()
-            self._pending.set(len(pending))
-            for n in pending:
-                if self._stopping.is_set() or not await self._deliver(n):
-                    return
+            self._pending.set(self.store.pending_count())
+            for lane in self.store.pending_lanes():
+                task = lanes.get(lane)
+                if task is None or task.done():
+                    lanes[lane] = asyncio.create_task(self._deliver_lane(*lane))
+            for lane in [k for k, t in lanes.items() if t.done()]:
+                lanes.pop(lane).result()  # a lane that raised ends the process (crash-only)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+        if lanes:
+            await asyncio.gather(*lanes.values(), return_exceptions=True)
+
+    async def _deliver_lane(self, channel: str, target: str) -> None:
+        """Deliver one lane's notifications, oldest first, until none is left."""
+        while not self._stopping.is_set():
+            n = self.store.next_pending(channel, target)
+            if n is None or not await self._deliver(n):
+                return
 
     async def _deliver(self, n: StoredNotification) -> bool:
         """Deliver ``n``; False if stopping came first (it stays pending)."""
-        recipients = n.target.split(", ")
-        email = render_notification(
-            n.alerts,
-            firing=n.firing,
-            repeat=n.repeat,
-            notification_id=n.id,
-            sender=self.settings.smtp.sender,
-            recipients=recipients,
-        )
-        result = await self._send_until_accepted(n, email, recipients)
+        if n.channel == "webhook":
+            result = await self._post_webhook(n)
+        else:
+            result = await self._email(n)
         if result is None:
             return False
         attempts, refusal = result
@@ -394,6 +448,69 @@ class Notifier:
         self._recorded.set()
         return True
 
+    async def _email(self, n: StoredNotification) -> tuple[int, str | None] | None:
+        recipients = n.target.split(", ")
+        email = render_notification(
+            n.alerts,
+            firing=n.firing,
+            repeat=n.repeat,
+            notification_id=n.id,
+            sender=self.settings.smtp.sender,
+            recipients=recipients,
+        )
+        title = str(email["Subject"])
+        sent_to = [0]
+
+        async def attempt() -> None:
+            refused = await self.mailer.send(email, recipients)
+            if refused:
+                self.metrics.error("recipient_refused")
+                log.warning(
+                    "SMTP server refused recipient(s) %s for %r; sent to the others",
+                    ", ".join(refused),
+                    title,
+                )
+            sent_to[0] = len(recipients) - len(refused)
+
+        result = await self._until_accepted(n, attempt, title, "email", None)
+        if result is not None and result[1] is None:
+            failures = result[0] - 1
+            log.info(
+                "emailed %r to %d recipient(s)%s",
+                title,
+                sent_to[0],
+                f" after {failures} failed attempt(s)" if failures else "",
+            )
+        return result
+
+    async def _post_webhook(self, n: StoredNotification) -> tuple[int, str | None] | None:
+        name, _, url = n.target.partition(" ")
+        channels = self._channels
+        hooks = () if channels is None else channels.webhooks.get(n.owner, ())
+        hook = next((h for h in hooks if h.name == name and h.url == url), None)
+        if hook is None:
+            return n.attempts, f"webhook {name} ({url}) of {n.owner} was removed before delivery"
+        body = body_of(
+            notification_id=n.id,
+            owner=n.owner,
+            group=n.group_key,
+            repeat=n.repeat,
+            alerts=n.alerts,
+            firing=n.firing,
+            webhook=name,
+        )
+        title = f"{n.owner}'s notification {n.id} to webhook {name}"
+
+        async def attempt() -> None:
+            await asyncio.to_thread(self.webhooks.post, hook, body, n.id, int(time.time()))
+
+        result = await self._until_accepted(
+            n, attempt, title, "webhook", self.settings.webhooks.max_attempts
+        )
+        if result is not None and result[1] is None:
+            log.info("posted %s (attempt %d)", title, result[0])
+        return result
+
     # -- delivery records -----------------------------------------------------------------
     async def _publish_forever(self) -> None:
         """Keep the broker's retained delivery records (``{root}/notifications/{owner}/
@@ -402,7 +519,7 @@ class Notifier:
         while not self._stopping.is_set():
             self._recorded.clear()
             try:
-                for n in self.store.unpublished():
+                for n in self.store.unpublished(RECORDS_PER_PASS):
                     topic = self.topics.notification(n.owner, n.id)
                     await self._publish_record(topic, record_of(n).encode())
                     self.store.mark_published(n.seq, n.state)
@@ -414,6 +531,11 @@ class Notifier:
                     return  # what is unpublished is published after the restart
                 self.metrics.error("record_publish")
                 log.error("cannot publish a delivery record (retrying in 5s): %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 5.0)
+                continue
+            if self.store.unpublished(1):
+                continue  # more than one pass held
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recorded.wait(), 5.0)
 
@@ -463,36 +585,50 @@ class Notifier:
             return [], f"who gets {owner}'s alerts is not known yet (no rule-set snapshot)"
         return [], f"user {owner} has no email recipients"
 
-    async def _send_until_accepted(
-        self, n: StoredNotification, email: EmailMessage, recipients: list[str]
+    async def _until_accepted(
+        self,
+        n: StoredNotification,
+        attempt: Callable[[], Awaitable[None]],
+        title: str,
+        kind: str,
+        max_attempts: int | None,
     ) -> tuple[int, str | None] | None:
-        """Send until the SMTP server accepts, or refuses for good: ``(attempts, None)``
-        once sent, ``(attempts, reason)`` if refused for good; None if stopping came first."""
+        """Try until accepted, or refused for good, or ``max_attempts`` failed:
+        ``(attempts, None)`` once delivered, ``(attempts, reason)`` if not; None if stopping
+        came first. Attempts made before a restart count too."""
         loop = asyncio.get_running_loop()
-        title = str(email["Subject"])
-        failures = n.attempts  # attempts made before a restart count too
+        server = self.mailer.server if kind == "email" else n.target.partition(" ")[2]
+        failures = n.attempts
         while True:
             started = loop.time()
             try:
-                refused = await self.mailer.send(email, recipients)
+                await attempt()
             except SendError as exc:
                 failures += 1
-                self.metrics.error("smtp_refused" if exc.permanent else "smtp")
+                self.metrics.error(
+                    ("smtp_refused" if exc.permanent else "smtp")
+                    if kind == "email"
+                    else ("webhook_refused" if exc.permanent else "webhook")
+                )
                 if exc.permanent:
                     log.error(
-                        "the SMTP server %s refused %r for good: %s (check notifier.smtp and "
-                        "recipients); recorded as failed, going on with the next one",
-                        self.mailer.server,
+                        "%s refused %r for good: %s (check its settings); recorded as failed, "
+                        "going on with the next one",
+                        f"the SMTP server {server}" if kind == "email" else server,
                         title,
                         exc.reason,
                     )
                     return failures, exc.reason
+                if max_attempts is not None and failures >= max_attempts:
+                    reason = f"gave up after {failures} attempts: {exc.reason}"
+                    log.error("%s: %s; recorded as failed", title, reason)
+                    return failures, reason
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
-                        "cannot email %r via %s (attempt %d): %s; retrying with backoff up "
-                        "to %.0fs",
+                        "cannot %s %r via %s (attempt %d): %s; retrying with backoff up to %.0fs",
+                        "email" if kind == "email" else "post",
                         title,
-                        self.mailer.server,
+                        server,
                         failures,
                         exc.reason,
                         self.backoff.cap_s,
@@ -505,19 +641,6 @@ class Notifier:
                     continue
                 return None
             self.metrics.step_seconds.observe(loop.time() - started)
-            if refused:
-                self.metrics.error("recipient_refused")
-                log.warning(
-                    "SMTP server refused recipient(s) %s for %r; sent to the others",
-                    ", ".join(refused),
-                    title,
-                )
-            log.info(
-                "emailed %r to %d recipient(s)%s",
-                title,
-                len(recipients) - len(refused),
-                f" after {failures} failed attempt(s)" if failures else "",
-            )
             return failures + 1, None
 
 

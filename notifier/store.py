@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     firing BLOB NOT NULL,
     published TEXT
 );
-CREATE INDEX IF NOT EXISTS notifications_by_state ON notifications (state);
+CREATE INDEX IF NOT EXISTS notifications_by_state ON notifications (state, channel, target);
 """
 
 #: columns later versions added
@@ -286,12 +286,14 @@ class SentStore:
     def mark_published(self, seq: int, state: str) -> None:
         self._db.execute("UPDATE notifications SET published = ? WHERE seq = ?", (state, seq))
 
-    def _rows(self, where: str, args: tuple[Any, ...] = ()) -> list[StoredNotification]:
+    def _rows(
+        self, where: str, args: tuple[Any, ...] = (), limit: int | None = None
+    ) -> list[StoredNotification]:
         rows = self._db.execute(
             # where: one of this module's literals
             "SELECT seq, owner, group_key, channel, target, state, attempts, reason, "  # noqa: S608
             "created_at, updated_at, repeat, alerts, firing, published FROM notifications "
-            f"WHERE {where} ORDER BY seq",
+            f"WHERE {where} ORDER BY seq" + ("" if limit is None else f" LIMIT {int(limit)}"),
             args,
         ).fetchall()
         return [
@@ -332,9 +334,27 @@ class SentStore:
         """The notifications still to deliver, oldest first."""
         return self._rows("state = 'pending'")
 
-    def unpublished(self) -> list[StoredNotification]:
-        """The notifications whose state the broker does not have yet."""
-        return self._rows("published IS NULL OR published != state")
+    def unpublished(self, limit: int = 100) -> list[StoredNotification]:
+        """The oldest notifications whose state the broker does not have yet."""
+        return self._rows("published IS NULL OR published != state", limit=limit)
+
+    def pending_lanes(self) -> list[tuple[str, str]]:
+        """Each (channel, target) with notifications to deliver."""
+        rows = self._db.execute(
+            "SELECT DISTINCT channel, target FROM notifications WHERE state = 'pending'"
+        )
+        return [(str(c), str(t)) for c, t in rows]
+
+    def next_pending(self, channel: str, target: str) -> StoredNotification | None:
+        """The oldest notification of a lane still to deliver."""
+        rows = self._rows(
+            "state = 'pending' AND channel = ? AND target = ?", (channel, target), limit=1
+        )
+        return rows[0] if rows else None
+
+    def pending_count(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM notifications WHERE state = 'pending'")
+        return int(row.fetchone()[0])
 
     def notifications(self, owner: str | None = None) -> list[StoredNotification]:
         if owner is None:

@@ -305,6 +305,8 @@ def cloud_config(
             # each transition on its own at once, as most tests expect; the grouping tests
             # set their own
             "grouping": {"group_wait_s": 0, "group_interval_s": 0, "repeat_interval_s": 0},
+            # the tests' webhook receivers listen on 127.0.0.1
+            "webhooks": {"allow_private_networks": True, "max_attempts": 3},
             "state_path": str(tmp_path / "notifier" / "state.sqlite3"),
             "metrics_port": free_port(),
         },

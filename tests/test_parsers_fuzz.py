@@ -19,6 +19,7 @@ from vigil.messages import (
     Notification,
     Rule,
     Silence,
+    decode_channels,
     decode_rule_set,
     decode_rules,
     parse_readings,
@@ -126,6 +127,7 @@ def test_status_alert_and_rule_set_decoders_are_total(data: bytes) -> None:
         decode_rules,
         decode_rule_set,
         Notification.decode,
+        decode_channels,
     ):
         try:
             decode(data)

@@ -1199,3 +1199,82 @@ def _notified(obj: object, where: str) -> NotifiedAlert:
         severity=_check_str(obj.get("severity"), f"{where} severity", 32),
         summary=_check_str(obj.get("summary", ""), f"{where} summary", 1000),
     )
+
+
+# -- channels ----------------------------------------------------------------------------
+MAX_WEBHOOKS = 10
+MIN_SECRET_CHARS = 16
+MAX_SECRET_CHARS = 200
+MAX_URL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where a user's notifications are POSTed as JSON, signed with ``secret`` (HMAC-SHA256)."""
+
+    name: str
+    url: str
+    secret: str
+
+
+def check_url(value: object, where: str = "url") -> str:
+    """An http(s) URL with a host, on one line."""
+    text = _check_str(value, where, MAX_URL_CHARS)
+    scheme, sep, rest = text.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not sep or scheme.lower() not in ("http", "https") or not host or " " in text:
+        raise InvalidMessage(f"{where} {_show(text)} is not an http:// or https:// URL")
+    return text
+
+
+def check_webhook(obj: object, where: str = "webhook") -> Webhook:
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"{where} must be an object with name, url and secret")
+    name = obj.get("name")
+    if not is_name(name):
+        raise InvalidMessage(f"{where} name {_show(name)} is not a valid name ({NAME_RULE})")
+    secret = _check_str(obj.get("secret"), f"{where} secret", MAX_SECRET_CHARS)
+    if len(secret) < MIN_SECRET_CHARS:
+        raise InvalidMessage(f"{where} secret must be at least {MIN_SECRET_CHARS} characters")
+    return Webhook(str(name), check_url(obj.get("url"), f"{where} url"), secret)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSet:
+    """The retained snapshot on ``{root}/config/channels`` (the API's, read by the notifier
+    only: it holds the signing secrets): each user's webhooks."""
+
+    version: int
+    webhooks: Mapping[str, tuple[Webhook, ...]]
+
+
+def encode_channels(version: int, webhooks: Mapping[str, Iterable[Webhook]]) -> bytes:
+    body = {
+        "version": version,
+        "webhooks": {
+            user: [{"name": w.name, "url": w.url, "secret": w.secret} for w in hooks]
+            for user, hooks in sorted(webhooks.items())
+        },
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_channels(payload: bytes) -> ChannelSet:
+    """Validate a channel snapshot; InvalidMessage names the bad part."""
+    obj = _json(payload, "channel set", MAX_RULESET_BYTES)
+    if not isinstance(obj, dict):
+        raise InvalidMessage("channel set must be a JSON object")
+    version = _check_int(obj.get("version"), "channel set version", 0, MAX_ID * 1024)
+    raw = obj.get("webhooks", {})
+    if not isinstance(raw, dict):
+        raise InvalidMessage("channel set webhooks must be an object of user -> webhooks")
+    webhooks: dict[str, tuple[Webhook, ...]] = {}
+    for user, hooks in raw.items():
+        if not is_name(user):
+            raise InvalidMessage(f"channel set webhooks: {_show(user)} is not a user name")
+        if not isinstance(hooks, list) or len(hooks) > MAX_WEBHOOKS:
+            raise InvalidMessage(f"channel set webhooks[{user}] must be a list of at most 10")
+        webhooks[user] = tuple(
+            check_webhook(h, f"channel set webhooks[{user}][{i}]") for i, h in enumerate(hooks)
+        )
+    return ChannelSet(version, webhooks)

@@ -469,10 +469,27 @@ class GroupingSettings(Model):
         return v
 
 
+class WebhookSettings(Model):
+    timeout_s: Float = Field(10.0, gt=0, le=300, description="one POST's connect + read")
+    max_attempts: Int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="tries of one notification while the receiver is away or answers 5xx, "
+        "408 or 429, before it is recorded as failed (a 4xx is failed at once)",
+    )
+    allow_private_networks: Bool = Field(
+        False,
+        description="let webhooks reach loopback, private and link-local addresses (off: a "
+        "user cannot point the notifier at the services beside it)",
+    )
+
+
 class NotifierSettings(Model):
     mqtt: ConsumerMqttSettings
     smtp: SmtpSettings = SmtpSettings()
     grouping: GroupingSettings = GroupingSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     recipients: list[Email] = Field(min_length=1)
     state_path: FilePath
     metrics_port: ListenPort = 9103

@@ -4,6 +4,7 @@
     {root}/status/{device}               retained device status; the last will sets it offline
     {root}/config/devices/{device}       retained device configuration, api -> device
     {root}/config/rules                  retained rule set snapshot, api -> alert engine
+    {root}/config/channels               retained channel snapshot (secrets), api -> notifier
     {root}/alerts/{device}/{rule_id}     alert transitions, alert engine -> notifier, users
     {root}/firing/{device}/{rule_id}     retained: the alert firing now (cleared on resolve)
     {root}/deadletter/{device}           rejected messages with the reason, ingest -> users
@@ -70,6 +71,11 @@ class Topics:
     @property
     def rules(self) -> str:
         return f"{self.root}/{CONFIG}/rules"
+
+    @property
+    def channels(self) -> str:
+        """The retained channel snapshot (webhooks with their secrets): notifier only."""
+        return f"{self.root}/{CONFIG}/channels"
 
     def alert(self, device: str, rule_id: str) -> str:
         return (
