@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (user, name)
 );
+-- The Telegram chat a user's notifications go to (in the channel snapshot).
+CREATE TABLE IF NOT EXISTS telegram_chats (
+    user TEXT PRIMARY KEY,
+    chat_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -256,6 +261,8 @@ class RuleSnapshot:
     silences: list[Silence] = field(default_factory=list)
     #: every user's webhooks (only users with some)
     webhooks: dict[str, tuple[Webhook, ...]] = field(default_factory=dict)
+    #: every user's Telegram chat (only users with one)
+    telegram: dict[str, str] = field(default_factory=dict)
 
 
 def new_token_id() -> str:
@@ -440,6 +447,7 @@ class Store:
                 self._all_recipients(),
                 self.silences(live_at=now_ms()),
                 self._all_webhooks(),
+                self._all_telegram(),
             )
         finally:
             self.conn.execute("COMMIT")
@@ -531,6 +539,9 @@ class Store:
             rules += self.conn.execute("DELETE FROM recipients WHERE user = ?", (name,)).rowcount
             rules += self.conn.execute("DELETE FROM silences WHERE owner = ?", (name,)).rowcount
             rules += self.conn.execute("DELETE FROM webhooks WHERE user = ?", (name,)).rowcount
+            rules += self.conn.execute(
+                "DELETE FROM telegram_chats WHERE user = ?", (name,)
+            ).rowcount
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
@@ -623,6 +634,26 @@ class Store:
                 "INSERT INTO webhooks (user, name, url, secret, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(user, h.name, h.url, h.secret, created.get(h.name, t)) for h in hooks],
             )
+            return self._bump_version()
+
+    def _all_telegram(self) -> dict[str, str]:
+        rows = self.conn.execute("SELECT user, chat_id FROM telegram_chats ORDER BY user")
+        return {str(u): str(c) for u, c in rows}
+
+    def telegram_chat(self, user: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT chat_id FROM telegram_chats WHERE user = ?", (user,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_telegram_chat(self, user: str, chat_id: str | None) -> int:
+        """Set (None: remove) ``user``'s Telegram chat; returns the new version."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM telegram_chats WHERE user = ?", (user,))
+            if chat_id is not None:
+                self.conn.execute(
+                    "INSERT INTO telegram_chats (user, chat_id) VALUES (?, ?)", (user, chat_id)
+                )
             return self._bump_version()
 
     def recipients(self, user: str) -> list[str]:

@@ -46,8 +46,9 @@ def rule_set_payload(snap: RuleSnapshot) -> bytes:
 
 
 def channel_set_payload(snap: RuleSnapshot) -> bytes:
-    """The channel snapshot: the webhooks with their secrets (for the notifier only)."""
-    return encode_channels(snap.version, snap.webhooks)
+    """The channel snapshot: the webhooks with their secrets and the Telegram chats (for the
+    notifier only)."""
+    return encode_channels(snap.version, snap.webhooks, snap.telegram)
 
 
 @dataclass(frozen=True, slots=True)

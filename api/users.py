@@ -12,6 +12,7 @@
   emailed; the admin, or the user themself.
 - ``GET/PUT /users/<user>/webhooks`` ``{"webhooks": [{"name", "url", "secret"?}]}``: where
   the user's notifications are POSTed, signed; the admin, or the user themself.
+- ``GET/PUT /users/<user>/telegram`` ``{"chat_id"}``: the Telegram chat they go to.
 
 A user who is not an admin learns nothing of other users: any other user's path is the
 404 a user that does not exist gets, so names cannot be probed. Only an admin changes roles
@@ -45,6 +46,7 @@ from vigil.messages import (
     MAX_WEBHOOKS,
     InvalidMessage,
     Webhook,
+    check_chat_id,
     check_email,
     check_webhook,
 )
@@ -336,3 +338,35 @@ def set_webhooks(user: str) -> Response:
 
 def _invalid_webhooks(detail: str) -> Problem:
     return Problem(400, detail, type_=problem_type("invalid-webhooks"), title="Invalid webhooks")
+
+
+@bp.get("/users/<user>/telegram")
+def telegram(user: str) -> dict[str, Any]:
+    """The Telegram chat the user's notifications go to (null: none)."""
+    _visible(user)
+    return {"user": user, "chat_id": get_store().telegram_chat(user)}
+
+
+@bp.put("/users/<user>/telegram")
+def set_telegram(user: str) -> Response:
+    """``{"chat_id": "123456" | "@channel" | null}``: where the notifier's bot sends the
+    user's notifications (null: nowhere). Pushed in the channel snapshot (``pushed``)."""
+    _visible(user)
+    body = json_object(_invalid_telegram, allowed=("chat_id",))
+    if "chat_id" not in body:
+        raise _invalid_telegram("chat_id: required (null to stop Telegram notifications)")
+    chat = body["chat_id"]
+    try:
+        checked = None if chat is None else check_chat_id(chat, "chat_id")
+    except InvalidMessage as exc:
+        raise _invalid_telegram(exc.reason) from None
+    version = get_store().set_telegram_chat(user, checked)
+    res = resources()
+    pushed = res.channel_publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
+    return jsonify({"user": user, "chat_id": checked, "version": version, "pushed": pushed})
+
+
+def _invalid_telegram(detail: str) -> Problem:
+    return Problem(
+        400, detail, type_=problem_type("invalid-telegram"), title="Invalid Telegram chat"
+    )

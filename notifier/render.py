@@ -217,3 +217,22 @@ def render_notification(
     msg.set_content(_env.get_template(GROUP_TEXT_TEMPLATE).render(ctx))
     msg.add_alternative(_env.get_template(GROUP_HTML_TEMPLATE).render(ctx), subtype="html")
     return msg
+
+
+def telegram_text(
+    alerts: Sequence[Alert], firing: Sequence[Alert] = (), *, repeat: bool = False
+) -> str:
+    """A notification as a short plain-text chat message."""
+    if len(alerts) == 1 and not firing and not repeat:
+        head = subject(alerts[0])
+    else:
+        head = group_subject(alerts, repeat=repeat)
+    lines = [head]
+    if len(alerts) > 1 or firing or repeat:
+        lines += [f"- {a.state.upper()} ({_line(a.severity)}): {summary(a)}" for a in alerts]
+    elif alerts[0].detail:
+        lines.append(_line(alerts[0].detail))
+    if firing:
+        lines.append(f"Still firing: {len(firing)}")
+        lines += [f"- {summary(a)}" for a in firing]
+    return "\n".join(lines)

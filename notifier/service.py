@@ -42,8 +42,9 @@ from pathlib import Path
 
 from notifier.grouping import Flush, Group, Timing, apply, due, group_key
 from notifier.mailer import Mailer, SendError
-from notifier.render import render_notification, summary
+from notifier.render import render_notification, summary, telegram_text
 from notifier.store import SentStore, StoredNotification
+from notifier.telegram import TelegramSender
 from notifier.webhook import WebhookSender, body_of
 from vigil.consumer import Consumer, Received
 from vigil.contain import Failed, contain_async
@@ -138,6 +139,7 @@ class Notifier:
         self._channels_known = threading.Event()
         self.consumer.watch(self.topics.channels, self._on_channels)
         self.webhooks = WebhookSender(settings.webhooks)
+        self.telegram = TelegramSender(settings.telegram)
         #: the devices whose status says offline (their last will): their alerts are muted
         self.offline: set[str] = set()
         self.consumer.watch(self.topics.status_filter, self._on_status, qos=0)
@@ -199,6 +201,7 @@ class Notifier:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(recorder, STOP_GRACE_S)
             self.webhooks.close()
+            self.telegram.close()
             self.store.close()
         log.info("stopped")
 
@@ -356,7 +359,7 @@ class Notifier:
                 at=now,
             )
             self.store.settle(transitions, "skipped", 1, nobody)
-            self._webhook_notifications(flush, now)
+            self._channel_notifications(flush, now)
             return
         self.store.add_notification(
             owner=flush.owner,
@@ -368,10 +371,30 @@ class Notifier:
             repeat=flush.repeat,
             at=now,
         )
-        self._webhook_notifications(flush, now)
+        self._channel_notifications(flush, now)
 
-    def _webhook_notifications(self, flush: Flush, now: int) -> None:
+    def _channel_notifications(self, flush: Flush, now: int) -> None:
+        """The owner's other channels: each webhook, and the Telegram chat."""
         channels = self._channels
+        chat = None if channels is None else channels.telegram.get(flush.owner)
+        if chat is not None:
+            off = (
+                None
+                if self.telegram.enabled
+                else "Telegram is off (notifier.telegram.bot_token_file)"
+            )
+            self.store.add_notification(
+                owner=flush.owner,
+                group_key=flush.key,
+                channel="telegram",
+                target=chat,
+                alerts=flush.alerts,
+                firing=flush.firing[:MAX_CONTEXT],
+                repeat=flush.repeat,
+                state="pending" if off is None else "skipped",
+                reason=off,
+                at=now,
+            )
         for hook in () if channels is None else channels.webhooks.get(flush.owner, ()):
             self.store.add_notification(
                 owner=flush.owner,
@@ -398,7 +421,12 @@ class Notifier:
         if current is None or channels.version > current.version:
             self._channels = channels
             hooks = sum(len(h) for h in channels.webhooks.values())
-            log.info("channel set version %d: %d webhook(s)", channels.version, hooks)
+            log.info(
+                "channel set version %d: %d webhook(s), %d Telegram chat(s)",
+                channels.version,
+                hooks,
+                len(channels.telegram),
+            )
         self._channels_known.set()
 
     # -- delivery -----------------------------------------------------------------------
@@ -431,6 +459,8 @@ class Notifier:
         """Deliver ``n``; False if stopping came first (it stays pending)."""
         if n.channel == "webhook":
             result = await self._post_webhook(n)
+        elif n.channel == "telegram":
+            result = await self._send_telegram(n)
         else:
             result = await self._email(n)
         if result is None:
@@ -481,6 +511,20 @@ class Notifier:
                 sent_to[0],
                 f" after {failures} failed attempt(s)" if failures else "",
             )
+        return result
+
+    async def _send_telegram(self, n: StoredNotification) -> tuple[int, str | None] | None:
+        text = telegram_text(n.alerts, n.firing, repeat=n.repeat)
+        title = f"{n.owner}'s notification {n.id} to Telegram chat {n.target}"
+
+        async def attempt() -> None:
+            await asyncio.to_thread(self.telegram.send, n.target, text)
+
+        result = await self._until_accepted(
+            n, attempt, title, "telegram", self.settings.telegram.max_attempts
+        )
+        if result is not None and result[1] is None:
+            log.info("sent %s (attempt %d)", title, result[0])
         return result
 
     async def _post_webhook(self, n: StoredNotification) -> tuple[int, str | None] | None:
@@ -597,7 +641,10 @@ class Notifier:
         ``(attempts, None)`` once delivered, ``(attempts, reason)`` if not; None if stopping
         came first. Attempts made before a restart count too."""
         loop = asyncio.get_running_loop()
-        server = self.mailer.server if kind == "email" else n.target.partition(" ")[2]
+        server = {
+            "email": self.mailer.server,
+            "telegram": self.telegram.server,
+        }.get(kind) or n.target.partition(" ")[2]
         failures = n.attempts
         while True:
             started = loop.time()
@@ -605,11 +652,8 @@ class Notifier:
                 await attempt()
             except SendError as exc:
                 failures += 1
-                self.metrics.error(
-                    ("smtp_refused" if exc.permanent else "smtp")
-                    if kind == "email"
-                    else ("webhook_refused" if exc.permanent else "webhook")
-                )
+                label = "smtp" if kind == "email" else kind
+                self.metrics.error(f"{label}_refused" if exc.permanent else label)
                 if exc.permanent:
                     log.error(
                         "%s refused %r for good: %s (check its settings); recorded as failed, "
@@ -626,7 +670,7 @@ class Notifier:
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
                         "cannot %s %r via %s (attempt %d): %s; retrying with backoff up to %.0fs",
-                        "email" if kind == "email" else "post",
+                        {"email": "email", "webhook": "post"}.get(kind, "send"),
                         title,
                         server,
                         failures,

@@ -1239,22 +1239,41 @@ def check_webhook(obj: object, where: str = "webhook") -> Webhook:
     return Webhook(str(name), check_url(obj.get("url"), f"{where} url"), secret)
 
 
+CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31}")
+
+
+def check_chat_id(value: object, where: str = "chat_id") -> str:
+    """A Telegram chat: its number (``-100123``) or a public channel's ``@name``."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not CHAT_ID.fullmatch(text):
+        raise InvalidMessage(
+            f"{where} {_show(value)} is not a Telegram chat id (a number, or @channelname)"
+        )
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelSet:
     """The retained snapshot on ``{root}/config/channels`` (the API's, read by the notifier
-    only: it holds the signing secrets): each user's webhooks."""
+    only: it holds the signing secrets): each user's webhooks and Telegram chat."""
 
     version: int
     webhooks: Mapping[str, tuple[Webhook, ...]]
+    telegram: Mapping[str, str] = field(default_factory=dict)
 
 
-def encode_channels(version: int, webhooks: Mapping[str, Iterable[Webhook]]) -> bytes:
+def encode_channels(
+    version: int,
+    webhooks: Mapping[str, Iterable[Webhook]],
+    telegram: Mapping[str, str] | None = None,
+) -> bytes:
     body = {
         "version": version,
         "webhooks": {
             user: [{"name": w.name, "url": w.url, "secret": w.secret} for w in hooks]
             for user, hooks in sorted(webhooks.items())
         },
+        "telegram": dict(sorted((telegram or {}).items())),
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -1277,4 +1296,12 @@ def decode_channels(payload: bytes) -> ChannelSet:
         webhooks[user] = tuple(
             check_webhook(h, f"channel set webhooks[{user}][{i}]") for i, h in enumerate(hooks)
         )
-    return ChannelSet(version, webhooks)
+    chats = obj.get("telegram", {})
+    if not isinstance(chats, dict):
+        raise InvalidMessage("channel set telegram must be an object of user -> chat id")
+    telegram: dict[str, str] = {}
+    for user, chat in chats.items():
+        if not is_name(user):
+            raise InvalidMessage(f"channel set telegram: {_show(user)} is not a user name")
+        telegram[user] = check_chat_id(chat, f"channel set telegram[{user}]")
+    return ChannelSet(version, webhooks, telegram)

@@ -485,11 +485,36 @@ class WebhookSettings(Model):
     )
 
 
+class TelegramSettings(Model):
+    base_url: str = Field(
+        "https://api.telegram.org",
+        description="the Bot API's base URL (a local stand-in in tests and offline demos)",
+    )
+    bot_token_file: FilePath | None = Field(
+        None, description="file holding the bot's token (unset: Telegram is off)"
+    )
+    timeout_s: Float = Field(10.0, gt=0, le=300)
+    max_attempts: Int = Field(10, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{shown(v)} is not an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @property
+    def bot_token(self) -> str | None:
+        return read_secret(self.bot_token_file)
+
+
 class NotifierSettings(Model):
     mqtt: ConsumerMqttSettings
     smtp: SmtpSettings = SmtpSettings()
     grouping: GroupingSettings = GroupingSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    telegram: TelegramSettings = TelegramSettings()
     recipients: list[Email] = Field(min_length=1)
     state_path: FilePath
     metrics_port: ListenPort = 9103
@@ -667,6 +692,13 @@ def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
     if service == "notifier":
         files.append(
             ("notifier.smtp.password_file", config.notifier.smtp.password_file, "password")
+        )
+        files.append(
+            (
+                "notifier.telegram.bot_token_file",
+                config.notifier.telegram.bot_token_file,
+                "password",
+            )
         )
     if service == "api":
         files.append(("api.admin_token_sha256_file", config.api.admin_token_sha256_file, "sha256"))
