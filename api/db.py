@@ -88,6 +88,12 @@ CREATE TABLE IF NOT EXISTS telegram_chats (
     user TEXT PRIMARY KEY,
     chat_id TEXT NOT NULL
 );
+-- A user's own email templates, JSON {"subject"?, "text"?, "html"?} (in the channel
+-- snapshot).
+CREATE TABLE IF NOT EXISTS user_templates (
+    user TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -263,6 +269,8 @@ class RuleSnapshot:
     webhooks: dict[str, tuple[Webhook, ...]] = field(default_factory=dict)
     #: every user's Telegram chat (only users with one)
     telegram: dict[str, str] = field(default_factory=dict)
+    #: every user's own email templates (only users with some)
+    templates: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def new_token_id() -> str:
@@ -448,6 +456,7 @@ class Store:
                 self.silences(live_at=now_ms()),
                 self._all_webhooks(),
                 self._all_telegram(),
+                self._all_templates(),
             )
         finally:
             self.conn.execute("COMMIT")
@@ -542,6 +551,9 @@ class Store:
             rules += self.conn.execute(
                 "DELETE FROM telegram_chats WHERE user = ?", (name,)
             ).rowcount
+            rules += self.conn.execute(
+                "DELETE FROM user_templates WHERE user = ?", (name,)
+            ).rowcount
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
@@ -634,6 +646,40 @@ class Store:
                 "INSERT INTO webhooks (user, name, url, secret, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(user, h.name, h.url, h.secret, created.get(h.name, t)) for h in hooks],
             )
+            return self._bump_version()
+
+    def _all_templates(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for user, body in self.conn.execute("SELECT user, body FROM user_templates ORDER BY user"):
+            try:
+                parts = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(parts, dict):
+                out[str(user)] = {str(k): str(v) for k, v in parts.items()}
+        return out
+
+    def templates(self, user: str) -> dict[str, str]:
+        return self._all_templates_of(user)
+
+    def _all_templates_of(self, user: str) -> dict[str, str]:
+        row = self.conn.execute(
+            "SELECT body FROM user_templates WHERE user = ?", (user,)
+        ).fetchone()
+        if row is None:
+            return {}
+        parts = json.loads(row[0])
+        return {str(k): str(v) for k, v in parts.items()} if isinstance(parts, dict) else {}
+
+    def set_templates(self, user: str, templates: dict[str, str]) -> int:
+        """Replace ``user``'s templates ({}: the defaults again); returns the new version."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM user_templates WHERE user = ?", (user,))
+            if templates:
+                self.conn.execute(
+                    "INSERT INTO user_templates (user, body) VALUES (?, ?)",
+                    (user, json.dumps(templates)),
+                )
             return self._bump_version()
 
     def _all_telegram(self) -> dict[str, str]:

@@ -48,7 +48,7 @@ def rule_set_payload(snap: RuleSnapshot) -> bytes:
 def channel_set_payload(snap: RuleSnapshot) -> bytes:
     """The channel snapshot: the webhooks with their secrets and the Telegram chats (for the
     notifier only)."""
-    return encode_channels(snap.version, snap.webhooks, snap.telegram)
+    return encode_channels(snap.version, snap.webhooks, snap.telegram, snap.templates)
 
 
 @dataclass(frozen=True, slots=True)

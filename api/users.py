@@ -13,6 +13,8 @@
 - ``GET/PUT /users/<user>/webhooks`` ``{"webhooks": [{"name", "url", "secret"?}]}``: where
   the user's notifications are POSTed, signed; the admin, or the user themself.
 - ``GET/PUT /users/<user>/telegram`` ``{"chat_id"}``: the Telegram chat they go to.
+- ``GET/PUT /users/<user>/templates`` ``{"subject"?, "text"?, "html"?}``: the user's own
+  email templates (sandboxed Jinja2).
 
 A user who is not an admin learns nothing of other users: any other user's path is the
 404 a user that does not exist gets, so names cannot be probed. Only an admin changes roles
@@ -52,6 +54,7 @@ from vigil.messages import (
 )
 from vigil.names import ADMIN_USER, NAME_RULE, is_name
 from vigil.text import shown
+from vigil.usertemplates import TEMPLATE_KEYS, TemplateProblem, check_templates
 
 bp = Blueprint("users", __name__)
 bp.before_request(check_path_names)
@@ -370,3 +373,32 @@ def _invalid_telegram(detail: str) -> Problem:
     return Problem(
         400, detail, type_=problem_type("invalid-telegram"), title="Invalid Telegram chat"
     )
+
+
+@bp.get("/users/<user>/templates")
+def templates(user: str) -> dict[str, Any]:
+    """The user's own email templates (none: Vigil's)."""
+    _visible(user)
+    return {"user": user, "templates": get_store().templates(user)}
+
+
+@bp.put("/users/<user>/templates")
+def set_templates(user: str) -> Response:
+    """``{"subject"?, "text"?, "html"?}``: Jinja2 templates (sandboxed) for the user's
+    emails; each part not given stays Vigil's, ``{}`` resets all. Checked and tried on a
+    sample notification first: an error names the part and the line. The admin, or the user
+    themself (so the admin can set anyone's)."""
+    _visible(user)
+    body = json_object(_invalid_templates, allowed=TEMPLATE_KEYS)
+    try:
+        checked = check_templates(body)
+    except TemplateProblem as exc:
+        raise _invalid_templates(str(exc)) from None
+    version = get_store().set_templates(user, checked)
+    res = resources()
+    pushed = res.channel_publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
+    return jsonify({"user": user, "templates": checked, "version": version, "pushed": pushed})
+
+
+def _invalid_templates(detail: str) -> Problem:
+    return Problem(400, detail, type_=problem_type("invalid-templates"), title="Invalid templates")

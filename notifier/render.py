@@ -8,7 +8,7 @@ spot the rare duplicate the at-least-once hand-over to SMTP may produce.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from vigil.messages import Alert
+from vigil.usertemplates import TemplateProblem, render
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEXT_TEMPLATE = "alert.txt.j2"
@@ -236,3 +237,55 @@ def telegram_text(
         lines.append(f"Still firing: {len(firing)}")
         lines += [f"- {summary(a)}" for a in firing]
     return "\n".join(lines)
+
+
+def user_row(alert: Alert) -> dict[str, Any]:
+    """What a user's template sees of one alert (vigil.usertemplates)."""
+    return {
+        **_row(alert),
+        "rule": _line(alert.rule),
+        "rule_id": alert.rule_id,
+        "device": alert.device,
+        "metric": alert.metric,
+        "value": fmt_number(alert.value),
+        "detail": _line(alert.detail),
+        "kind": alert.kind,
+        "symbol": alert.symbol,
+    }
+
+
+def with_user_templates(
+    msg: EmailMessage,
+    templates: Mapping[str, str],
+    *,
+    alerts: Sequence[Alert],
+    firing: Sequence[Alert],
+    repeat: bool,
+    owner: str,
+) -> tuple[EmailMessage, str | None]:
+    """``msg`` with the parts the user's ``templates`` replace; on a template that fails,
+    ``msg`` as it was and the reason."""
+    ctx = {
+        "alerts": [user_row(a) for a in alerts],
+        "firing": [user_row(a) for a in firing],
+        "repeat": repeat,
+        "owner": owner,
+        "subject": str(msg["Subject"]),
+    }
+    try:
+        parts = {key: render(key, source, ctx) for key, source in templates.items()}
+    except TemplateProblem as exc:
+        return msg, str(exc)
+    text_part, html_part = msg.get_body(("plain",)), msg.get_body(("html",))
+    text = parts.get("text") or (text_part.get_content() if text_part is not None else "")
+    html = parts.get("html") or (html_part.get_content() if html_part is not None else "")
+    out = EmailMessage()
+    for name, value in msg.items():
+        if name.lower() not in ("content-type", "mime-version", "content-transfer-encoding"):
+            out[name] = value
+    if "subject" in parts:
+        del out["Subject"]
+        out["Subject"] = _line(parts["subject"])
+    out.set_content(text)
+    out.add_alternative(html, subtype="html")
+    return out, None

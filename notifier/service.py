@@ -42,7 +42,12 @@ from pathlib import Path
 
 from notifier.grouping import Flush, Group, Timing, apply, due, group_key
 from notifier.mailer import Mailer, SendError
-from notifier.render import render_notification, summary, telegram_text
+from notifier.render import (
+    render_notification,
+    summary,
+    telegram_text,
+    with_user_templates,
+)
 from notifier.store import SentStore, StoredNotification
 from notifier.telegram import TelegramSender
 from notifier.webhook import WebhookSender, body_of
@@ -488,6 +493,20 @@ class Notifier:
             sender=self.settings.smtp.sender,
             recipients=recipients,
         )
+        channels = self._channels
+        own = None if channels is None else channels.templates.get(n.owner)
+        if own:
+            email, problem = with_user_templates(
+                email, own, alerts=n.alerts, firing=n.firing, repeat=n.repeat, owner=n.owner
+            )
+            if problem is not None:
+                self.metrics.error("user_template")
+                log.warning(
+                    "%s's template cannot render notification %s (%s): sent with Vigil's",
+                    n.owner,
+                    n.id,
+                    problem,
+                )
         title = str(email["Subject"])
         sent_to = [0]
 

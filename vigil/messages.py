@@ -1260,12 +1260,15 @@ class ChannelSet:
     version: int
     webhooks: Mapping[str, tuple[Webhook, ...]]
     telegram: Mapping[str, str] = field(default_factory=dict)
+    #: each user's own email templates (vigil.usertemplates: checked by their users)
+    templates: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def encode_channels(
     version: int,
     webhooks: Mapping[str, Iterable[Webhook]],
     telegram: Mapping[str, str] | None = None,
+    templates: Mapping[str, Mapping[str, str]] | None = None,
 ) -> bytes:
     body = {
         "version": version,
@@ -1274,6 +1277,7 @@ def encode_channels(
             for user, hooks in sorted(webhooks.items())
         },
         "telegram": dict(sorted((telegram or {}).items())),
+        "templates": {u: dict(t) for u, t in sorted((templates or {}).items())},
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -1304,4 +1308,17 @@ def decode_channels(payload: bytes) -> ChannelSet:
         if not is_name(user):
             raise InvalidMessage(f"channel set telegram: {_show(user)} is not a user name")
         telegram[user] = check_chat_id(chat, f"channel set telegram[{user}]")
-    return ChannelSet(version, webhooks, telegram)
+    raw_templates = obj.get("templates", {})
+    if not isinstance(raw_templates, dict):
+        raise InvalidMessage("channel set templates must be an object of user -> templates")
+    templates: dict[str, dict[str, str]] = {}
+    for user, parts in raw_templates.items():
+        if not is_name(user) or not isinstance(parts, dict):
+            raise InvalidMessage(f"channel set templates: bad entry for {_show(user)}")
+        for key, source in parts.items():
+            if key not in ("subject", "text", "html") or not isinstance(source, str):
+                raise InvalidMessage(f"channel set templates[{user}]: bad template {_show(key)}")
+            if len(source) > 50_000:
+                raise InvalidMessage(f"channel set templates[{user}][{key}] is too long")
+        templates[user] = dict(parts)
+    return ChannelSet(version, webhooks, telegram, templates)
