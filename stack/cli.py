@@ -7,6 +7,9 @@ vigil storage status|fail|recover|add|remove|strategy|repair|replicas
                           the storage cluster's node operations (vigil storage --help)
 vigil devices list|add|disable|enable|remove|config
                           devices managed live over the API (vigil devices --help)
+vigil login|whoami|users|rules|alerts|notifications|silences|recipients|webhooks|
+      telegram|query      users' and admins' commands over the API (vigil rules --help;
+                          the whole list: python -m stack.api_cli --help)
 vigil validate-config     check config/vigil.yaml and config/agents/*.yaml as every
                           service would at start, secret files included
     vigil admin-token --secrets DIR
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from stack.devices_cli import main as devices_main
 
         return devices_main(argv[1:])
+    from stack import api_cli
+
+    if argv and api_cli.wants(argv):
+        return api_cli.main(argv)
     if argv and argv[0] in SERVICES:
         module = importlib.import_module(f"{SERVICES[argv[0]]}.__main__")
         return int(module.main(argv[1:]))
