@@ -20,6 +20,7 @@ from api import (
     db,
     devices,
     health,
+    idempotency,
     notifications,
     problems,
     request_metrics,
@@ -165,6 +166,7 @@ def create_app(
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
     auth.init_app(app, admin_digest)
+    idempotency.init_app(app)
     for module in (
         health,
         users,

@@ -94,6 +94,19 @@ CREATE TABLE IF NOT EXISTS user_templates (
     user TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+-- The first answer to each mutation sent with an Idempotency-Key, per user (api/idempotency.py):
+-- status NULL while it is being handled.
+CREATE TABLE IF NOT EXISTS idempotency (
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER,
+    content_type TEXT,
+    location TEXT,
+    body BLOB,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user, key)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -609,6 +622,52 @@ class Store:
                 ),
             )
             return self._bump_version()
+
+    # -- idempotency ----------------------------------------------------------------------
+    def claim_idempotency(
+        self, user: str, key: str, fingerprint: str, keep_ms: int
+    ) -> tuple[str, int | None, str | None, str | None, bytes | None] | None:
+        """Claim ``key`` of ``user`` for a request (None: claimed, go on), or the row a
+        request with that key left: ``(fingerprint, status, content type, location,
+        body)``, status None while that request is still being handled. Rows older than
+        ``keep_ms`` are forgotten first."""
+        t = now_ms()
+        with self._transaction():
+            self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (t - keep_ms,))
+            row = self.conn.execute(
+                "SELECT fingerprint, status, content_type, location, body FROM idempotency "
+                "WHERE user = ? AND key = ?",
+                (user, key),
+            ).fetchone()
+            if row is not None:
+                return (str(row[0]), row[1], row[2], row[3], row[4])
+            self.conn.execute(
+                "INSERT INTO idempotency (user, key, fingerprint, created_at) VALUES (?, ?, ?, ?)",
+                (user, key, fingerprint, t),
+            )
+        return None
+
+    def settle_idempotency(
+        self,
+        user: str,
+        key: str,
+        *,
+        status: int,
+        content_type: str | None,
+        location: str | None,
+        body: bytes,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE idempotency SET status = ?, content_type = ?, location = ?, body = ? "
+            "WHERE user = ? AND key = ?",
+            (status, content_type, location, body, user, key),
+        )
+
+    def release_idempotency(self, user: str, key: str) -> None:
+        """Forget a claim whose request failed (a retry may try again)."""
+        self.conn.execute(
+            "DELETE FROM idempotency WHERE user = ? AND key = ? AND status IS NULL", (user, key)
+        )
 
     # -- webhooks -------------------------------------------------------------------------
     def _all_webhooks(self) -> dict[str, tuple[Webhook, ...]]:
