@@ -279,6 +279,18 @@ def delete_config(device: str) -> Response:
     return resp
 
 
+@bp.get("/<device>/metrics")
+def metrics(device: str) -> dict[str, Any]:
+    """The metrics stored for the device (a share price's symbols are tags of ``price``,
+    not metrics), and ``unreachable``: the servers that did not answer, whose metrics may
+    be missing from the list. 404 for a device with none."""
+    reject_args(_args())
+    found, missed = resources().storage.metrics_of(device)
+    if not found and not missed:
+        raise Problem(404, f"no readings stored for device {device!r}")
+    return {"device": device, "metrics": found, "unreachable": missed}
+
+
 @bp.get("/<device>/metrics/<metric>/latest")
 def latest(device: str, metric: str) -> dict[str, Any]:
     """The newest stored reading of one series."""

@@ -16,7 +16,7 @@ API's own answer.
     vigil recipients [show | set EMAIL ...]   where your alerts are emailed
     vigil webhooks list | add NAME URL [--secret S] | remove NAME
     vigil telegram show | set CHAT | clear
-    vigil query DEVICE METRIC [--latest | --mean N | --since MS --until MS --limit N]
+    vigil query DEVICE [METRIC [--latest | --mean N | --since MS --until MS --limit N]]
 
 Where and who: ``--api`` and ``--token``, else ``VIGIL_API_URL`` and ``VIGIL_API_TOKEN``, else
 the login file (``--login-file``, ``VIGIL_LOGIN_FILE``, default ``~/.config/vigil/login.json``),
@@ -383,6 +383,18 @@ def run(args: argparse.Namespace) -> str:
             answer = api("PUT", path, {"chat_id": args.chat if args.action == "set" else None})
         return out(answer, lambda a: a["chat_id"] or "(none)")
     # query
+    if args.metric is None:
+        return out(
+            api("GET", f"/devices/{_seg(args.device)}/metrics"),
+            lambda a: (
+                "\n".join(a["metrics"])
+                + (
+                    f"\n(servers not answering: {', '.join(a['unreachable'])})"
+                    if a["unreachable"]
+                    else ""
+                )
+            ),
+        )
     base = f"/devices/{_seg(args.device)}/metrics/{_seg(args.metric)}"
     if args.latest:
         return out(
@@ -472,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="a device's stored readings")
     q.add_argument("device")
-    q.add_argument("metric")
+    q.add_argument("metric", nargs="?", help="leave out: the device's metrics")
     which = q.add_mutually_exclusive_group()
     which.add_argument("--latest", action="store_true")
     which.add_argument("--mean", type=int, metavar="N")

@@ -782,6 +782,29 @@ class StorageCluster:
             return None
         return sum(p.value for p in pts) / len(pts), len(pts)
 
+    def metrics_of(self, device: str) -> tuple[list[str], list[str]]:
+        """The metrics stored for ``device`` on any server (a series lives whole on each of
+        its replicas, so the union over the servers that answer is every metric whose
+        replicas are not all down), and the servers that did not answer."""
+        if not is_name(device):
+            raise ValueError("invalid name")
+        found: set[str] = set()
+        missed: list[str] = []
+        for name, node in self.nodes.items():
+            if not self.server_up(name):
+                missed.append(name)
+                continue
+            try:
+                series = node.query(
+                    'SHOW MEASUREMENTS WHERE "device" = $device', self.database, {"device": device}
+                )
+            except StorageError:
+                missed.append(name)
+                continue
+            for s in series:
+                found.update(str(row[0]) for row in s.get("values") or [])
+        return sorted(m for m in found if is_name(m)), missed
+
     def count_on(self, node_name: str, metric: str, device: str | None = None) -> int:
         """How many points of ``metric`` (optionally one device's) server ``node_name``
         holds: for checks that a series lives exactly on its replicas."""

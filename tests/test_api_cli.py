@@ -118,6 +118,8 @@ def test_the_cli_tells_alice_and_bob_apart(cloud_config, broker, run_service, tm
         receiver.stop()
     code, out, err = vigil("query", "dev-1", "temperature", "--latest", who="alice")
     assert code == 1 and "404" in err
+    code, out, err = vigil("query", "dev-1", who="alice")
+    assert code == 1 and "no readings stored for device 'dev-1'" in err
     assert vigil("logout", who="alice")[1].startswith("logged out")
     gone = ["whoami", "--login-file", str(tmp_path / "alice.json"), "--stack-dir", str(tmp_path)]
     assert main(gone) == 1 and "no API to talk to" in capsys.readouterr().err

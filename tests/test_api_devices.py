@@ -123,3 +123,24 @@ def test_devices_show_the_status_a_device_retained(broker, cloud_config, cluster
     finally:
         close_app(app)
         device.stop()
+
+
+def test_a_devices_metrics_are_discovered_across_the_servers(client, cluster, stored):
+    cluster.write(
+        [
+            Reading(101, "dev-1", T0, "sensor", "humidity", 40.0, "%"),
+            Reading(102, "dev-3", T0, "sensor", "pressure", 1000.0, "hPa"),
+        ]
+    )
+    resp = client.get("/devices/dev-1/metrics")
+    assert resp.status_code == 200
+    assert resp.get_json() == {
+        "device": "dev-1",
+        "metrics": ["humidity", "temperature"],
+        "unreachable": [],
+    }
+    assert client.get("/devices/dev-3/metrics").get_json()["metrics"] == ["pressure"]
+    none = client.get("/devices/dev-7/metrics")
+    assert none.status_code == 404 and none.mimetype == "application/problem+json"
+    assert client.get("/devices/bad%20id/metrics").status_code == 400
+    assert client.get("/devices/dev-1/metrics?x=1").status_code == 400
