@@ -14,9 +14,9 @@ import logging
 import sqlite3
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
-from api.auth import request_caller
+from api.auth import PUBLIC_PATHS, request_caller
 from api.resources import resources
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,31 @@ def _known_caller() -> bool:
     except sqlite3.Error as exc:
         log.warning("cannot check the token on /health (%s): answering the public view", exc)
         return False
+
+
+@bp.get("/")
+def index() -> dict[str, Any]:
+    """Every route: its methods, path and what it does (public, like /health)."""
+    by_path: dict[str, dict[str, str]] = {}
+    for rule in current_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = current_app.view_functions[rule.endpoint]
+        doc = " ".join((view.__doc__ or "").strip().split("\n\n")[0].split())
+        for method in sorted(rule.methods or ()):
+            if method not in ("HEAD", "OPTIONS"):
+                by_path.setdefault(rule.rule, {})[method] = doc
+    routes = [
+        {"path": path, "methods": methods, "public": path in PUBLIC_PATHS}
+        for path, methods in sorted(by_path.items())
+    ]
+    return {
+        "name": "Vigil API",
+        "auth": "Authorization: Bearer <token> on every route but the public ones",
+        "errors": "application/problem+json (RFC 9457); 401s follow RFC 6750",
+        "idempotency": "Idempotency-Key on any POST, PUT, PATCH or DELETE",
+        "routes": routes,
+    }
 
 
 @bp.get("/health")

@@ -59,3 +59,15 @@ def test_a_bad_key_is_a_400(client, key):
 
 def test_reads_ignore_the_key(client):
     assert client.get("/rules", headers={"Idempotency-Key": "a b"}).status_code == 200
+
+
+def test_the_root_lists_every_route_with_what_it_does(anon_client):
+    resp = anon_client.get("/")
+    assert resp.status_code == 200
+    routes = {r["path"]: r for r in resp.get_json()["routes"]}
+    assert sorted(routes["/rules"]["methods"]) == ["GET", "POST"]
+    assert sorted(routes["/silences/<silence_id>"]["methods"]) == ["DELETE", "GET"]
+    assert routes["/"]["public"] and routes["/health"]["public"]
+    assert not routes["/notifications"]["public"]
+    assert routes["/devices/<device>/metrics"]["methods"]["GET"].startswith("The metrics stored")
+    assert routes["/notifications"]["methods"]["GET"].startswith("The caller's notifications")
