@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from alert_engine.evaluator import Episode, SeriesKey, SeriesState, StateChanges
 from vigil.messages import Rule, decode_rules, encode_rules
+from vigil.sqlite import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rule_set (
@@ -98,7 +97,7 @@ class StateStore:
         """Write changed series (and the new rule set, if any) in one transaction."""
         if not changes and rule_set is None:
             return
-        with _transaction(self._db):
+        with transaction(self._db):
             if rule_set is not None:
                 version, rules = rule_set
                 self._db.execute(
@@ -134,14 +133,3 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

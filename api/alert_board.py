@@ -13,7 +13,6 @@ import threading
 import paho.mqtt.client as paho
 
 from vigil.messages import Alert, InvalidMessage
-from vigil.names import is_name
 from vigil.topics import FIRING, Topics
 
 log = logging.getLogger(__name__)
@@ -54,10 +53,4 @@ class AlertBoard:
             self._firing[key] = alert
 
     def _key(self, topic: str) -> tuple[str, str] | None:
-        prefix = f"{self.topics.root}/{FIRING}/"
-        if not topic.startswith(prefix):
-            return None
-        parts = topic[len(prefix) :].split("/")
-        if len(parts) != 2 or not all(is_name(p) for p in parts):
-            return None
-        return parts[0], parts[1]
+        return self.topics.pair_under(topic, FIRING)

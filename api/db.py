@@ -26,8 +26,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from flask import Flask, current_app, g
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage, Rule, Silence, Webhook, check_webhook, now_ms
 from vigil.names import ADMIN_USER
+from vigil.sqlite import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (
@@ -869,15 +869,8 @@ class Store:
             (device, now_ms()),
         )
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return transaction(self.conn)
 
     def set_disabled(self, device: str, disabled: bool) -> None:
         with self._transaction():

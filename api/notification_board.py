@@ -10,7 +10,6 @@ import threading
 import paho.mqtt.client as paho
 
 from vigil.messages import InvalidMessage, Notification
-from vigil.names import is_name
 from vigil.topics import NOTIFICATIONS, Topics
 
 log = logging.getLogger(__name__)
@@ -62,10 +61,4 @@ class NotificationBoard:
             log.warning("ignoring the delivery record on %s: %s", topic, why)
 
     def _key(self, topic: str) -> tuple[str, str] | None:
-        prefix = f"{self.topics.root}/{NOTIFICATIONS}/"
-        if not topic.startswith(prefix):
-            return None
-        parts = topic[len(prefix) :].split("/")
-        if len(parts) != 2 or not all(is_name(p) for p in parts):
-            return None
-        return parts[0], parts[1]
+        return self.topics.pair_under(topic, NOTIFICATIONS)

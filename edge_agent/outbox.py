@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from edge_agent.samples import Sample
 from vigil.messages import MAX_ID, Kind, Reading, id_ranges, id_ranges_of
+from vigil.sqlite import transaction
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -103,15 +104,8 @@ class Outbox:
         self.first_id = int(meta["first_id"])
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[None]:
+        return transaction(self._db)
 
     @property
     def depth(self) -> int:

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from notifier.grouping import Group, Member
 from vigil.messages import Alert, now_ms
+from vigil.sqlite import transaction
 
 KEEP_DAYS = 90
 
@@ -138,15 +139,8 @@ class SentStore:
         cutoff = now_ms() - self.keep_ms
         self.pruned = self._db.execute("DELETE FROM sent WHERE sent_at < ?", (cutoff,)).rowcount
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[None]:
+        return transaction(self._db)
 
     # -- transitions ----------------------------------------------------------------------
     def seen(self, alert_id: str, state: str) -> bool:

@@ -134,6 +134,17 @@ class Topics:
         return f"{self.root}/{DEADLETTER}/#"
 
     # -- parsing ----------------------------------------------------------------------
+    def pair_under(self, topic: str, subtree: str) -> tuple[str, str] | None:
+        """``(a, b)`` of ``{root}/{subtree}/{a}/{b}`` when both are valid names, else None
+        (the retained per-alert and per-notification topics)."""
+        prefix = f"{self.root}/{subtree}/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 2 or not all(is_name(p) for p in parts):
+            return None
+        return parts[0], parts[1]
+
     def device_of(self, topic: str, subtree: str = DATA) -> str | None:
         """The device level of ``topic`` in ``subtree``, or None if the topic is not there
         or names no valid device."""
