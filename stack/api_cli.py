@@ -32,6 +32,7 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,20 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
         return "(none)"
     cells = [[title for title, _ in columns]]
     for row in rows:
-        cells.append([_cell(row.get(key)) for _, key in columns])
+        cells.append([_time(v) if key.endswith("_at") else _cell(v) for _, key in columns
+                      for v in (row.get(key),)])  # fmt: skip
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths[:-1], strict=True)) + "  " + r[-1]
         for r in cells
     ).rstrip()
+
+
+def _time(value: Any) -> str:
+    """An epoch-ms time as ``2026-12-06 20:00:53`` (UTC)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return _cell(value)
 
 
 def _cell(value: Any) -> str:
@@ -286,7 +295,7 @@ def run(args: argparse.Namespace) -> str:
                     ("DEVICE", "device"),
                     ("SEVERITY", "severity"),
                     ("OWNER", "owner"),
-                    ("SINCE", "started_at"),
+                    ("SINCE (UTC)", "started_at"),
                     ("WHAT", "detail"),
                 ),
             ),
@@ -304,8 +313,9 @@ def run(args: argparse.Namespace) -> str:
                     {**n, "what": "; ".join(f"{x['state']} {x['summary']}" for x in n["alerts"])}
                     for n in a["notifications"]
                 ],
-                (("ID", "id"), ("OWNER", "owner"), ("CHANNEL", "channel"), ("STATE", "state"),
-                 ("TRIES", "attempts"), ("WHAT", "what")),
+                (("ID", "id"), ("OWNER", "owner"), ("AT (UTC)", "created_at"),
+                 ("CHANNEL", "channel"), ("STATE", "state"), ("TRIES", "attempts"),
+                 ("WHAT", "what")),
             )  # fmt: skip
 
         return out(answer, rows)
