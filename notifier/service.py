@@ -187,6 +187,8 @@ class Notifier:
         deliverer = asyncio.create_task(self._deliver_forever(), name="deliver")
         ticker = asyncio.create_task(self._tick_forever(), name="group")
         recorder = asyncio.create_task(self._publish_forever(), name="records")
+        for task in (deliverer, ticker, recorder):
+            task.add_done_callback(self._task_ended)
         try:
             await stop.wait()
         finally:
@@ -209,6 +211,22 @@ class Notifier:
             self.telegram.close()
             self.store.close()
         log.info("stopped")
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Crash-only: a loop of the notifier's own (grouping, delivery, records) that ends
+        with an error ends the process; the restarted one takes over from the state file."""
+        if task.cancelled() or self._stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.critical(
+            "the notifier's %s loop failed; exiting so it is restarted (what is pending is "
+            "in the state file)",
+            task.get_name(),
+            exc_info=exc,
+        )
+        self.consumer.on_fatal()
 
     def _handle_from_thread(self, batch: list[Received]) -> bool:
         """The runtime's handler (its worker thread): run the batch on the loop, wait."""

@@ -76,3 +76,33 @@ def test_a_failed_transaction_leaves_nothing_behind(tmp_path):
         assert not store.seen("e1", "firing")
     finally:
         store.close()
+
+
+def test_a_failing_loop_of_the_notifier_ends_the_process(cloud_config):
+    import asyncio
+
+    from notifier.service import Notifier
+
+    cfg = cloud_config.config
+    notifier = Notifier(cfg.broker, cfg.notifier)
+    fatal: list[bool] = []
+    notifier.consumer.on_fatal = lambda: fatal.append(True)
+
+    async def boom() -> None:
+        raise OSError("disk gone")
+
+    async def fine() -> None:
+        return None
+
+    async def main() -> None:
+        for coro in (boom(), fine()):
+            task = asyncio.create_task(coro, name="deliver")
+            task.add_done_callback(notifier._task_ended)
+            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        notifier.store.close()
+    assert fatal == [True]  # the failing loop only
