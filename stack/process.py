@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,9 +31,37 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 _handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (to ``bind(0)`` and outgoing connects)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now on ``host``, and not one this process handed out lately."""
-    while True:
+    """A port free now on ``host``, and not one this process handed out lately.
+
+    It is drawn from below the kernel's ephemeral range: a port the kernel picked for
+    ``bind(0)`` can be taken again by any outgoing connection (to a broker, a server) between
+    this call and the server's bind, and the server then fails with "Address already in use".
+    Ports below the range are only ever taken by someone binding them on purpose.
+    """
+    low = max(_ephemeral_low(), 2048)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 20000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
+    while True:  # the range below is crowded: fall back to one the kernel picks
         with socket.socket() as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
