@@ -108,7 +108,9 @@ def test_kinds_fire_and_resolve_and_their_state_is_retained(
         back.stop()
     wait_until(lambda: ("resolved", "dev-3") in transitions(watch, "gone"), 15, what="online")
 
-    # A restart resumes: dev-2's silence is still the same episode, dev-3 is still back.
+    # A stop lets the batch in hand finish (the resolve of gone, its retained state cleared,
+    # then saved), and the restart resumes: dev-2's silence is still the same episode, dev-3
+    # is still back.
     engine.stop()
     seen = len(watch.on("vigil/alerts/"))
     start_engine(run_service, cloud_config, name="alert_engine-2")

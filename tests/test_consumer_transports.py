@@ -13,7 +13,7 @@ from support import connected, wait_until
 
 from vigil.consumer import Consumer, Handoff, Received
 from vigil.metrics import ServiceMetrics
-from vigil.readiness import Readiness, read_ready
+from vigil.readiness import Readiness, is_ready, read_ready
 from vigil.topicfilter import TopicFilter
 
 
@@ -78,6 +78,60 @@ def test_only_what_the_handler_made_durable_is_acknowledged(broker, tmp_path, tr
         wait_until(lambda: len(again) >= 50, what=f"the 50 not durable again (got {len(again)})")
         time.sleep(0.5)  # and none of the 300 acknowledged
         assert sorted(int(m.payload) for m in again) == list(range(300, 350))
+    finally:
+        c.stop(end_session=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("transport", ["fast", "paho"])
+def test_a_stop_lets_the_batch_in_hand_finish_and_tells_a_stuck_one_to_give_up(
+    broker, tmp_path, transport
+):
+    """A stop does not cut a batch between its effects and its acknowledgement: the handler
+    in progress finishes as usual and its batch is acknowledged. One still waiting after the
+    grace period sees ``stopping``; what it held is redelivered."""
+    entered, saw_stopping = threading.Event(), []
+
+    def finishes(batch: list[Received]) -> bool:
+        entered.set()
+        time.sleep(0.5)  # a publish the broker confirms a moment later
+        saw_stopping.append(c.stopping.is_set())
+        return not c.stopping.is_set()
+
+    c = consumer(broker, tmp_path, transport, finishes)
+    c.start()
+    device = connected(broker.settings, broker.ident("dev-1"))
+    try:
+        wait_until(lambda: is_ready(tmp_path / f"{transport}.ready"), what="ready")
+        device.publish_wait("vigil/data/dev-1", b"1")
+        assert entered.wait(10)
+        c.stop(grace_s=5.0)
+        assert saw_stopping == [False]  # it finished before the grace ran out
+
+        def stuck(batch: list[Received]) -> bool:
+            entered.set()
+            c.stopping.wait(30)  # a broker that is away: only the stop ends the wait
+            return False
+
+        entered.clear()
+        c = consumer(broker, tmp_path, transport, stuck)
+        c.start()
+        wait_until(lambda: is_ready(tmp_path / f"{transport}.ready"), what="ready again")
+        device.publish_wait("vigil/data/dev-1", b"2")
+        assert entered.wait(10)
+        t0 = time.monotonic()
+        c.stop(grace_s=0.3)
+        assert time.monotonic() - t0 < 5
+    finally:
+        device.stop()
+
+    again: list[Received] = []
+    c = consumer(broker, tmp_path, transport, lambda b: again.extend(b) or True)
+    c.start()
+    try:
+        wait_until(lambda: again, what="the stuck batch again")
+        time.sleep(0.5)  # and not the one that finished: it was acknowledged
+        assert [m.payload for m in again] == [b"2"]
     finally:
         c.stop(end_session=True)
 

@@ -21,6 +21,8 @@ alert engine, the notifier). Each service keeps only its own logic, a *handler* 
 - **Crash-only**: a handler that raises ends the process (``on_fatal``, exit status 70),
   after one log line. A process that keeps its session but no longer acknowledges would stall
   the pipeline silently; a restarted one gets every unacknowledged message again.
+- **Graceful stop**: no batch is taken after the one in hand, which has ``STOP_GRACE_S`` to
+  finish as usual before its handler sees ``stopping`` and gives up unacknowledged.
 - **Readiness** (:mod:`vigil.readiness`): ready once the broker granted every subscription,
   not ready while disconnected; a file (``--ready-file``) and the gauge ``vigil_ready``.
 
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: the process exit status of a consumer whose handler failed (EX_SOFTWARE)
 FATAL_EXIT = 70
+#: how long a stop lets the batch in hand finish as usual before its handler is told to
+#: give up (``stopping``)
+STOP_GRACE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,8 @@ class Consumer:
             )
         #: set when stopping; handlers wait on it instead of sleeping
         self.stopping = threading.Event()
+        #: set first when stopping: no batch is taken after the one in hand
+        self._draining = threading.Event()
         self.on_fatal: Callable[[], None] = _exit_fatal
         self._handoff = Handoff(4 * receive_maximum + 16, self.stopping)
         self._ready_gauge = metrics.gauge(
@@ -222,12 +229,18 @@ class Consumer:
         self._worker.start()
         self.mqtt.start()
 
-    def stop(self, timeout: float = 15.0, *, end_session: bool = False) -> None:
-        """Stop taking batches, let the one in hand finish (its handler sees ``stopping``),
-        disconnect (``end_session``: and have the broker discard the session), and say not
-        ready."""
+    def stop(
+        self, timeout: float = 15.0, *, end_session: bool = False, grace_s: float = STOP_GRACE_S
+    ) -> None:
+        """Stop taking batches and let the one in hand finish: for ``grace_s`` as usual (a
+        broker that is up confirms its publishes, so a stop does not cut a batch between its
+        publishes and its durable step), then with ``stopping`` set, so that a handler still
+        waiting gives up (its messages stay unacknowledged). Then disconnect
+        (``end_session``: and have the broker discard the session), and say not ready."""
+        self._draining.set()
+        self._worker.join(min(grace_s, timeout))
         self.stopping.set()
-        self._worker.join(timeout)
+        self._worker.join(max(0.0, timeout - grace_s))
         self.mqtt.stop(end_session=end_session)
         self._set_ready(False, "stopped")
 
@@ -272,7 +285,7 @@ class Consumer:
         batcher: Batcher[Received] = Batcher(self.batch_max, self.linger_s)
         idle_wait = 0.2 if self.tick_s is None else min(0.2, self.tick_s)
         last_call = time.monotonic()
-        while not self.stopping.is_set():
+        while not (self._draining.is_set() or self.stopping.is_set()):
             if not batcher.ready():
                 left = batcher.time_left()
                 if left is None:  # no batch open: wake on the first message
