@@ -91,6 +91,11 @@ class AlertEngine:
         self.topics = broker.topics
         self.settings = settings
         self.metrics = metrics or ServiceMetrics("alert_engine", "evaluate")
+        self._latency = self.metrics.histogram(
+            "vigil_alert_latency_seconds",
+            "Per alert transition: from the reading behind it to the broker's confirmation "
+            "(the SLO alert_latency)",
+        )
         self._rules_gauge = self.metrics.gauge("vigil_alert_rules", "Rules loaded").labels(
             self.metrics.service
         )
@@ -221,6 +226,7 @@ class AlertEngine:
                     return False
             log.info("%s", describe(alert))
             self.metrics.messages_out.inc()
+            self._latency.observe(max(0.0, time.time() - alert.ts / 1000))
         if alerts and time.monotonic() - started > SLOW_CONFIRM_S:
             log.info(
                 "broker confirmed %d alert(s) after %.1fs",

@@ -28,6 +28,7 @@ from api import (
     ring,
     rules,
     silences,
+    slos,
     users,
 )
 from api import storage as storage_routes
@@ -38,6 +39,7 @@ from api.notification_board import NotificationBoard
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher, channel_set_payload
+from api.slo_runner import SloRunner, targets_of
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
@@ -163,6 +165,8 @@ def create_app(
         interval_s=settings.gap_check_interval_s,
     )
     res.gap_check.start()
+    res.slo = SloRunner(database, targets_of(config), settings.slo_interval_s)
+    res.slo.start()
     # Hooks run in registration order: time the request before authenticating it.
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
@@ -178,6 +182,7 @@ def create_app(
         ingest,
         notifications,
         silences,
+        slos,
         storage_routes,
     ):
         app.register_blueprint(module.bp)

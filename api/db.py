@@ -32,6 +32,7 @@ from pathlib import Path
 
 from flask import Flask, current_app, g
 
+from api.slo import InvalidSlo, Slo, parse_slo
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage, Rule, Silence, Webhook, check_webhook, now_ms
 from vigil.names import ADMIN_USER
@@ -107,6 +108,14 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (user, key)
 );
+-- Service level objectives (api/slo.py), with how often each was violated.
+CREATE TABLE IF NOT EXISTS slos (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    violations INTEGER NOT NULL DEFAULT 0,
+    last_violation_at INTEGER,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -149,6 +158,8 @@ CHANGED_AT_KEY = "rules_changed_at"
 #: Most rules kept: with every field at its longest the snapshot stays under the 4 MiB the
 #: alert engine accepts (vigil.messages.MAX_RULESET_BYTES).
 MAX_RULES = 1000
+#: Most SLOs kept.
+MAX_SLOS_STORED = 100
 #: Most devices added through the API.
 MAX_DEVICES = 10_000
 #: Largest stored rule body read back (a valid one is under 3 KiB).
@@ -622,6 +633,40 @@ class Store:
                 ),
             )
             return self._bump_version()
+
+    # -- SLOs -----------------------------------------------------------------------------
+    def slos(self) -> list[tuple[Slo, int, int | None]]:
+        """Every SLO with its violation count and the time of the last (a stored row that
+        no longer parses is left out)."""
+        out = []
+        for body, count, last in self.conn.execute(
+            "SELECT body, violations, last_violation_at FROM slos ORDER BY id"
+        ):
+            try:
+                out.append((parse_slo(json.loads(body)), int(count), last))
+            except (InvalidSlo, ValueError):
+                continue
+        return out
+
+    def get_slo(self, slo_id: str) -> tuple[Slo, int, int | None] | None:
+        return next((row for row in self.slos() if row[0].id == slo_id), None)
+
+    def put_slo(self, slo: Slo) -> bool:
+        """Store a new SLO; False if one has that id."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO slos (id, body, created_at) VALUES (?, ?, ?)",
+            (slo.id, json.dumps(slo.to_dict()), now_ms()),
+        )
+        return cur.rowcount > 0
+
+    def delete_slo(self, slo_id: str) -> bool:
+        return self.conn.execute("DELETE FROM slos WHERE id = ?", (slo_id,)).rowcount > 0
+
+    def count_slo_violation(self, slo_id: str, at: int) -> None:
+        self.conn.execute(
+            "UPDATE slos SET violations = violations + 1, last_violation_at = ? WHERE id = ?",
+            (at, slo_id),
+        )
 
     # -- idempotency ----------------------------------------------------------------------
     def claim_idempotency(

@@ -14,6 +14,7 @@ from api.broker_admin import BrokerAdmin
 from api.gapcheck import GapChecker
 from api.notification_board import NotificationBoard
 from api.rules_sync import RulePublisher
+from api.slo_runner import SloRunner
 from api.status import StatusBoard
 from storage_nodes import StorageCluster
 from storage_nodes.ops import AutoRepair
@@ -42,6 +43,7 @@ class ApiResources:
     owns_mqtt: bool
     auto_repair: AutoRepair | None = None
     gap_check: GapChecker | None = None
+    slo: SloRunner | None = None
 
     def close(self) -> None:
         """Stop what the app started; a client or cluster passed in stays the caller's."""
@@ -49,6 +51,8 @@ class ApiResources:
         self.channel_publisher.stop()
         if self.gap_check is not None:
             self.gap_check.stop()
+        if self.slo is not None:
+            self.slo.stop()
         if self.owns_mqtt:
             self.mqtt.stop()
         if self.owns_storage:

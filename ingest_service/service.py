@@ -49,6 +49,10 @@ class IngestService:
         self.settings = config.ingest
         self.topics = config.broker.topics
         self.metrics = metrics or ServiceMetrics(SERVICE, "store batch")
+        self._lag = self.metrics.histogram(
+            "vigil_ingest_lag_seconds",
+            "Per stored batch: how long ago its oldest reading was taken (the SLO ingest_lag)",
+        )
         self.duplicates = self.metrics.counter(
             "vigil_ingest_duplicates_dropped", "Redelivered readings dropped by message id"
         )
@@ -190,6 +194,9 @@ class IngestService:
         rejected = self._store_one_by_one(work, batch) if isinstance(stored, Failed) else stored
         if rejected is None:
             return False
+        oldest = min((r.ts for _, readings in work.readings for r in readings), default=None)
+        if oldest is not None:
+            self._lag.observe(max(0.0, time.time() - oldest / 1000))
         if not rejected:
             return True
         index_of = {(r.device, r.id): index for index, readings in work.readings for r in readings}

@@ -108,7 +108,8 @@ class Notifier:
         )
         self._failed = self.metrics.counter(
             "vigil_notifications_failed",
-            "Alert transitions not delivered: the SMTP server refused them for good (5xx)",
+            "Notifications not delivered: the channel refused them for good (SMTP 5xx, HTTP "
+            "4xx) or every attempt failed",
         )
         self.backoff = backoff or Backoff()
         self.mailer = Mailer(settings.smtp)

@@ -19,6 +19,11 @@ CounterChild = Any  # prometheus_client's labelled Counter
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+#: Bounds of the pipeline's age histograms (ingest lag, alert latency), in seconds: the
+#: thresholds an SLO on them may use (api/slo.py).
+AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
 class ServiceMetrics:
     def __init__(self, service: str, step: str) -> None:
         self.service = service
@@ -48,6 +53,12 @@ class ServiceMetrics:
     def gauge(self, name: str, doc: str) -> Gauge:
         """A gauge labelled ``service``: call ``.labels(service)`` to set it."""
         return Gauge(name, doc, ["service"], registry=self.registry)
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...] = AGE_BUCKETS) -> Any:
+        """A histogram of this service (seconds by default: ``AGE_BUCKETS``)."""
+        return Histogram(name, doc, ["service"], buckets=buckets, registry=self.registry).labels(
+            self.service
+        )
 
     def counter(self, name: str, doc: str) -> CounterChild:
         """A counter of this service (``name`` without the ``_total`` suffix)."""

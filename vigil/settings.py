@@ -537,6 +537,12 @@ class ApiSettings(Model):
         le=86_400,
         description="how often stored readings are compared with what devices sent (0: off)",
     )
+    slo_interval_s: Float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="how often the SLOs are evaluated from the services' metrics (0: off)",
+    )
     broker_owners_file: FilePath | None = Field(
         None,
         description="the broker's live owners file (clientids.devices in the broker folder): "
