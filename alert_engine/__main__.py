@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     metrics = ServiceMetrics("alert_engine", "evaluate")
     try:
-        engine = AlertEngine(config.broker, config.alert_engine, metrics, args.ready_file)
+        engine = AlertEngine(
+            config.broker,
+            config.alert_engine,
+            metrics,
+            args.ready_file,
+            quote_agents=config.quote_agents,
+        )
         metrics.serve(config.alert_engine.metrics_port, config.alert_engine.metrics_host)
     except (OSError, sqlite3.Error) as exc:
         log.error("alert engine cannot start: %s", exc)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from vigil.messages import PRICE_METRIC, Alert, DeviceStatus, Reading, Rule
+from vigil.messages import Alert, DeviceStatus, Reading, Rule
+from vigil.symbols import series_device
 
 #: ``(rule id, device)``
 SeriesKey = tuple[str, str]
@@ -61,15 +62,6 @@ def watches(rule: Rule, reading: Reading) -> bool:
     if not covers_device(rule, reading.device):
         return False
     return rule.symbol is None or reading.tags.get("symbol", "").upper() == rule.symbol
-
-
-def metrics_of(reading: Reading) -> tuple[str, ...]:
-    """The metric names ``reading`` answers to: its own and, for a quote stored under the
-    per-symbol name ``price_<SYMBOL>``, ``price`` (what a ``symbol`` rule watches)."""
-    metric = reading.metric
-    if metric.startswith(PRICE_METRIC + "_") and reading.tags.get("symbol"):
-        return (metric, PRICE_METRIC)
-    return (reading.metric,)
 
 
 def breaches(rule: Rule, value: float) -> bool:
@@ -273,22 +265,23 @@ class Evaluator:
     def evaluate(self, reading: Reading, now_ms: int | None = None) -> list[Alert]:
         """The transitions ``reading`` causes (none if it is not newer than the last reading
         evaluated for a series); ``now_ms``: the engine's clock (for ``nodata`` rules; the
-        reading's time if not given)."""
+        reading's time if not given). A quote is evaluated under its symbol's pseudo-device
+        (``quote.AAPL``), whichever agent fetched it."""
         out: list[Alert] = []
+        reading = reading.as_stored()
         position = (reading.ts, reading.id)
         seen_at = reading.ts if now_ms is None else now_ms
-        for metric in metrics_of(reading):
-            for rule in self._by_metric.get(metric, ()):
-                if not watches(rule, reading):
-                    continue
-                key = (rule.id, reading.device)
-                prev = self._states.get(key)
-                if prev is not None and position <= prev.position:
-                    continue
-                state, alert = _step(rule, prev, reading, seen_at)
-                if alert is not None:
-                    out.append(alert)
-                self._put(key, state)
+        for rule in self._by_metric.get(reading.metric, ()):
+            if not watches(rule, reading):
+                continue
+            key = (rule.id, reading.device)
+            prev = self._states.get(key)
+            if prev is not None and position <= prev.position:
+                continue
+            state, alert = _step(rule, prev, reading, seen_at)
+            if alert is not None:
+                out.append(alert)
+            self._put(key, state)
         return out
 
     def status(self, status: DeviceStatus, now_ms: int) -> list[Alert]:
@@ -334,8 +327,9 @@ class Evaluator:
         sent anything), and ``offline`` rules whose device stayed offline for ``for_s``."""
         out: list[Alert] = []
         for rule in self._timed:
-            if rule.device is not None and not rule.is_pattern:
-                key = (rule.id, rule.device)
+            one = series_device(rule.symbol) if rule.symbol is not None else rule.device
+            if one is not None and (rule.symbol is not None or not rule.is_pattern):
+                key = (rule.id, one)
                 if key not in self._states:
                     self._put(key, SeriesState(0, 0, None, 0.0, None, (), now_ms))
             limit = rule.for_s * 1000
@@ -449,9 +443,9 @@ def _seconds(value: float) -> str:
 
 
 def _subject(rule: Rule, device: str) -> str:
-    """``temperature on dev-1``, ``price of AAPL on dev-9``."""
+    """``temperature on dev-1``, ``price of AAPL``."""
     if rule.symbol is not None:
-        return f"{rule.metric} of {rule.symbol} on {device}"
+        return f"{rule.metric} of {rule.symbol}"
     return f"{rule.metric} on {device}"
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from alert_engine.evaluator import Evaluator, RuleSetChange
@@ -87,8 +87,12 @@ class AlertEngine:
         settings: AlertEngineSettings,
         metrics: ServiceMetrics | None = None,
         ready_file: Path | None = None,
+        *,
+        quote_agents: Collection[str] = frozenset(),
     ) -> None:
         self.topics = broker.topics
+        #: the devices whose quotes are evaluated (devices[].quotes); others' are ignored
+        self.quote_agents = frozenset(quote_agents)
         self.settings = settings
         self.metrics = metrics or ServiceMetrics("alert_engine", "evaluate")
         self._latency = self.metrics.histogram(
@@ -241,7 +245,7 @@ class AlertEngine:
         try:
             if device is None:
                 raise InvalidMessage(f"topic {msg.topic} names no valid device")
-            readings = parse_readings(msg.payload, device)
+            readings = parse_readings(msg.payload, device, self.quote_agents)
         except InvalidMessage as exc:
             # The ingest service dead-letters it with the reason; here it is only counted.
             self.metrics.error("invalid_message")

@@ -29,6 +29,7 @@ from api import (
     rules,
     silences,
     slos,
+    symbols,
     users,
 )
 from api import storage as storage_routes
@@ -41,12 +42,14 @@ from api.resources import init_app as bind_resources
 from api.rules_sync import RulePublisher, channel_set_payload
 from api.slo_runner import SloRunner, targets_of
 from api.status import StatusBoard
+from api.storage import storage_ops
+from api.ticker_sync import TickerSync
 from storage_nodes import StorageCluster
 from storage_nodes.metrics import StorageCollector
 from vigil.config_core import ConfigError
 from vigil.device_config import DeviceConfig, decode_device_settings
 from vigil.metrics import ServiceMetrics
-from vigil.mqtt import MqttClient
+from vigil.mqtt import MqttClient, PublishError
 from vigil.settings import VigilConfig
 
 __all__ = ["close_app", "create_app", "resources"]
@@ -141,6 +144,32 @@ def create_app(
             client.publish(topics.device_config(device), payload, retain=True)
 
     client.on_connected.append(republish_configs)
+
+    def publish_config(device: str, payload: bytes) -> bool:
+        try:
+            client.publish_wait(
+                topics.device_config(device),
+                payload,
+                retain=True,
+                timeout=app.config["RULES_PUSH_TIMEOUT_S"],
+            )
+        except PublishError:
+            return False
+        return True
+
+    def delete_quotes(device: str, metric: str, before_ms: int) -> object:
+        return storage_ops(res).delete_series(device, metric, before_ms)
+
+    tickers = TickerSync(
+        database,
+        sorted(config.quote_agents),
+        board.get,
+        publish_config,
+        retention_s=config.storage.retention_s or 0.0,
+        delete_series=delete_quotes,
+        interval_s=settings.ticker_sync_interval_s,
+    )
+    board.listeners.append(tickers.on_status)
     res = ApiResources(
         config=config,
         storage=storage or StorageCluster(config.storage),
@@ -154,6 +183,7 @@ def create_app(
         metrics=metrics,
         owns_storage=storage is None,
         owns_mqtt=owns_mqtt,
+        tickers=tickers,
     )
     metrics.registry.register(StorageCollector(res.storage, "api"))
     res.gap_check = GapChecker(
@@ -167,6 +197,7 @@ def create_app(
     res.gap_check.start()
     res.slo = SloRunner(database, targets_of(config), settings.slo_interval_s)
     res.slo.start()
+    tickers.start()
     # Hooks run in registration order: time the request before authenticating it.
     request_metrics.init_app(app, metrics)
     problems.init_app(app)
@@ -184,6 +215,7 @@ def create_app(
         silences,
         slos,
         storage_routes,
+        symbols,
     ):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)

@@ -116,6 +116,19 @@ CREATE TABLE IF NOT EXISTS slos (
     last_violation_at INTEGER,
     created_at INTEGER NOT NULL
 );
+-- The share symbols each user follows (api/symbols.py), and each symbol followed by
+-- anyone once: since when it is (followed = 1) or nobody follows it any more (0).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    user TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user, symbol)
+);
+CREATE TABLE IF NOT EXISTS symbols (
+    symbol TEXT PRIMARY KEY,
+    followed INTEGER NOT NULL,
+    since INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -578,6 +591,7 @@ class Store:
             rules += self.conn.execute(
                 "DELETE FROM user_templates WHERE user = ?", (name,)
             ).rowcount
+            self.conn.execute("DELETE FROM subscriptions WHERE user = ?", (name,))
             version = self._bump_version() if rules else None
             cur = self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cur.rowcount > 0, version
@@ -633,6 +647,65 @@ class Store:
                 ),
             )
             return self._bump_version()
+
+    # -- followed symbols -----------------------------------------------------------------
+    def subscriptions(self, user: str) -> list[str]:
+        """The symbols ``user`` follows, sorted."""
+        return [
+            s
+            for (s,) in self.conn.execute(
+                "SELECT symbol FROM subscriptions WHERE user = ? ORDER BY symbol", (user,)
+            )
+        ]
+
+    def set_subscriptions(self, user: str, symbols: list[str]) -> None:
+        """Make ``symbols`` the ones ``user`` follows."""
+        t = now_ms()
+        with self._transaction():
+            self.conn.execute("DELETE FROM subscriptions WHERE user = ?", (user,))
+            self.conn.executemany(
+                "INSERT INTO subscriptions (user, symbol, created_at) VALUES (?, ?, ?)",
+                [(user, s, t) for s in symbols],
+            )
+
+    def followed(self) -> dict[str, list[str]]:
+        """Every symbol anyone follows, with its followers."""
+        out: dict[str, list[str]] = {}
+        for user, symbol in self.conn.execute(
+            "SELECT user, symbol FROM subscriptions ORDER BY symbol, user"
+        ):
+            out.setdefault(symbol, []).append(user)
+        return out
+
+    def note_followed(self, followed: set[str], now: int) -> dict[str, int]:
+        """Record which symbols are followed now; returns every symbol nobody follows any
+        more, with since when (epoch ms)."""
+        with self._transaction():
+            known = {
+                s: (bool(f), int(t))
+                for s, f, t in self.conn.execute("SELECT symbol, followed, since FROM symbols")
+            }
+            for symbol in followed:
+                if not known.get(symbol, (False, 0))[0]:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO symbols (symbol, followed, since) VALUES (?, 1, ?)",
+                        (symbol, now),
+                    )
+            dropped: dict[str, int] = {}
+            for symbol, (was, since) in known.items():
+                if symbol in followed:
+                    continue
+                if was:
+                    self.conn.execute(
+                        "UPDATE symbols SET followed = 0, since = ? WHERE symbol = ?",
+                        (now, symbol),
+                    )
+                dropped[symbol] = now if was else since
+        return dropped
+
+    def forget_symbol(self, symbol: str) -> None:
+        """Stop tracking a symbol nobody follows (its data was removed)."""
+        self.conn.execute("DELETE FROM symbols WHERE symbol = ? AND followed = 0", (symbol,))
 
     # -- SLOs -----------------------------------------------------------------------------
     def slos(self) -> list[tuple[Slo, int, int | None]]:

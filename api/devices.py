@@ -18,6 +18,7 @@ import json
 import secrets
 from typing import Any
 
+import msgspec
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import ValidationError
 
@@ -115,6 +116,11 @@ def add() -> tuple[Response, int]:
         raise _invalid(f"{key}: {reason}") from None
     if entry.id in {d.id for d in res.config.devices}:
         raise Problem(409, f"device {entry.id!r} is configured in vigil.yaml already")
+    if entry.quotes:
+        raise _invalid(
+            "quotes: quote agents are configured in vigil.yaml (devices[].quotes), where "
+            "ingest and the alert engine read them"
+        )
     store = get_store()
     try:
         store.add_device(entry.id, entry.description)
@@ -256,6 +262,9 @@ def put_config(device: str) -> Response:
         settings = decode_device_settings(_json_body())
     except KeyedError as exc:
         raise _invalid(f"{exc.key}: {exc.reason}") from None
+    res = resources()
+    if device in res.config.quote_agents:  # a quote agent's tickers are the API's assignment
+        settings = msgspec.structs.replace(settings, tickers=res.tickers.tickers_of(device))
     store = get_store()
     version = store.set_device_config(device, settings.to_json().decode())
     live = DeviceConfig(device=device, version=version, **settings.given())
@@ -274,6 +283,7 @@ def delete_config(device: str) -> Response:
     store = get_store()
     store.set_device_config(device, None)
     pushed = _publish_config(device, b"")
+    resources().tickers.poke()  # a quote agent gets its tickers back
     resp = jsonify({**_config_view(device, store.device(device)), "pushed": pushed})
     resp.headers["Vigil-Config-Pushed"] = "true" if pushed else "false"
     return resp

@@ -57,7 +57,7 @@ def ingest() -> dict[str, Any]:
     if row is not None and row.disabled:
         raise Problem(403, f"device {device!r} is disabled")
     try:
-        readings = parse_readings(payload, device)
+        readings = parse_readings(payload, device, resources().config.quote_agents)
     except InvalidMessage as exc:
         raise _invalid(exc.reason) from None
     rejected = resources().storage.write(readings)

@@ -16,6 +16,7 @@ from api.notification_board import NotificationBoard
 from api.rules_sync import RulePublisher
 from api.slo_runner import SloRunner
 from api.status import StatusBoard
+from api.ticker_sync import TickerSync
 from storage_nodes import StorageCluster
 from storage_nodes.ops import AutoRepair
 from vigil.metrics import ServiceMetrics
@@ -41,6 +42,7 @@ class ApiResources:
     metrics: ServiceMetrics
     owns_storage: bool
     owns_mqtt: bool
+    tickers: TickerSync
     auto_repair: AutoRepair | None = None
     gap_check: GapChecker | None = None
     slo: SloRunner | None = None
@@ -49,6 +51,7 @@ class ApiResources:
         """Stop what the app started; a client or cluster passed in stays the caller's."""
         self.publisher.stop()
         self.channel_publisher.stop()
+        self.tickers.stop()
         if self.gap_check is not None:
             self.gap_check.stop()
         if self.slo is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -28,6 +29,8 @@ class StatusBoard:
         self.topics = topics
         self._lock = threading.Lock()
         self._latest: dict[str, DeviceStatus] = {}
+        #: called with the device after each status stored (on paho's thread: keep short)
+        self.listeners: list[Callable[[str], None]] = []
 
     def update(self, device: str, status: DeviceStatus | None) -> None:
         with self._lock:
@@ -35,6 +38,8 @@ class StatusBoard:
                 self._latest.pop(device, None)
             else:
                 self._latest[device] = status
+        for listener in self.listeners:
+            listener(device)
 
     def get(self, device: str) -> DeviceStatus | None:
         with self._lock:

@@ -93,7 +93,7 @@ def _no_user(user: str) -> Problem:
     return Problem(404, f"no user {user!r}")
 
 
-def _visible(user: str) -> UserRow:
+def visible_user(user: str) -> UserRow:
     """``user``'s row if the caller may see it (an admin, or the user themself); else the
     same 404 as for a user that does not exist."""
     who = caller()
@@ -179,13 +179,13 @@ def create() -> tuple[Response, int]:
 
 @bp.get("/users/<user>")
 def get_user(user: str) -> dict[str, Any]:
-    return user_view(_visible(user))
+    return user_view(visible_user(user))
 
 
 @bp.patch("/users/<user>")
 def patch_user(user: str) -> dict[str, Any]:
     """Change a user's role (admin)."""
-    _visible(user)  # a user probing another's name gets 404, not 403
+    visible_user(user)  # a user probing another's name gets 404, not 403
     require_admin("changing roles")
     body = json_object(_invalid, allowed=("role",))
     role = _role(body, None)
@@ -201,7 +201,7 @@ def patch_user(user: str) -> dict[str, Any]:
 @bp.delete("/users/<user>")
 def delete_user(user: str) -> Response:
     """Remove a user, their tokens and what they own (admin)."""
-    _visible(user)
+    visible_user(user)
     require_admin("removing users")
     if user == ADMIN_USER:
         raise Problem(409, f"the user {ADMIN_USER!r} holds the admin token file: it stays")
@@ -214,14 +214,14 @@ def delete_user(user: str) -> Response:
 @bp.get("/users/<user>/tokens")
 def tokens(user: str) -> dict[str, Any]:
     """The user's tokens: ids, labels and times (never a token itself)."""
-    _visible(user)
+    visible_user(user)
     return {"tokens": [token_view(row) for row in get_store().tokens(user)]}
 
 
 @bp.post("/users/<user>/tokens")
 def issue_token(user: str) -> tuple[Response, int]:
     """Issue a new token; the answer is the only time it is shown."""
-    _visible(user)
+    visible_user(user)
     body = json_object(_invalid, allowed=("label",)) if request.get_data(cache=True) else {}
     token = _issue(user, _label(body))
     resp = jsonify(token)
@@ -232,7 +232,7 @@ def issue_token(user: str) -> tuple[Response, int]:
 @bp.delete("/users/<user>/tokens/<token_id>")
 def revoke_token(user: str, token_id: str) -> Response:
     """Revoke a token: requests with it get 401 from now on."""
-    _visible(user)
+    visible_user(user)
     if not get_store().revoke_token(user, token_id):
         raise Problem(404, f"user {user!r} has no token {token_id!r}")
     return Response(status=204)
@@ -245,7 +245,7 @@ def _recipients_view(user: str) -> dict[str, Any]:
 @bp.get("/users/<user>/recipients")
 def recipients(user: str) -> dict[str, Any]:
     """Where the user's alerts are emailed (the admin, or the user themself)."""
-    _visible(user)
+    visible_user(user)
     return _recipients_view(user)
 
 
@@ -254,7 +254,7 @@ def set_recipients(user: str) -> Response:
     """Replace the addresses the user's alerts go to: ``{"emails": [...]}`` (at most 20;
     empty: the user's alerts are emailed to nobody). The notifier gets them with the rule
     set: the answer says whether the broker has it (``pushed``)."""
-    _visible(user)
+    visible_user(user)
     body = json_object(_invalid_recipients, allowed=("emails",))
     emails = body.get("emails")
     if not isinstance(emails, list) or len(emails) > MAX_RECIPIENTS:
@@ -287,7 +287,7 @@ def _webhooks_view(user: str, shown_secrets: dict[str, str] | None = None) -> di
 @bp.get("/users/<user>/webhooks")
 def webhooks(user: str) -> dict[str, Any]:
     """Where the user's notifications are POSTed (the secrets are never shown again)."""
-    _visible(user)
+    visible_user(user)
     return _webhooks_view(user)
 
 
@@ -298,7 +298,7 @@ def set_webhooks(user: str) -> Response:
     (``X-Vigil-Signature: sha256=HMAC(secret, "{X-Vigil-Timestamp}.{body}")``). Without a
     secret, a webhook keeps the one it had, or gets a new one: a secret set or made here is
     answered this once. The notifier gets them in the channel snapshot (``pushed``)."""
-    _visible(user)
+    visible_user(user)
     body = json_object(_invalid_webhooks, allowed=("webhooks",))
     given = body.get("webhooks")
     if not isinstance(given, list) or len(given) > MAX_WEBHOOKS:
@@ -346,7 +346,7 @@ def _invalid_webhooks(detail: str) -> Problem:
 @bp.get("/users/<user>/telegram")
 def telegram(user: str) -> dict[str, Any]:
     """The Telegram chat the user's notifications go to (null: none)."""
-    _visible(user)
+    visible_user(user)
     return {"user": user, "chat_id": get_store().telegram_chat(user)}
 
 
@@ -354,7 +354,7 @@ def telegram(user: str) -> dict[str, Any]:
 def set_telegram(user: str) -> Response:
     """``{"chat_id": "123456" | "@channel" | null}``: where the notifier's bot sends the
     user's notifications (null: nowhere). Pushed in the channel snapshot (``pushed``)."""
-    _visible(user)
+    visible_user(user)
     body = json_object(_invalid_telegram, allowed=("chat_id",))
     if "chat_id" not in body:
         raise _invalid_telegram("chat_id: required (null to stop Telegram notifications)")
@@ -378,7 +378,7 @@ def _invalid_telegram(detail: str) -> Problem:
 @bp.get("/users/<user>/templates")
 def templates(user: str) -> dict[str, Any]:
     """The user's own email templates (none: Vigil's)."""
-    _visible(user)
+    visible_user(user)
     return {"user": user, "templates": get_store().templates(user)}
 
 
@@ -388,7 +388,7 @@ def set_templates(user: str) -> Response:
     emails; each part not given stays Vigil's, ``{}`` resets all. Checked and tried on a
     sample notification first: an error names the part and the line. The admin, or the user
     themself (so the admin can set anyone's)."""
-    _visible(user)
+    visible_user(user)
     body = json_object(_invalid_templates, allowed=TEMPLATE_KEYS)
     try:
         checked = check_templates(body)

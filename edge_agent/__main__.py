@@ -14,7 +14,6 @@ from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.outbox import OutboxError
-from edge_agent.quotes import metric_for
 from edge_agent.sources import SourceError
 from vigil.agent_settings import AgentConfig, agent_secret_files, load_agent_config
 from vigil.cli import check_secret_files, load_or_exit, service_parser
@@ -26,17 +25,12 @@ DEFAULT_CONFIG = "config/agents/demo-1.yaml"
 
 
 def check_config(path: str, config: AgentConfig) -> None:
-    """What the settings model cannot see: the topic root and the quote symbols (the
-    model checks that the username and client id are the device id)."""
+    """What the settings model cannot see: the topic root (the model checks that the
+    username and client id are the device id, and the quote symbols)."""
     try:
         Topics(config.broker.topic_root)
     except TopicError as exc:
         raise ConfigError(path, "broker.topic_root", str(exc)) from exc
-    for i, symbol in enumerate(config.quotes.symbols):
-        try:
-            metric_for(symbol)
-        except ValueError as exc:
-            raise ConfigError(path, f"quotes.symbols[{i}]", str(exc)) from exc
 
 
 def load(path: str) -> AgentConfig:

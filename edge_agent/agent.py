@@ -41,7 +41,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from prometheus_client import Counter
 
 from edge_agent.outbox import Outbox
-from edge_agent.quotes import BREAKER_STATE_VALUES, Fetcher, QuoteFeed
+from edge_agent.quotes import BREAKER_STATE_VALUES, Clock, Fetcher, QuoteFeed
 from edge_agent.samples import Sample
 from edge_agent.sensors import SensorBank
 from edge_agent.sources import build_sources
@@ -85,6 +85,7 @@ class Agent:
         *,
         clock: Callable[[], float] = time.time,
         quote_fetcher: Fetcher | None = None,
+        quote_clock: Clock | None = None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         #: the agent's own file; ``config`` is it with the live configuration applied
@@ -100,7 +101,7 @@ class Agent:
         self.sensors = SensorBank(config.sensors, config.seed)
         self.sources = build_sources(config.sources)  # SourceError: a plugin cannot start
         self._source_failing: dict[str, str] = {}  # source -> its error, while it fails
-        self.quotes = QuoteFeed(config.quotes, config.seed, quote_fetcher)
+        self.quotes = QuoteFeed(config.quotes, config.seed, quote_fetcher, quote_clock)
         self.metrics = metrics or ServiceMetrics("edge_agent", "publish")
         self._source_errors = Counter(
             "vigil_source_errors",
@@ -371,7 +372,7 @@ class Agent:
             sensors=live.sensors if live.sensors is not None else base.sensors,
             quotes=msgspec.structs.replace(base.quotes, symbols=list(tickers)),
         )
-        self.quotes.set_symbols(config.quotes.symbols)  # ValueError: nothing changed
+        self.quotes.set_symbols(config.quotes.symbols)
         self.sensors = SensorBank(config.sensors, config.seed)
         self.config = config
         self.config_version = version

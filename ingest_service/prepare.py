@@ -4,6 +4,7 @@ of the batch only when its readings are stored and its dead letters published.""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ingest_service.dedupe import RecentIds
@@ -48,10 +49,16 @@ def confirmations(work: Prepared, topics: Topics) -> dict[str, list[int]]:
     return out
 
 
-def prepare(batch: list[Received], topics: Topics, recent: RecentIds) -> Prepared:
+def prepare(
+    batch: list[Received],
+    topics: Topics,
+    recent: RecentIds,
+    quote_agents: Collection[str] = frozenset(),
+) -> Prepared:
     """Validate each message and drop readings already stored (``recent``) or already seen
-    earlier in this batch. A message that breaks the contract, or whose parsing raises
-    anything at all, becomes a dead letter with the reason."""
+    earlier in this batch. A message that breaks the contract (a quote from a device not in
+    ``quote_agents`` among others), or whose parsing raises anything at all, becomes a dead
+    letter with the reason."""
     out = Prepared()
     in_batch: set[tuple[str, int]] = set()
     for index, msg in enumerate(batch):
@@ -60,7 +67,7 @@ def prepare(batch: list[Received], topics: Topics, recent: RecentIds) -> Prepare
             out.dead.append(dead_letter(msg, f"topic {msg.topic[:200]!r} names no valid device"))
             continue
         parsed = contain(
-            lambda: parse_readings(msg.payload, device),  # noqa: B023 - called at once
+            lambda: parse_readings(msg.payload, device, quote_agents),  # noqa: B023 - at once
             what="validating the reading",
             subject=msg.topic,
         )

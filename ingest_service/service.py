@@ -159,7 +159,7 @@ class IngestService:
         durable (the runtime then acknowledges the batch), False if stopping first."""
         started = time.perf_counter()
         self.metrics.messages_in.inc(len(batch))
-        work = prepare(batch, self.topics, self.recent)
+        work = prepare(batch, self.topics, self.recent, self.config.quote_agents)
         if not self._store(work, batch) or not self.dead_letters.publish(work.dead):
             return False
         self._confirm(work)

@@ -50,6 +50,7 @@ COMMANDS = (
     "silences",
     "recipients",
     "webhooks",
+    "subscriptions",
     "telegram",
     "query",
 )
@@ -385,6 +386,32 @@ def run(args: argparse.Namespace) -> str:
                 )
             ),
         )
+    if cmd == "subscriptions":
+        path = f"/users/{_seg(_me(api, args))}/subscriptions"
+        if args.action in ("follow", "unfollow", "set"):
+            have = set(api("GET", path)["symbols"])
+            wanted = {s.upper() for s in args.symbols}
+            symbols = (
+                have | wanted
+                if args.action == "follow"
+                else have - wanted
+                if args.action == "unfollow"
+                else wanted
+            )
+            answer = api("PUT", path, {"symbols": sorted(symbols)})
+        else:
+            answer = api("GET", path)
+        return out(
+            answer,
+            lambda a: (
+                table(
+                    [{"symbol": s, "agent": a["agents"].get(s) or "-"} for s in a["symbols"]],
+                    (("SYMBOL", "symbol"), ("FETCHED BY", "agent")),
+                )
+                if a["symbols"]
+                else "(none)"
+            ),
+        )
     if cmd == "telegram":
         path = f"/users/{_seg(_me(api, args))}/telegram"
         if args.action == "show":
@@ -487,6 +514,12 @@ def parser() -> argparse.ArgumentParser:
     hadd.add_argument("url")
     hadd.add_argument("--secret")
     hooks.add_parser("remove").add_argument("name")
+    subs = sub.add_parser("subscriptions", help="the share symbols you follow").add_subparsers(
+        dest="action"
+    )
+    subs.add_parser("show")
+    for name in ("follow", "unfollow", "set"):
+        subs.add_parser(name).add_argument("symbols", nargs="*" if name == "set" else "+")
     tg = sub.add_parser("telegram").add_subparsers(dest="action", required=True)
     tg.add_parser("show")
     tg.add_parser("set").add_argument("chat")

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from vigil.settings import StorageNode, VigilConfig, load_config
 log = logging.getLogger("vigil.stack")
 
 RESTART_BACKOFF_S = 5.0
+#: what the admin follows on the first run, so the demo has share prices
+DEMO_SYMBOLS = ("AAPL", "MSFT", "ENI.MI")
 #: a child that ran this long before it died was healthy: its restart backoff starts over
 HEALTHY_RUN_S = 60.0
 
@@ -220,7 +223,29 @@ class Stack:
 
         self._token, self._viewer_password = token, files.creds["vigil-viewer"]
         self._influx_viewer = influx.viewer
+        self._follow_demo_symbols(token)
         return self.write_info()
+
+    def _follow_demo_symbols(self, token: str) -> None:
+        """On the first run, the admin follows DEMO_SYMBOLS, so the quote agents have
+        something to fetch (later runs keep whatever the admin follows by then)."""
+        done = self.state / "run" / "demo-symbols-followed"
+        if done.exists() or not self.config.quote_agents:
+            return
+        c = self.config.api
+        request = urllib.request.Request(
+            f"http://{c.host}:{c.port}/users/admin/subscriptions",
+            data=json.dumps({"symbols": list(DEMO_SYMBOLS)}).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our API
+                resp.read()
+        except OSError as exc:
+            log.warning("could not follow the demo symbols %s: %s", DEMO_SYMBOLS, exc)
+            return
+        write_atomic(done, b"")
 
     def _influxd(self, node: StorageNode) -> Child:
         host, port = _hostport(node.url)

@@ -280,7 +280,7 @@ class StorageCluster:
                 replicas_of.append(())
                 lines.append("")
                 continue
-            cut = self.cutoff_ns(r.device, r.metric) if check_cutoff else None
+            cut = self.cutoff_ns(r.stored_device, r.metric) if check_cutoff else None
             if cut is not None and point_time_ns(r) < cut:
                 why = "is past retention" if r.series_key not in deleted else "was deleted"
                 rejected.append(Rejected(r, "", f"the series {why} up to this time"))

@@ -57,6 +57,8 @@ from vigil.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DEVICES = [f"dev-{i}" for i in range(10)]
+#: the test configuration's quote agents (devices[].quotes)
+QUOTE_AGENTS = ("dev-8", "dev-9")
 
 
 def _need(binary: str) -> None:
@@ -319,7 +321,9 @@ def cloud_config(
             "metrics_port": free_port(),
             "broker_owners_file": str(broker.files.live_client_ids),
         },
-        "devices": [{"id": d} for d in TEST_DEVICES],
+        "devices": [
+            {"id": d, "quotes": True} if d in QUOTE_AGENTS else {"id": d} for d in TEST_DEVICES
+        ],
     }
     path = tmp_path / "vigil.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

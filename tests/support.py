@@ -311,7 +311,12 @@ def write_agent_config(folder: Path, broker: Any, device: str, **overrides: Any)
                 "noise": 1,
             },
         ],
-        "quotes": {"symbols": ["AAPL"], "interval_s": 3600, "source": "simulated"},
+        "quotes": {
+            "symbols": ["AAPL"],
+            "interval_s": 3600,
+            "source": "simulated",
+            "market_hours": False,  # the tests run at any hour
+        },
         **overrides,
     }
     path = folder / f"{device}.yaml"

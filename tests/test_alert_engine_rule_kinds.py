@@ -80,13 +80,13 @@ def test_band_fires_outside_and_names_the_bound():
 
 
 def price(value: float, n: int, symbol: str = "AAPL", device: str = "dev-9") -> Reading:
-    """A quote as the agents send it today: metric price_<SYMBOL>, tag symbol; 60 s apart."""
+    """A quote as the agents send it: metric price, tags symbol and source; 60 s apart."""
     return Reading(
         id=5_000 + n,
         device=device,
         ts=T0 + 60_000 * n,
         kind="quote",
-        metric=f"price_{symbol}",
+        metric="price",
         value=value,
         unit="USD",
         tags={"symbol": symbol, "source": "simulated"},
@@ -101,8 +101,10 @@ def test_percent_change_over_a_window_on_a_symbol():
     # n=4 is 2.1% above n=0 (240 s earlier, in the window); n=6 is 0.5% above n=1... the
     # oldest in its window (n=1, 300 s earlier): under 2%, so it resolves.
     assert [(a.state, a.reading_id) for a in alerts] == [("firing", 5004), ("resolved", 5006)]
-    assert alerts[0].detail == "price of AAPL on dev-9 rose 2.10% in 300 s (100 -> 102.1)"
+    assert alerts[0].detail == "price of AAPL rose 2.10% in 300 s (100 -> 102.1)"
     assert alerts[0].symbol == "AAPL" and alerts[0].metric == "price"
+    # stored and evaluated per symbol, whichever agent fetched the quote
+    assert alerts[0].device == "quote.AAPL"
     # another symbol is not watched
     assert not [a for n, v in enumerate([1, 5, 10]) for a in ev.evaluate(price(v, n, "MSFT"))]
 

@@ -69,6 +69,14 @@ def test_the_cli_tells_alice_and_bob_apart(cloud_config, broker, run_service, tm
     assert vigil("recipients", "set", "alice@test.invalid", who="alice")[1].strip() == (
         "alice@test.invalid"
     )
+    code, out, _ = vigil("subscriptions", "follow", "aapl", "ENI.MI", who="alice")
+    assert code == 0 and "SYMBOL" in out and "AAPL" in out and "ENI.MI" in out, out
+    code, out, _ = vigil("--json", "subscriptions", "unfollow", "ENI.MI", who="alice")
+    answer = json.loads(out)
+    assert answer["symbols"] == ["AAPL"] and answer["agents"]["AAPL"] in ("dev-8", "dev-9")
+    assert vigil("subscriptions", who="bob")[1].strip() == "(none)"
+    code, _, err = vigil("subscriptions", "follow", "A B", who="bob")
+    assert code == 1 and "symbols[0]: 'A B' is not a ticker symbol" in err
     receiver = Receiver()
     try:
         code, out, _ = vigil("webhooks", "add", "ops", receiver.url + "/bob", who="bob")

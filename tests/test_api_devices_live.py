@@ -54,7 +54,7 @@ def run_agent(tmp_path, broker, device: str, ident: MqttClientSettings, **overri
         broker,
         device,
         mqtt=ident.model_dump(mode="json", include={"client_id", "username", "password_file"}),
-        quotes={},
+        quotes={"market_hours": False},  # the tests run at any hour
         **overrides,
     )
     agent = Agent(load_agent_config(path, environ={}))
@@ -187,12 +187,10 @@ def test_a_live_configuration_is_applied_without_a_restart_or_rejected_with_a_re
             out = set()
             for m in watch.messages[start:]:
                 for r in json.loads(m.payload).get("readings", []):
-                    out.add(r["metric"])
+                    out.add(r["tags"]["symbol"] if r["kind"] == "quote" else r["metric"])
             return out
 
-        wait_until(
-            lambda: {"pressure", "price_MSFT"} <= metrics_since(), 10, what="the new readings"
-        )
+        wait_until(lambda: {"pressure", "MSFT"} <= metrics_since(), 10, what="the new readings")
         got = api.get("/devices/dev-2/config").get_json()
         assert got["version"] == got["applied_version"] == version and got["error"] is None
 

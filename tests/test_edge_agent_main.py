@@ -40,7 +40,7 @@ def test_a_bad_config_names_file_key_and_reason(broker, tmp_path, capsys, monkey
     )
     check("quotes.bogus: unknown key", quotes={"bogus": 1})
     check(
-        "quotes.symbols[1]: quote symbol '^=^' gives no usable metric name",
+        "quotes.symbols[1]: '^=^' is not a ticker symbol",
         quotes={"symbols": ["AAPL", "^=^"]},
     )
     check(
@@ -77,7 +77,7 @@ def test_the_process_publishes_serves_metrics_and_stops_cleanly(
     wait_until(lambda: len(watch.on("vigil/data/dev-4")) >= 3, timeout=15, what="readings")
     assert [s.state for s in statuses(watch, "dev-4")] == ["online"]
     readings = [r for m in watch.on("vigil/data/dev-4") for r in parse_readings(m.payload, "dev-4")]
-    assert {r.metric for r in readings} == {"temperature", "humidity", "price_AAPL"}
+    assert {r.metric for r in readings} == {"temperature", "humidity", "price"}
 
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'vigil_outbox_depth{service="edge_agent"}' in text

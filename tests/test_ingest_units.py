@@ -94,10 +94,10 @@ def test_prepare_dead_letters_a_message_whose_parsing_raises_anything(monkeypatc
 
     real = prepare_module.parse_readings
 
-    def parse(payload: bytes, device: str):
+    def parse(payload: bytes, device: str, quote_agents=None):
         if payload == b"boom":
             raise RecursionError("maximum recursion depth exceeded")
-        return real(payload, device)
+        return real(payload, device, quote_agents)
 
     monkeypatch.setattr(prepare_module, "parse_readings", parse)
     batch = [

@@ -168,7 +168,7 @@ def test_each_agent_is_checked_as_the_agent_checks_itself(layout, capsys):
     path = layout.write_agent("demo-3", agent)
     assert layout.validate(capsys) == (
         2,
-        f"vigil: {path}: quotes.symbols[0]: quote symbol '^=^' gives no usable metric name",
+        f"vigil: {path}: quotes.symbols[0]: '^=^' is not a ticker symbol",
     )
 
 

@@ -61,7 +61,7 @@ def stored_row(
     cells: dict[str, object] = {
         **dict.fromkeys(other_tags),
         **r.tags,
-        "device": r.device,
+        "device": r.stored_device,
         "kind": r.kind,
         "unit": r.unit or None,
         "id": r.id,
@@ -155,7 +155,7 @@ def test_a_hint_line_gives_back_its_series_and_time(r, device, tags):
     """What hint replay reads of a line to honour deletions and retention: devices and tag
     keys are names (the contract); measurements and tag values may need escaping."""
     r = dataclasses.replace(r, device=device, tags=tags)
-    assert line_series_time(reading_to_line(r)) == (r.metric, device, point_time_ns(r))
+    assert line_series_time(reading_to_line(r)) == (r.metric, r.stored_device, point_time_ns(r))
 
 
 @given(st.text(max_size=80))

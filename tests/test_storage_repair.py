@@ -261,7 +261,8 @@ def test_rows_read_back_from_a_server_rebuild_the_lines_written(storage):
             "rows",
             v,
             "" if i % 4 == 0 else "°C μ=1, x",
-            {"room": "a b,c=d", "sym": "€"} if i % 3 == 0 else {"floor": str(i)},
+            ({"room": "a b,c=d", "sym": "€"} if i % 3 == 0 else {"floor": str(i)})
+            | ({"symbol": "AAPL", "source": "simulated"} if i % 2 else {}),
         )
         for i, v in enumerate(values)
     ]

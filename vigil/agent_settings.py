@@ -38,6 +38,7 @@ from vigil.config_core import (
     read_config_data,
     read_secret,
 )
+from vigil.symbols import is_symbol
 from vigil.text import shown
 from vigil.topics import TopicError, Topics
 
@@ -239,16 +240,90 @@ class BreakerSettings(Spec, frozen=True, kw_only=True):
     reset_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
-class QuoteSettings(Spec, frozen=True, kw_only=True):
-    symbols: list[str] = []
-    interval_s: Annotated[float, Meta(gt=0)] = 30.0
-    source: Literal["yfinance", "simulated"] = "yfinance"
-    breaker: BreakerSettings = BreakerSettings()
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d|24:00")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def minutes_of(hhmm: str) -> int:
+    """``"09:30"`` → 570 (``"24:00"`` → 1440)."""
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+class MarketSpec(Spec, frozen=True, kw_only=True):
+    """When a market trades: symbols ending in one of ``suffixes`` are fetched only on its
+    ``days`` between ``open`` and ``close``, local time in ``timezone``, except ``holidays``."""
+
+    name: str
+    timezone: Annotated[str, Meta(description="an IANA zone: America/New_York")] = "UTC"
+    open: Annotated[str, Meta(description="HH:MM, local time")] = "00:00"
+    close: Annotated[str, Meta(description="HH:MM, local time; 24:00 for midnight")] = "24:00"
+    days: list[Weekday] = msgspec.field(default_factory=lambda: list(WEEKDAYS[:5]))
+    suffixes: Annotated[
+        list[str], Meta(description='symbol endings it trades ("" for symbols without one)')
+    ] = []
+    currency: Annotated[str, Meta(max_length=8)] = "USD"
+    holidays: Annotated[list[str], Meta(description="YYYY-MM-DD, local dates closed")] = []
 
     def _check(self) -> None:
+        _field("name", check_name, self.name)
+        try:
+            import zoneinfo  # noqa: PLC0415 - only markets need it
+
+            zoneinfo.ZoneInfo(self.timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise KeyedError("timezone", f"{shown(self.timezone)} is not a time zone") from None
+        for key in ("open", "close"):
+            if not _HHMM.fullmatch(getattr(self, key)):
+                raise KeyedError(key, f"{shown(getattr(self, key))} is not a time (HH:MM)")
+        if minutes_of(self.open) >= minutes_of(self.close):
+            raise KeyedError("close", f"must be after open ({self.open})")
+        for i, day in enumerate(self.holidays):
+            if not _DATE.fullmatch(day):
+                raise KeyedError(f"holidays[{i}]", f"{shown(day)} is not a date (YYYY-MM-DD)")
+
+
+#: NYSE/Nasdaq (symbols without a suffix), Milan, London, Xetra, and round the clock for
+#: crypto (``BTC-USD``) and currencies (``EURUSD=X``). Holidays are not listed: add them.
+DEFAULT_MARKETS: tuple[MarketSpec, ...] = (
+    MarketSpec(name="XNYS", timezone="America/New_York", open="09:30", close="16:00",
+               suffixes=[""], currency="USD"),
+    MarketSpec(name="XMIL", timezone="Europe/Rome", open="09:00", close="17:30",
+               suffixes=[".MI"], currency="EUR"),
+    MarketSpec(name="XLON", timezone="Europe/London", open="08:00", close="16:30",
+               suffixes=[".L"], currency="GBP"),
+    MarketSpec(name="XETR", timezone="Europe/Berlin", open="09:00", close="17:30",
+               suffixes=[".DE"], currency="EUR"),
+    MarketSpec(name="24x7", days=list(WEEKDAYS), suffixes=["-USD", "=X"], currency="USD"),
+)  # fmt: skip
+
+
+class QuoteSettings(Spec, frozen=True, kw_only=True):
+    symbols: Annotated[
+        list[str], Meta(description="symbols fetched until the API assigns this agent its own")
+    ] = []
+    interval_s: Annotated[
+        float, Meta(gt=0, description="how often quotes are fetched while their market is open")
+    ] = 30.0
+    source: Literal["yfinance", "simulated"] = "yfinance"
+    breaker: BreakerSettings = BreakerSettings()
+    market_hours: Annotated[
+        bool, Meta(description="fetch only while a symbol's market is open (false: always)")
+    ] = True
+    markets: list[MarketSpec] = msgspec.field(default_factory=lambda: list(DEFAULT_MARKETS))
+
+    def _check(self) -> None:
+        for i, symbol in enumerate(self.symbols):
+            if not is_symbol(symbol):
+                raise KeyedError(f"symbols[{i}]", f"{shown(symbol)} is not a ticker symbol")
         if repeat := first_repeat(s.upper() for s in self.symbols):
             i, j = repeat
             raise KeyedError(f"symbols[{i}]", f"{shown(self.symbols[i])} is also symbols[{j}]")
+        if repeat := first_repeat(m.name for m in self.markets):
+            i, j = repeat
+            raise KeyedError(f"markets[{i}].name", f"is also markets[{j}].name")
 
 
 HostReading = Literal["cpu", "memory", "disk", "thermal", "load"]

@@ -21,6 +21,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from vigil.names import NAME_RULE, is_name
+from vigil.symbols import QUOTE_DEVICE_PREFIX, is_quote_device
 from vigil.text import shown
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,251}[A-Za-z0-9_.])?")
@@ -130,6 +131,11 @@ def check_device_id(value: str) -> str:
     check_name(value)
     if value in RESERVED_USERS:
         raise ValueError(f"{value!r} is reserved for Vigil's own broker users")
+    if is_quote_device(value):
+        raise ValueError(
+            f"{value!r}: ids starting with {QUOTE_DEVICE_PREFIX!r} are reserved for the "
+            "share symbols' quotes"
+        )
     return value
 
 

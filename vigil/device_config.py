@@ -10,7 +10,6 @@ one.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -21,14 +20,13 @@ from vigil.config_core import KeyedError, first_repeat
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import InvalidMessage
 from vigil.names import is_name
+from vigil.symbols import SYMBOL_RULE, is_symbol
 from vigil.text import shown
 
 MAX_DEVICE_CONFIG_BYTES = 64 * 1024
 MAX_SENSORS = 100
 MAX_TICKERS = 100
 MAX_VERSION = 2**53
-#: What a ticker symbol may be (Yahoo's: letters, digits and ``. - ^ =``).
-TICKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-^=]{0,19}")
 
 
 class DeviceSettings(Spec, omit_defaults=True, frozen=True, kw_only=True):
@@ -47,10 +45,9 @@ class DeviceSettings(Spec, omit_defaults=True, frozen=True, kw_only=True):
 
     def _check(self) -> None:
         for i, symbol in enumerate(self.tickers or []):
-            if not TICKER.fullmatch(symbol):
+            if not is_symbol(symbol):
                 raise KeyedError(
-                    f"tickers[{i}]",
-                    f"{shown(symbol)} is not a ticker symbol (letters, digits, . - ^ =)",
+                    f"tickers[{i}]", f"{shown(symbol)} is not a ticker symbol ({SYMBOL_RULE})"
                 )
         if self.sensors and (repeat := first_repeat(s.metric for s in self.sensors)):
             i, j = repeat

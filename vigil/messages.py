@@ -21,17 +21,25 @@ ingest service puts that reason on the dead-letter topic.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fnmatch
 import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from vigil.jsonin import JsonInputError, loads
 from vigil.names import ADMIN_USER, NAME_RULE, is_name, is_tag_key
+from vigil.symbols import (
+    PRICE_METRIC,
+    QUOTE_SOURCES,
+    InvalidSymbol,
+    check_symbol,
+    series_device,
+)
 from vigil.text import shown
 
 KINDS = ("sensor", "quote")
@@ -90,9 +98,21 @@ class Reading:
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def stored_device(self) -> str:
+        """The device the reading is stored (and evaluated) under: its own, or for a quote
+        its symbol's pseudo-device, ``quote.AAPL`` (:mod:`vigil.symbols`)."""
+        symbol = self.tags.get("symbol") if self.kind == "quote" else None
+        return series_device(symbol) if symbol else self.device
+
+    @property
     def series_key(self) -> str:
-        """What ring placement hashes: one series per device and metric."""
-        return f"{self.device}/{self.metric}"
+        """What ring placement hashes: one series per (stored) device and metric."""
+        return f"{self.stored_device}/{self.metric}"
+
+    def as_stored(self) -> Reading:
+        """This reading under its :attr:`stored_device` (itself unless it is a quote)."""
+        device = self.stored_device
+        return self if device == self.device else dataclasses.replace(self, device=device)
 
     def to_dict(self, *, with_device: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -214,14 +234,47 @@ def _parse_reading(obj: object, device: str, where: str) -> Reading:
         if not sval:
             raise InvalidMessage(f"{where}.tags.{key} must not be empty")
         tags[key] = sval
+    if kind == "quote":
+        _check_quote(metric, tags, where)
     return Reading(rid, device, ts, cast(Kind, kind), metric, value, unit, tags)
 
 
-def parse_readings(payload: bytes, topic_device: str) -> list[Reading]:
+def _check_quote(metric: str, tags: dict[str, str], where: str) -> None:
+    """A quote is metric ``price`` with tags ``symbol`` (upper-cased here) and ``source``."""
+    if metric != PRICE_METRIC:
+        raise InvalidMessage(f"{where}.metric of a quote must be {PRICE_METRIC!r}, got {metric!r}")
+    try:
+        tags["symbol"] = check_symbol(tags.get("symbol"), f"{where}.tags.symbol of a quote")
+    except InvalidSymbol as exc:
+        raise InvalidMessage(str(exc)) from None
+    if tags.get("source") not in QUOTE_SOURCES:
+        raise InvalidMessage(
+            f"{where}.tags.source of a quote must be one of {', '.join(QUOTE_SOURCES)}, "
+            f"got {_show(tags.get('source'))}"
+        )
+
+
+def parse_readings(
+    payload: bytes, topic_device: str, quote_agents: Collection[str] | None = None
+) -> list[Reading]:
     """Validate one data-topic payload published under ``topic_device``'s topic.
 
-    Returns the readings in message order; raises InvalidMessage with the reason.
+    Returns the readings in message order; raises InvalidMessage with the reason. Given
+    ``quote_agents`` (the devices configured to fetch quotes), a quote from any other device
+    is refused: prices are shared by every follower, so a sensor device cannot forge one.
     """
+    readings = _parse_payload(payload, topic_device)
+    if quote_agents is not None and topic_device not in quote_agents:
+        for r in readings:
+            if r.kind == "quote":
+                raise InvalidMessage(
+                    f"device {topic_device!r} is not a quote agent (devices[].quotes in "
+                    f"vigil.yaml): its quote of {r.tags['symbol']} is refused"
+                )
+    return readings
+
+
+def _parse_payload(payload: bytes, topic_device: str) -> list[Reading]:
     obj = _json(payload, "payload")
     if not isinstance(obj, dict):
         raise InvalidMessage("payload must be a JSON object")
@@ -453,8 +506,7 @@ def id_ranges_of(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 RULE_KINDS = ("threshold", "band", "change", "nodata", "offline")
 RuleKind = Literal["threshold", "band", "change", "nodata", "offline"]
 CHANGE_DIRECTIONS = ("rise", "fall", "any")
-#: the metric of the quotes a ``symbol`` rule watches, and of the ``offline`` rules
-PRICE_METRIC = "price"
+#: the metric of the ``offline`` rules (a ``symbol`` rule watches PRICE_METRIC)
 STATUS_METRIC = "status"
 #: the longest for-duration, no-data duration or change window: 30 days
 MAX_RULE_SECONDS = 30 * 86400.0
@@ -585,18 +637,19 @@ class Rule:
                 "with * and ? as wildcards in a pattern"
             )
         if symbol is not None:
-            if not isinstance(symbol, str) or not symbol or len(symbol) > 32:
-                raise InvalidMessage(f"symbol {_show(symbol)} must be a ticker of 1-32 characters")
-            _check_str(symbol, "symbol", 32)
-            if not re.fullmatch(r"[A-Za-z0-9.^=_-]+", symbol):
-                raise InvalidMessage(
-                    f"symbol {_show(symbol)} is not a ticker: use A-Z 0-9 and . ^ = _ -"
-                )
+            try:
+                symbol = check_symbol(symbol)
+            except InvalidSymbol as exc:
+                raise InvalidMessage(str(exc)) from None
             if kind == "offline":
                 raise InvalidMessage(
                     "symbol does not apply to an offline rule (it watches a device)"
                 )
-            symbol = symbol.upper()
+            if device is not None:
+                raise InvalidMessage(
+                    "device does not apply to a symbol rule: quotes are stored per symbol, "
+                    "whichever agent fetched them"
+                )
         default_metric = (
             STATUS_METRIC if kind == "offline" else PRICE_METRIC if symbol is not None else None
         )
@@ -605,6 +658,11 @@ class Rule:
             raise InvalidMessage("rule is missing required field 'metric'")
         if not is_name(metric):
             raise InvalidMessage(f"metric {_show(metric)} is not a valid name: {NAME_RULE}")
+        if symbol is not None and metric != PRICE_METRIC:
+            raise InvalidMessage(
+                f"a symbol rule watches the quotes' {PRICE_METRIC!r}: leave out metric "
+                f"(not {_show(metric)})"
+            )
         if kind == "offline" and metric != STATUS_METRIC:
             raise InvalidMessage(
                 f"an offline rule watches the device status: leave out metric (not {_show(metric)})"

@@ -537,6 +537,13 @@ class ApiSettings(Model):
         le=86_400,
         description="how often stored readings are compared with what devices sent (0: off)",
     )
+    ticker_sync_interval_s: Float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how often the followed symbols are assigned to the quote agents again "
+        "(besides at once on each change)",
+    )
     slo_interval_s: Float = Field(
         15.0,
         ge=0,
@@ -553,6 +560,11 @@ class ApiSettings(Model):
 class DeviceEntry(Model):
     id: str
     description: str = Field("", max_length=1000)
+    quotes: bool = Field(
+        False,
+        description="a quote agent: the API assigns it followed share symbols to fetch, and "
+        "only quote agents may publish quotes",
+    )
 
     @field_validator("id")
     @classmethod
@@ -588,6 +600,11 @@ class VigilConfig(Model):
     notifier: NotifierSettings
     api: ApiSettings
     devices: list[DeviceEntry] = []
+
+    @property
+    def quote_agents(self) -> frozenset[str]:
+        """The devices that may fetch and publish quotes (``devices[].quotes``)."""
+        return frozenset(d.id for d in self.devices if d.quotes)
 
     def service_mqtt(self, service: str) -> MqttClientSettings:
         """The MQTT identity of a cloud service, by section name (see SERVICES)."""
