@@ -23,6 +23,7 @@ from api import (
     idempotency,
     ingest,
     notifications,
+    openapi,
     problems,
     request_metrics,
     ring,
@@ -216,6 +217,7 @@ def create_app(
         slos,
         storage_routes,
         symbols,
+        openapi,
     ):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)

@@ -26,7 +26,7 @@ from api.problems import Problem
 from vigil.config_core import SecretFile, secret_problem
 from vigil.names import ADMIN_USER
 
-PUBLIC_PATHS = frozenset({"/", "/health"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs"})
 REALM = "vigil"
 #: RFC 6750 b64token, matched whole (``fullmatch``: with ``$``, "tok\n" passed).
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

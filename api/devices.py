@@ -29,10 +29,11 @@ from api.db import DeviceRow, DuplicateDevice, TooManyDevices, get_store
 from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import body
 from api.status import device_view, list_devices
 from api.validation import parse_history_args, parse_mean_args, reject_args
 from vigil.config_core import KeyedError
-from vigil.device_config import DeviceConfig, decode_device_settings
+from vigil.device_config import DeviceConfig, DeviceSettings, decode_device_settings
 from vigil.mqtt import PublishError
 from vigil.settings import DeviceEntry, validation_error
 
@@ -98,6 +99,7 @@ def index() -> dict[str, Any]:
 
 
 @bp.post("")
+@body(DeviceEntry)
 def add() -> tuple[Response, int]:
     """Add a device: ``{"id": ..., "description": ...}``. The answer holds its password,
     the only time it is shown."""
@@ -169,6 +171,7 @@ def disable(device: str) -> dict[str, Any]:
 
 @bp.post("/<device>/enable")
 def enable(device: str) -> dict[str, Any]:
+    """Enable a device disabled before: the broker lets it connect again (admin)."""
     return _set_disabled(device, False)
 
 
@@ -252,6 +255,7 @@ def get_config(device: str) -> dict[str, Any]:
 
 
 @bp.put("/<device>/config")
+@body(DeviceSettings)
 def put_config(device: str) -> Response:
     """Replace the live configuration: any of ``interval_s``, ``batch_max``, ``sensors``,
     ``tickers`` (left out: as the agent's file says)."""

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 MAX_WINDOW_IDS = 200_000
 #: most gap ranges kept (and published) per device
 MAX_GAP_RANGES = 100
-GAP_QUERY = "SELECT id FROM /.*/ WHERE device = $device AND id >= $lo AND id < $hi"
+#: a device's readings, and the quotes it fetched (stored under their symbols)
+GAP_QUERY = (
+    "SELECT id FROM /.*/ WHERE (device = $device OR agent = $device) AND id >= $lo AND id < $hi"
+)
 
 
 @dataclass

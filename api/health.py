@@ -54,6 +54,8 @@ def index() -> dict[str, Any]:
         "auth": "Authorization: Bearer <token> on every route but the public ones",
         "errors": "application/problem+json (RFC 9457); 401s follow RFC 6750",
         "idempotency": "Idempotency-Key on any POST, PUT, PATCH or DELETE",
+        "openapi": "/openapi.json",
+        "docs": "/docs",
         "routes": routes,
     }
 

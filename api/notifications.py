@@ -66,6 +66,7 @@ def index() -> dict[str, Any]:
 
 @bp.get("/<notification_id>")
 def one(notification_id: str) -> dict[str, Any]:
+    """One notification of the caller's (another user's is a 404)."""
     reject_args(request.args.to_dict(flat=False))
     who = caller()
     n = resources().notifications.get(notification_id)

@@ -21,10 +21,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from api.auth import caller
+from api.body import check_declared
 from api.db import DuplicateRule, InvalidStoredRule, StoredRules, TooManyRules, get_store
 from api.names import check_view_args
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import RuleBody, body
 from api.validation import check_path_name, reject_args, rule_id_from_name, shown
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import RULE_COMMON_FIELDS, InvalidMessage, Rule
@@ -77,6 +79,7 @@ def _rule_object() -> dict[str, Any]:
         raise _invalid_rule(f"the body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise _invalid_rule("the body must be a JSON object")
+    check_declared(body, _invalid_rule)
     return body
 
 
@@ -153,6 +156,7 @@ def index() -> dict[str, Any]:
 
 
 @bp.post("")
+@body(RuleBody)
 def create() -> tuple[Response, int]:
     """Create a rule (validated like the alert engine validates it); 409 if the id is
     taken; 201 with its Location. The rule is saved even if the broker is down: then
@@ -223,6 +227,7 @@ def get_rule(rule_id: str) -> dict[str, Any]:
 
 
 @bp.put("/<rule_id>")
+@body(RuleBody)
 def replace(rule_id: str) -> Response:
     """Replace a rule whole (fields left out take their defaults); the id stays. A firing
     alert the new rule no longer covers resolves. A stored row that is no longer a valid
@@ -233,6 +238,7 @@ def replace(rule_id: str) -> Response:
 
 
 @bp.patch("/<rule_id>")
+@body(RuleBody)
 def patch(rule_id: str) -> Response:
     """Change some fields of a rule (JSON merge: the fields given replace the stored ones),
     e.g. ``{"enabled": false}`` to disable it (its firing alerts resolve). A change of

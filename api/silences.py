@@ -28,6 +28,7 @@ from api.db import get_store
 from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import SilenceBody, body
 from api.validation import parse_page_args, reject_args
 from vigil.messages import (
     MAX_SILENCE_COMMENT,
@@ -125,7 +126,12 @@ def _pushed(version: int) -> bool:
 
 
 @bp.post("")
+@body(SilenceBody)
 def create() -> tuple[Response, int, dict[str, str]]:
+    """Mute matching alerts for a time.
+
+    ``{"matchers", "duration_s" or "ends_at", "starts_at"?, "comment"?}``: a user's silence
+    mutes that user's alerts, the admin's everyone's."""
     reject_args(request.args.to_dict(flat=False))
     body = json_object(
         _invalid, allowed=("matchers", "duration_s", "ends_at", "starts_at", "comment")
@@ -162,6 +168,7 @@ def index() -> dict[str, Any]:
 
 @bp.get("/<silence_id>")
 def one(silence_id: str) -> dict[str, Any]:
+    """One of the caller's silences (another user's is a 404)."""
     reject_args(request.args.to_dict(flat=False))
     return view(_own(silence_id), now_ms())
 

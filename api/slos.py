@@ -23,6 +23,7 @@ from api.db import MAX_SLOS_STORED, get_store
 from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import SloBody, body
 from api.slo import InvalidSlo, parse_slo
 from api.slo_runner import SloRunner
 from api.validation import reject_args
@@ -43,6 +44,7 @@ def _invalid(detail: str) -> Problem:
 
 
 @bp.post("")
+@body(SloBody)
 def create() -> tuple[Response, int, dict[str, str]]:
     """Define an SLO (admin)."""
     reject_args(request.args.to_dict(flat=False))

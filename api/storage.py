@@ -23,9 +23,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from api.body import check_declared
 from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import ApiResources, resources
+from api.schemas import ServerBody, StrategyBody, body
 from api.validation import reject_args
 from storage_nodes.layout import STRATEGIES, LayoutError
 from storage_nodes.ops import OperationError, Progress, StorageOps
@@ -139,6 +141,7 @@ def _body() -> dict[str, Any]:
         raise Problem(400, f"the body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object")
+    check_declared(body, lambda detail: Problem(400, detail))
     return body
 
 
@@ -197,6 +200,7 @@ def recover(name: str) -> dict[str, Any]:
 
 @bp.get("/replicas/<device>/<metric>")
 def replicas(device: str, metric: str) -> dict[str, Any]:
+    """The replicas of a series and, during a move, all its owners."""
     reject_args(request.args.to_dict(flat=False))
     result: dict[str, Any] = _operation(lambda: _ops().replicas(device, metric))
     return result
@@ -240,6 +244,7 @@ def repair() -> tuple[Response, int]:
 
 
 @bp.post("/servers")
+@body(ServerBody)
 def add() -> tuple[Response, int]:
     """Join a running, provisioned server: ``{"name": ..., "url": ...}``."""
     reject_args(request.args.to_dict(flat=False))
@@ -259,6 +264,7 @@ def remove(name: str) -> tuple[Response, int]:
 
 
 @bp.put("/strategy")
+@body(StrategyBody)
 def strategy() -> tuple[Response, int]:
     """Switch between ``consistent`` and ``full`` replication (moves data)."""
     reject_args(request.args.to_dict(flat=False))
@@ -276,6 +282,7 @@ def strategy() -> tuple[Response, int]:
 
 @bp.get("/jobs/<int:job_id>")
 def job(job_id: int) -> dict[str, Any]:
+    """A storage job's phase, progress, result or error."""
     reject_args(request.args.to_dict(flat=False))
     found = _jobs.get(job_id)
     if found is None:

@@ -21,6 +21,7 @@ from api.body import json_object
 from api.db import get_store
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import Subscriptions, body
 from api.users import visible_user
 from api.validation import reject_args
 from vigil.symbols import PRICE_METRIC, InvalidSymbol, check_symbol, series_device
@@ -51,6 +52,7 @@ def subscriptions(user: str) -> dict[str, Any]:
 
 
 @bp.put("/users/<user>/subscriptions")
+@body(Subscriptions)
 def set_subscriptions(user: str) -> Response:
     """Replace the symbols the user follows: ``{"symbols": ["AAPL", "ENI.MI"]}``."""
     reject_args(request.args.to_dict(flat=False))

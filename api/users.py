@@ -42,6 +42,16 @@ from api.db import (
 from api.names import check_path_names
 from api.problems import Problem, problem_type
 from api.resources import resources
+from api.schemas import (
+    Recipients,
+    Telegram,
+    Templates,
+    TokenCreate,
+    UserCreate,
+    UserUpdate,
+    Webhooks,
+    body,
+)
 from api.validation import reject_args
 from vigil.messages import (
     MAX_RECIPIENTS,
@@ -145,11 +155,13 @@ def me() -> dict[str, Any]:
 
 @bp.get("/users")
 def index() -> dict[str, Any]:
+    """Every user with their role and token count (admin)."""
     require_admin("listing users")
     return {"users": [user_view(row) for row in get_store().users()]}
 
 
 @bp.post("/users")
+@body(UserCreate)
 def create() -> tuple[Response, int]:
     """Create a user and their first token."""
     require_admin("creating users")
@@ -179,10 +191,12 @@ def create() -> tuple[Response, int]:
 
 @bp.get("/users/<user>")
 def get_user(user: str) -> dict[str, Any]:
+    """One user (the admin, or the user themself)."""
     return user_view(visible_user(user))
 
 
 @bp.patch("/users/<user>")
+@body(UserUpdate)
 def patch_user(user: str) -> dict[str, Any]:
     """Change a user's role (admin)."""
     visible_user(user)  # a user probing another's name gets 404, not 403
@@ -219,6 +233,7 @@ def tokens(user: str) -> dict[str, Any]:
 
 
 @bp.post("/users/<user>/tokens")
+@body(TokenCreate)
 def issue_token(user: str) -> tuple[Response, int]:
     """Issue a new token; the answer is the only time it is shown."""
     visible_user(user)
@@ -250,6 +265,7 @@ def recipients(user: str) -> dict[str, Any]:
 
 
 @bp.put("/users/<user>/recipients")
+@body(Recipients)
 def set_recipients(user: str) -> Response:
     """Replace the addresses the user's alerts go to: ``{"emails": [...]}`` (at most 20;
     empty: the user's alerts are emailed to nobody). The notifier gets them with the rule
@@ -292,6 +308,7 @@ def webhooks(user: str) -> dict[str, Any]:
 
 
 @bp.put("/users/<user>/webhooks")
+@body(Webhooks)
 def set_webhooks(user: str) -> Response:
     """Replace the user's webhooks: ``{"webhooks": [{"name", "url", "secret"?}]}`` (at most
     10). Each notification is POSTed as JSON to every one, signed with its secret
@@ -351,6 +368,7 @@ def telegram(user: str) -> dict[str, Any]:
 
 
 @bp.put("/users/<user>/telegram")
+@body(Telegram)
 def set_telegram(user: str) -> Response:
     """``{"chat_id": "123456" | "@channel" | null}``: where the notifier's bot sends the
     user's notifications (null: nowhere). Pushed in the channel snapshot (``pushed``)."""
@@ -383,6 +401,7 @@ def templates(user: str) -> dict[str, Any]:
 
 
 @bp.put("/users/<user>/templates")
+@body(Templates)
 def set_templates(user: str) -> Response:
     """``{"subject"?, "text"?, "html"?}``: Jinja2 templates (sandboxed) for the user's
     emails; each part not given stays Vigil's, ``{}`` resets all. Checked and tried on a

@@ -1,7 +1,8 @@
 """Readings as InfluxDB line protocol (pure).
 
 One measurement per metric; tags ``device`` (for a quote, its symbol's pseudo-device
-``quote.AAPL``: quotes are stored once per symbol), ``kind``, ``unit`` (when set) and the reading's
+``quote.AAPL``: quotes are stored once per symbol, with tag ``agent`` naming the agent that
+fetched it), ``kind``, ``unit`` (when set) and the reading's
 own tags; fields ``value`` (always a float) and ``id`` (integer). The timestamp, in
 nanoseconds, is ``ts_ms * 10**6 + id % 10**6``: distinct readings of a series never share a
 point even within one millisecond, and writing a reading again rewrites the same point, so a
@@ -58,6 +59,8 @@ def reading_to_line(reading: Reading) -> str:
     if not math.isfinite(reading.value):
         raise LineProtocolError(f"value {reading.value!r} is not finite")
     tags = {"device": reading.stored_device, "kind": reading.kind, **reading.tags}
+    if tags["device"] != reading.device:  # a quote: which agent fetched it
+        tags["agent"] = reading.device
     if reading.unit:
         tags["unit"] = reading.unit
     return _line(reading.metric, tags, float(reading.value), reading.id, point_time_ns(reading))

@@ -72,7 +72,7 @@ def test_silences_are_created_listed_and_expired_by_their_owner_only(client):
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
-        ({"duration_s": 60}, "matchers must be a non-empty object"),
+        ({"duration_s": 60}, "matchers: required key is missing"),
         ({"matchers": {}, "duration_s": 60}, "matchers must be a non-empty object"),
         ({"matchers": {"colour": "red"}, "duration_s": 60}, "'colour' is not a label"),
         ({"matchers": {"device": ""}, "duration_s": 60}, "must be a non-empty pattern"),
@@ -80,11 +80,17 @@ def test_silences_are_created_listed_and_expired_by_their_owner_only(client):
         ({"matchers": {"device": "d"}}, "exactly one of duration_s"),
         ({"matchers": {"device": "d"}, "duration_s": 60, "ends_at": 1}, "exactly one of"),
         ({"matchers": {"device": "d"}, "duration_s": -1}, "duration_s: must be more than 0"),
-        ({"matchers": {"device": "d"}, "duration_s": "1h"}, "duration_s: must be a number"),
+        (
+            {"matchers": {"device": "d"}, "duration_s": "1h"},
+            "duration_s: Input should be a valid number",
+        ),
         ({"matchers": {"device": "d"}, "ends_at": 5}, "must be after starts_at and in the"),
         ({"matchers": {"device": "d"}, "duration_s": 9e9}, "at most 31622400"),
         ({"matchers": {"device": "d"}, "duration_s": 1, "who": 1}, "unknown field 'who'"),
-        ({"matchers": {"device": "d"}, "duration_s": 1, "comment": 7}, "comment: must be"),
+        (
+            {"matchers": {"device": "d"}, "duration_s": 1, "comment": 7},
+            "comment: Input should be a valid string",
+        ),
     ],
 )
 def test_a_bad_silence_gets_a_precise_problem(client, body, detail):

@@ -97,25 +97,29 @@ def test_killing_an_ingest_member_and_the_broker_loses_and_doubles_nothing(tmp_p
         ring = HashRing(sorted(servers), 256, 2)
         for d in DEVICES:
             where = {"device": d, "lo": first[d], "hi": cut[d]}
-            q = "SELECT id FROM /.*/ WHERE device = $device AND id >= $lo AND id < $hi"
-            held: dict[str, dict[str, list[int]]] = {}  # server -> metric -> ids
+            # its readings, and the quotes it fetched (stored under quote.<SYMBOL>)
+            q = (
+                "SELECT id FROM /.*/ WHERE (device = $device OR agent = $device) "
+                'AND id >= $lo AND id < $hi GROUP BY "device"'
+            )
+            held: dict[str, dict[str, list[int]]] = {}  # server -> series -> ids
             for name, node in servers.items():
                 held[name] = {
-                    s["name"]: [int(row[1]) for row in s["values"]]
+                    f"{s['tags']['device']}/{s['name']}": [int(row[1]) for row in s["values"]]
                     for s in node.query(q, influx["database"], where)
                 }
             metrics = {m for by_metric in held.values() for m in by_metric}
             stored: set[int] = set()
             for m in metrics:
-                replicas = set(ring.replicas(f"{d}/{m}"))
+                replicas = set(ring.replicas(m))
                 copies = {name: held[name].get(m, []) for name in servers}
                 for name, ids in copies.items():
                     if name not in replicas:
-                        assert ids == [], f"{d}/{m} on {name}, not one of its replicas"
+                        assert ids == [], f"{m} ({d}) on {name}, not one of its replicas"
                     else:
-                        assert len(ids) == len(set(ids)), f"{d}/{m} stored twice on {name}"
+                        assert len(ids) == len(set(ids)), f"{m} ({d}) stored twice on {name}"
                 a, b = (sorted(copies[name]) for name in sorted(replicas))
-                assert a == b, f"{d}/{m}: its replicas differ"
+                assert a == b, f"{m} ({d}): its replicas differ"
                 stored |= set(a)
             assert stored == set(range(first[d], cut[d])), (
                 f"{d}: missing {sorted(set(range(first[d], cut[d])) - stored)[:20]}"

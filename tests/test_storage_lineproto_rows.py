@@ -62,6 +62,7 @@ def stored_row(
         **dict.fromkeys(other_tags),
         **r.tags,
         "device": r.stored_device,
+        **({"agent": r.device} if r.stored_device != r.device else {}),
         "kind": r.kind,
         "unit": r.unit or None,
         "id": r.id,

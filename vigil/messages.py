@@ -56,7 +56,8 @@ MAX_ID = 2**53 - 1  # exact in every JSON implementation
 #: 2001-09-09 .. 2100-01-01 in milliseconds: catches seconds or microseconds sent by mistake.
 MIN_TS_MS = 1_000_000_000_000
 MAX_TS_MS = 4_102_444_800_000
-RESERVED_TAGS = frozenset({"device", "kind", "unit", "metric", "id", "value", "time"})
+#: tag keys a reading may not set; ``agent`` is the stored tag naming a quote's agent
+RESERVED_TAGS = frozenset({"device", "kind", "unit", "metric", "id", "value", "time", "agent"})
 READING_KEYS = frozenset({"id", "ts", "kind", "metric", "value", "unit", "tags"})
 SINGLE_KEYS = READING_KEYS | {"device", "v"}
 BATCH_READING_KEYS = READING_KEYS | {"device"}
