@@ -26,6 +26,7 @@ from api.auth import hash_token, new_token
 from api.db import ROLES, DuplicateUser, Store, TooMany
 from api.resources import EXTENSION, ApiResources
 from api.storage import storage_ops
+from storage_nodes.downsample import Downsampler
 from storage_nodes.metrics import RepairCollector
 from storage_nodes.ops import AutoRepair
 from vigil.cli import load_or_exit, load_service_config, service_parser
@@ -102,6 +103,8 @@ def serve(config: VigilConfig, config_path: str) -> int:
         repair = AutoRepair(storage_ops(res))
         repair.start()
         res.auto_repair = repair
+        res.downsampler = Downsampler(res.storage, config.storage.downsample)
+        res.downsampler.start()
         res.metrics.registry.register(RepairCollector(repair, "api"))
         try:
             server = create_server(
@@ -134,6 +137,8 @@ def serve(config: VigilConfig, config_path: str) -> int:
     finally:
         if res.auto_repair is not None:
             res.auto_repair.stop()
+        if res.downsampler is not None:
+            res.downsampler.stop()
         close_app(app)
     log.info("api stopped")
     return 0

@@ -18,6 +18,7 @@ from api.slo_runner import SloRunner
 from api.status import StatusBoard
 from api.ticker_sync import TickerSync
 from storage_nodes import StorageCluster
+from storage_nodes.downsample import Downsampler
 from storage_nodes.ops import AutoRepair
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
@@ -44,6 +45,7 @@ class ApiResources:
     owns_mqtt: bool
     tickers: TickerSync
     auto_repair: AutoRepair | None = None
+    downsampler: Downsampler | None = None
     gap_check: GapChecker | None = None
     slo: SloRunner | None = None
 

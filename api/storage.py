@@ -179,6 +179,11 @@ def status() -> dict[str, Any]:
         "failures": 0 if repair is None else repair.failures,
         "last": None if repair is None else repair.last,
     }
+    down = resources().downsampler
+    result["downsample"] = {
+        **resources().config.storage.downsample.model_dump(),
+        "last": None if down is None else down.last,
+    }
     return result
 
 

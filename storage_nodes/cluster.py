@@ -51,6 +51,7 @@ from vigil.atomic import write_atomic
 from vigil.messages import Reading
 from vigil.names import is_name
 from vigil.rate import RateLimiter
+from vigil.rollups import is_rollup_metric
 from vigil.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -239,13 +240,22 @@ class StorageCluster:
         deleted. Writes, hints, read repair and anti-entropy leave them alone, and reads
         leave out any a server still holds."""
         cut = self.layout.deleted_before(series_key(device, metric))
-        if self.settings.retention_s is not None:
-            keep = time.time_ns() - int(self.settings.retention_s * 1e9)
+        retention = (
+            self.settings.downsample.retention_s
+            if is_rollup_metric(metric)
+            else self.settings.retention_s
+        )
+        if retention is not None:
+            keep = time.time_ns() - int(retention * 1e9)
             cut = keep if cut is None else max(cut, keep)
         return cut
 
     def _cutoffs_apply(self) -> bool:
-        return bool(self.layout.tombstones) or self.settings.retention_s is not None
+        return (
+            bool(self.layout.tombstones)
+            or self.settings.retention_s is not None
+            or self.settings.downsample.retention_s is not None
+        )
 
     @property
     def ring(self) -> HashRing:

@@ -22,6 +22,7 @@ So a reading is on its old owners until its new owners have it, and no copy is w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -42,8 +43,10 @@ from storage_nodes.repair import (
     repair_all,
     repair_series,
 )
+from vigil.messages import KINDS
 from vigil.names import is_name
 from vigil.rate import RateLimiter
+from vigil.rollups import ROLLUP_KIND, is_rollup_metric, rollup_metric
 from vigil.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -259,13 +262,18 @@ class StorageOps:
         if not is_name(device) or not is_name(metric):
             raise OperationError("device and metric must be valid names")
         before_ns = 2**63 - 1 if before_ms is None else before_ms * 1_000_000
-        layout = self._save(
-            self.layout().with_tombstone(
-                Tombstone(series_key(device, metric), before_ns, int(time.time() * 1000))
+        # the series and its downsampled history (vigil/rollups.py)
+        rollup = rollup_metric(metric, self.settings.downsample.bucket_s)
+        metrics = [metric] if is_rollup_metric(metric) or rollup is None else [metric, rollup]
+        current = layout = self.layout()
+        for m in metrics:
+            layout = layout.with_tombstone(
+                Tombstone(series_key(device, m), before_ns, int(time.time() * 1000))
             )
-        )
+        layout = self._save(dataclasses.replace(layout, version=current.version + 1))
         self.wait_for_writers(layout.version)
-        self.apply_deletions(only=series_key(device, metric))
+        for m in metrics:
+            self.apply_deletions(only=series_key(device, m))
         return layout
 
     def apply_deletions(self, only: str | None = None) -> list[str]:
@@ -282,9 +290,18 @@ class StorageOps:
                 f"DELETE FROM {quote_ident(metric)} WHERE device = {quote_literal(device)} "  # noqa: S608
                 f"AND time < {t.before_ns:d}"
             )
-        if only is None and self.settings.retention_s is not None:
-            keep = time.time_ns() - int(self.settings.retention_s * 1e9)
-            statements.append(f"DELETE WHERE time < {keep:d}")
+        if only is None:
+            # raw readings by their kind, so the rollups outlive them (vigil/rollups.py)
+            for kinds, retention in (
+                (KINDS, self.settings.retention_s),
+                ((ROLLUP_KIND,), self.settings.downsample.retention_s),
+            ):
+                if retention is None:
+                    continue
+                keep = time.time_ns() - int(retention * 1e9)
+                statements += [
+                    f'DELETE WHERE "kind" = {quote_literal(k)} AND time < {keep:d}' for k in kinds
+                ]
         for name in layout.names():
             node = self.cluster.nodes[name]
             try:

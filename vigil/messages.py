@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 
 from vigil.jsonin import JsonInputError, loads
 from vigil.names import ADMIN_USER, NAME_RULE, is_name, is_tag_key
+from vigil.rollups import is_rollup_metric
 from vigil.symbols import (
     PRICE_METRIC,
     QUOTE_SOURCES,
@@ -69,7 +70,8 @@ SEVERITIES = ("info", "warning", "critical")
 ALERT_STATES = ("firing", "resolved")
 RULE_OPS = ("above", "below")
 
-Kind = Literal["sensor", "quote"]
+#: ``rollup``: a downsampled series the API computes (vigil/rollups.py); never from a device
+Kind = Literal["sensor", "quote", "rollup"]
 
 
 def now_ms() -> int:
@@ -215,6 +217,11 @@ def _parse_reading(obj: object, device: str, where: str) -> Reading:
     metric = obj["metric"]
     if not is_name(metric):
         raise InvalidMessage(f"{where}.metric {_show(metric)} is not a valid name: {NAME_RULE}")
+    if is_rollup_metric(metric):
+        raise InvalidMessage(
+            f"{where}.metric {metric!r} ends like a downsampled series (.<n>m, .<n>h, .<n>d): "
+            "those names are Vigil's"
+        )
     value = _check_number(obj["value"], f"{where}.value")
     unit = _check_str(obj.get("unit", ""), f"{where}.unit", 32)
     raw_tags = obj.get("tags", {})

@@ -229,6 +229,33 @@ class HintSettings(Model):
 Consistency = Literal["one", "quorum", "all"]
 
 
+class DownsampleSettings(Model):
+    """Downsampled long-term series (vigil/rollups.py), computed once by the API."""
+
+    bucket_s: Int = Field(
+        3600, ge=60, le=7 * 86_400, description="one point per statistic per bucket (whole minutes)"
+    )
+    every_s: Float = Field(300.0, ge=0, le=86_400, description="how often (0: never)")
+    lookback_s: Float = Field(
+        86_400.0,
+        gt=0,
+        description="buckets computed again on each run, for readings that arrive late",
+    )
+    settle_s: Float = Field(
+        120.0, ge=0, description="a bucket is computed once it ended this long ago"
+    )
+    retention_s: Float | None = Field(
+        None, gt=0, description="rollups older than this are deleted; unset: kept forever"
+    )
+
+    @field_validator("bucket_s")
+    @classmethod
+    def _whole_minutes(cls, v: int) -> int:
+        if v % 60:
+            raise ValueError("must be a whole number of minutes")
+        return v
+
+
 class StorageSettings(Model):
     """The InfluxDB servers of the ring and how readings are placed on them."""
 
@@ -251,6 +278,7 @@ class StorageSettings(Model):
     probe_interval_s: Float = Field(1.0, gt=0, le=3600, description="health checks of servers")
     probe_timeout_s: Float = Field(1.0, gt=0, le=60)
     hints: HintSettings = Field(default_factory=HintSettings)
+    downsample: DownsampleSettings = Field(default_factory=DownsampleSettings)
     retention_s: Float | None = Field(
         None,
         gt=0,
