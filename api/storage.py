@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from api.auth import require_admin
 from api.body import check_declared
 from api.names import check_path_names
 from api.problems import Problem, problem_type
@@ -37,6 +38,14 @@ from vigil.jsonin import JsonInputError, loads
 log = logging.getLogger(__name__)
 bp = Blueprint("storage", __name__, url_prefix="/storage")
 bp.before_request(check_path_names)
+
+
+@bp.before_request
+def _admin_only() -> None:
+    """Every storage route is an admin's: its servers' URLs, failing them, deleting data."""
+    require_admin("storage operations")
+
+
 MAX_BODY_BYTES = 16 * 1024
 MAX_JOBS_KEPT = 50
 
@@ -225,12 +234,23 @@ def delete_series(device: str, metric: str) -> dict[str, Any]:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 16):
             raise Problem(400, "'before' must be epoch milliseconds (digits)")
         before = int(raw)
-    layout = _operation(lambda: _ops().delete_series(device, metric, before))
-    return {
-        "series": f"{device}/{metric}",
-        "before_ms": before,
-        "layout_version": layout.version,
-    }
+    done = _operation(lambda: _ops().delete_series(device, metric, before))
+    return {"series": f"{device}/{metric}", "before_ms": before, **done.to_json()}
+
+
+@bp.delete("/data")
+def delete_data() -> dict[str, Any]:
+    """Delete every series' points before ``?before=<epoch ms>`` (required), on every
+    replica; ``pending`` names the servers that could not apply it yet."""
+    args = request.args.to_dict(flat=False)
+    if set(args) != {"before"} or len(args["before"]) != 1:
+        raise Problem(400, "give 'before' (epoch ms), once, and nothing else", parameter="before")
+    raw = args["before"][0]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 16) or int(raw) <= 0:
+        raise Problem(400, "'before' must be epoch milliseconds (digits)", parameter="before")
+    before = int(raw)
+    done = _operation(lambda: _ops().delete_before(before))
+    return {"series": "*", "before_ms": before, **done.to_json()}
 
 
 @bp.post("/repair")

@@ -1,4 +1,4 @@
-"""``vigil storage status|fail|recover|add|remove|resume|strategy|repair|replicas|delete``.
+"""``vigil storage status|fail|recover|add|remove|resume|strategy|repair|replicas|delete|purge``.
 
 Each command prints a readable table (``--json`` for the same as JSON) and shows progress on
 stderr during long work. Exit status: 0 done, 1 the operation failed (what to do is said),
@@ -116,6 +116,12 @@ class _Progress:
         self(f"repair ({p.points_copied} points copied)", p.series_done, p.series_total)
 
 
+def _pending(servers: Sequence[str]) -> str:
+    if not servers:
+        return "; applied on every server"
+    return f"; not yet applied on {', '.join(servers)} (the maintenance does it again)"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vigil storage", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=Path("config/vigil.yaml"))
@@ -145,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
     dele.add_argument("device")
     dele.add_argument("metric")
     dele.add_argument("--before", type=int, default=None, help="epoch ms (default: all)")
+    purge = sub.add_parser("purge", help="delete every series' points before a time")
+    purge.add_argument("--before", type=int, required=True, help="epoch ms")
     repl = sub.add_parser("replicas", help="the servers of one series")
     repl.add_argument("device")
     repl.add_argument("metric")
@@ -207,16 +215,25 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             if leaving:
                 text += f"\n(during the move also on: {', '.join(leaving)})"
         elif args.command == "delete":
-            layout = ops.delete_series(args.device, args.metric, args.before)
+            done = ops.delete_series(args.device, args.metric, args.before)
             result = {
                 "series": f"{args.device}/{args.metric}",
                 "before_ms": args.before,
-                "layout_version": layout.version,
+                **done.to_json(),
             }
             text = (
                 f"deleted {args.device}/{args.metric}"
                 + ("" if args.before is None else f" before {args.before}")
-                + f" (layout {layout.version}): it will not come back from hints or repair"
+                + f" (layout {done.layout.version}): it will not come back from hints or repair"
+                + _pending(done.pending)
+            )
+        elif args.command == "purge":
+            done = ops.delete_before(args.before)
+            result = {"series": "*", "before_ms": args.before, **done.to_json()}
+            text = (
+                f"deleted every series' points before {args.before} (layout "
+                f"{done.layout.version}): they will not come back from hints or repair"
+                + _pending(done.pending)
             )
         elif args.command == "repair":
             report = ops.repair(points_per_s=args.rate, on_progress=progress.repair)

@@ -36,7 +36,7 @@ from storage_nodes.client import (
 from storage_nodes.consistency import required, shortfalls
 from storage_nodes.health import Health
 from storage_nodes.hints import HintStore
-from storage_nodes.layout import Layout, LayoutError
+from storage_nodes.layout import ALL_SERIES, Layout, LayoutError
 from storage_nodes.lineproto import (
     LineProtocolError,
     line_series_time,
@@ -292,7 +292,8 @@ class StorageCluster:
                 continue
             cut = self.cutoff_ns(r.stored_device, r.metric) if check_cutoff else None
             if cut is not None and point_time_ns(r) < cut:
-                why = "is past retention" if r.series_key not in deleted else "was deleted"
+                gone = r.series_key in deleted or ALL_SERIES in deleted
+                why = "was deleted" if gone else "is past retention"
                 rejected.append(Rejected(r, "", f"the series {why} up to this time"))
                 replicas_of.append(())
                 lines.append("")

@@ -50,6 +50,10 @@ class Server:
     state: ServerState = "active"
 
 
+#: the series of a tombstone that deletes every series' points before its time
+ALL_SERIES = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """Every point of ``series`` before ``before_ns`` is deleted: hints, read repair and
@@ -143,8 +147,9 @@ class Layout:
         return self._placement.replicas(key)
 
     def deleted_before(self, series: str) -> int | None:
-        """Points of ``series`` before this time (ns) are deleted; None if none are."""
-        found = [t.before_ns for t in self.tombstones if t.series == series]
+        """Points of ``series`` before this time (ns) are deleted (by its own tombstone or
+        the one of every series, ``ALL_SERIES``); None if none are."""
+        found = [t.before_ns for t in self.tombstones if t.series in (series, ALL_SERIES)]
         return max(found) if found else None
 
     def with_tombstone(self, tombstone: Tombstone) -> Layout:
@@ -274,7 +279,11 @@ def parse(raw: bytes) -> Layout:
         _want(isinstance(t, dict), where, "must be an object")
         series = t.get("series")
         device, _, metric = series.partition("/") if isinstance(series, str) else ("", "", "")
-        _want(is_name(device) and is_name(metric), f"{where}.series", "must be device/metric")
+        _want(
+            series == ALL_SERIES or (is_name(device) and is_name(metric)),
+            f"{where}.series",
+            f"must be device/metric or {ALL_SERIES}",
+        )
         before = _int(t.get("before_ns"), f"{where}.before_ns", 0, 2**63 - 1)
         at_ms = _int(t.get("at_ms"), f"{where}.at_ms", 0, 2**63 - 1)
         tombstones.append(Tombstone(str(series), before, at_ms))

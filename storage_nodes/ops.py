@@ -34,7 +34,7 @@ from typing import Any
 from storage_nodes import layout as layouts
 from storage_nodes.client import InfluxNode, StorageError
 from storage_nodes.cluster import StorageCluster, read_hint_summary, series_key
-from storage_nodes.layout import Layout, Server, Strategy, Tombstone
+from storage_nodes.layout import ALL_SERIES, Layout, Server, Strategy, Tombstone
 from storage_nodes.lineproto import quote_ident, quote_literal
 from storage_nodes.repair import (
     RepairProgress,
@@ -255,10 +255,11 @@ class StorageOps:
         return [self.cluster.nodes[n] for n in layout.names() if layout.server(n).state != "failed"]
 
     # -- deletion and retention -------------------------------------------------------
-    def delete_series(self, device: str, metric: str, before_ms: int | None = None) -> Layout:
+    def delete_series(self, device: str, metric: str, before_ms: int | None = None) -> Deletion:
         """Delete a series (its points before ``before_ms``, or all): a tombstone in the
         layout first, so no hint, read repair or repair brings a point back, then the
-        points on every server (a server that misses it is done again by maintenance)."""
+        points on every server (a server that misses it is done again by maintenance, and
+        is named in ``pending``)."""
         if not is_name(device) or not is_name(metric):
             raise OperationError("device and metric must be valid names")
         before_ns = 2**63 - 1 if before_ms is None else before_ms * 1_000_000
@@ -272,9 +273,23 @@ class StorageOps:
             )
         layout = self._save(dataclasses.replace(layout, version=current.version + 1))
         self.wait_for_writers(layout.version)
+        pending: set[str] = set()
         for m in metrics:
-            self.apply_deletions(only=series_key(device, m))
-        return layout
+            pending.update(self.apply_deletions(only=series_key(device, m)))
+        return Deletion(layout, sorted(pending))
+
+    def delete_before(self, before_ms: int) -> Deletion:
+        """Delete every series' points before ``before_ms`` (rollups included), as
+        :meth:`delete_series` deletes one series'."""
+        if before_ms <= 0:
+            raise OperationError("before must be a positive time (epoch ms)")
+        layout = self._save(
+            self.layout().with_tombstone(
+                Tombstone(ALL_SERIES, before_ms * 1_000_000, int(time.time() * 1000))
+            )
+        )
+        self.wait_for_writers(layout.version)
+        return Deletion(layout, self.apply_deletions(only=ALL_SERIES))
 
     def apply_deletions(self, only: str | None = None) -> list[str]:
         """Delete, on every server, what the tombstones and the retention say is gone;
@@ -284,6 +299,9 @@ class StorageOps:
         statements = []
         for t in layout.tombstones:
             if only is not None and t.series != only:
+                continue
+            if t.series == ALL_SERIES:
+                statements.append(f"DELETE WHERE time < {t.before_ns:d}")
                 continue
             device, _, metric = t.series.partition("/")
             statements.append(
@@ -469,6 +487,18 @@ class StorageOps:
 
 def key_of(metric: str, device: str) -> str:
     return series_key(device, metric)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A deletion done: the layout holding its tombstone, and the servers that could not
+    apply it yet (the maintenance does it again; nothing deleted comes back meanwhile)."""
+
+    layout: Layout
+    pending: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layout_version": self.layout.version, "pending": self.pending}
 
 
 class AutoRepair:

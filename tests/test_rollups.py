@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_api_users import bearer, make_user
 
 from storage_nodes import StorageCluster
 from storage_nodes.downsample import Downsampler
@@ -125,3 +126,42 @@ def test_rollups_are_computed_once_alike_on_each_replica_and_outlive_the_raw_dat
         }
     finally:
         ops.cluster.close()
+
+
+@pytest.mark.integration
+def test_an_admin_deletes_every_series_before_a_time_on_every_replica(client, cluster):
+    now = int(time.time() * 1000)
+    old = [Reading(i, f"dev-{i}", now - 3 * H, "sensor", "temperature", 1.0) for i in (1, 2)]
+    new = [Reading(10 + i, f"dev-{i}", now - 60_000, "sensor", "temperature", 2.0)
+           for i in (1, 2)]  # fmt: skip
+    assert cluster.write(old + new) == []
+    anon = client.application.test_client()
+    assert anon.delete(f"/storage/data?before={now - H}").status_code == 401
+    alice = make_user(client, "alice")
+    for method, path in (("DELETE", f"/storage/data?before={now - H}"), ("GET", "/storage"),
+                         ("POST", "/storage/servers/influx-1/fail")):  # fmt: skip
+        resp = anon.open(path, method=method, headers=bearer(alice))
+        assert resp.status_code == 403, (method, path)  # a user cannot touch storage
+        assert "storage operations needs an admin token" in resp.get_json()["detail"]
+    for bad in ("", "?before=soon", f"?before={now}&x=1", "?before=0"):
+        resp = client.delete(f"/storage/data{bad}")
+        assert resp.status_code == 400 and resp.mimetype == "application/problem+json", bad
+    resp = client.delete(f"/storage/data?before={now - H}")
+    assert resp.status_code == 200, resp.get_json()
+    done = resp.get_json()
+    assert done["series"] == "*" and done["pending"] == []  # confirmed on every server
+    for name, node in cluster.nodes.items():
+        rows = query_ns(node, "SELECT value FROM temperature", cluster.database)
+        values = [row[1] for s in rows for row in s["values"]]
+        assert 1.0 not in values, name  # the old points are gone from every server
+    ops = StorageOps(cluster.settings, cluster=cluster)
+    wait_layout = ops.layout()
+    assert any(t.series == "*" for t in wait_layout.tombstones)
+    # and a late redelivery of one of them is refused, not stored again
+    fresh = StorageCluster(cluster.settings, background=False)
+    try:
+        refused = fresh.write(old[:1])
+        assert refused and "was deleted" in refused[0].reason
+        assert fresh.write(new[:1]) == []
+    finally:
+        fresh.close()

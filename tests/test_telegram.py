@@ -85,7 +85,7 @@ def test_chats_are_validated_and_owned(client):
     assert anon.get("/users/carol/telegram", headers=bearer(dave)).status_code == 404
     for bad, detail in (
         ({"chat_id": "chat 1"}, "is not a Telegram chat id"),
-        ({"chat_id": True}, "is not a Telegram chat id"),
+        ({"chat_id": True}, "chat_id: Input should be a valid integer or a valid string"),
         ({}, "chat_id: required"),
         ({"chat_id": 1, "x": 2}, "unknown field 'x'"),
     ):

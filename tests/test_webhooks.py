@@ -108,10 +108,10 @@ def test_webhooks_are_validated_owned_and_their_secrets_shown_once(client, broke
         ([{"name": "a", "url": "http://"}], "is not an http:// or https:// URL"),
         ([{"name": "a b", "url": "http://x"}], "name 'a b' is not a valid name"),
         ([{"name": "a", "url": "http://x", "secret": "short"}], "at least 16 characters"),
-        ([{"name": "a", "url": "http://x", "colour": 1}], "unknown field 'colour'"),
+        ([{"name": "a", "url": "http://x", "colour": 1}], "webhooks[0].colour: unknown key"),
         ([{"name": "a", "url": "http://x"}] * 2, "name 'a' is given twice"),
         ([{"name": f"h{i}", "url": "http://x"} for i in range(11)], "at most 10"),
-        ("http://x", "webhooks: must be a list"),
+        ("http://x", "webhooks: Input should be a valid list, not a string"),
     ],
 )
 def test_bad_webhooks_get_a_precise_problem(client, hooks, detail):
