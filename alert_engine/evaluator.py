@@ -47,7 +47,10 @@ def alert_id_for(rule_id: str, device: str, reading_id: int) -> str:
 
 
 def covers_device(rule: Rule, device: str) -> bool:
-    """The rule watches ``device``: every device, that one, or one its pattern matches."""
+    """The rule watches ``device``: every device, that one, or one its pattern matches;
+    of a user's rule, only among its owner's devices (its ``scope``)."""
+    if rule.scope is not None and rule.symbol is None and device not in rule.scope:
+        return False
     if rule.device is None:
         return True
     return fnmatchcase(device, rule.device) if rule.is_pattern else rule.device == device
@@ -328,7 +331,9 @@ class Evaluator:
         out: list[Alert] = []
         for rule in self._timed:
             one = series_device(rule.symbol) if rule.symbol is not None else rule.device
-            if one is not None and (rule.symbol is not None or not rule.is_pattern):
+            if one is not None and (
+                rule.symbol is not None or (not rule.is_pattern and covers_device(rule, one))
+            ):
                 key = (rule.id, one)
                 if key not in self._states:
                     self._put(key, SeriesState(0, 0, None, 0.0, None, (), now_ms))

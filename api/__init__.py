@@ -7,6 +7,7 @@ from ``python -m api``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,11 +118,18 @@ def create_app(
     notification_board = NotificationBoard(topics)
     client.subscribe(topics.notifications_filter, notification_board.on_message)
     database = Path(app.config["DATABASE"])
+    configured_owners = {d.id: d.owner for d in config.devices}
+    store = db.Store.open(database)
+    try:  # a changed owner in vigil.yaml is a new rule set: the engine scopes rules again
+        owners_digest = json.dumps(sorted(configured_owners.items())).encode()
+        store.note_config_owners(hashlib.sha256(owners_digest).hexdigest())
+    finally:
+        store.close()
 
     def read_snapshot() -> db.RuleSnapshot:
         store = db.Store.open(database)
         try:
-            return store.snapshot()
+            return store.snapshot(configured_owners)
         finally:
             store.close()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +143,13 @@ CREATE TABLE IF NOT EXISTS devices (
     disabled INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     config TEXT,
-    config_version INTEGER NOT NULL DEFAULT 0
+    config_version INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT 'admin'
 );
 """
 _DEVICE_SELECT = (
-    "SELECT id, description, added, disabled, created_at, config, config_version FROM devices"
+    "SELECT id, description, added, disabled, created_at, config, config_version, owner "
+    "FROM devices"
 )
 DEVICE_QUERIES = {
     "all": _DEVICE_SELECT + " ORDER BY id",
@@ -255,6 +258,9 @@ class DeviceRow:
     created_at: int
     config: str | None
     config_version: int
+    #: the user it belongs to (of a device added through the API; a configured one's is in
+    #: vigil.yaml)
+    owner: str = ADMIN_USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +314,10 @@ class RuleSnapshot:
     telegram: dict[str, str] = field(default_factory=dict)
     #: every user's own email templates (only users with some)
     templates: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: every device's owner (configured ones given to :meth:`Store.snapshot`)
+    device_owners: dict[str, str] = field(default_factory=dict)
+    #: the users whose role is admin (their rules watch every device)
+    admins: frozenset[str] = frozenset({ADMIN_USER})
 
 
 def new_token_id() -> str:
@@ -408,6 +418,11 @@ class Store:
                 self.conn.execute(
                     "ALTER TABLE rules ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin'"
                 )
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(devices)")}
+            if "owner" not in columns:  # before device owners: every device was the admin's
+                self.conn.execute(
+                    "ALTER TABLE devices ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin'"
+                )
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate_tokens(self, t: int) -> None:
@@ -478,8 +493,9 @@ class Store:
         row = self.conn.execute("SELECT owner FROM rules WHERE id = ?", (rule_id,)).fetchone()
         return str(row[0]) if row else None
 
-    def snapshot(self) -> RuleSnapshot:
-        """The version, its time and the rules, read in one transaction: a consistent set."""
+    def snapshot(self, configured_owners: Mapping[str, str] | None = None) -> RuleSnapshot:
+        """The version, its time and the rules, read in one transaction: a consistent set.
+        ``configured_owners``: the owners of the devices in vigil.yaml."""
         self.conn.execute("BEGIN")
         try:
             stored = self.list_rules()
@@ -494,6 +510,11 @@ class Store:
                 self._all_webhooks(),
                 self._all_telegram(),
                 self._all_templates(),
+                {**(configured_owners or {}), **self.device_owners()},
+                frozenset(
+                    n for (n,) in self.conn.execute("SELECT name FROM users WHERE role = 'admin'")
+                )
+                | {ADMIN_USER},
             )
         finally:
             self.conn.execute("COMMIT")
@@ -572,9 +593,14 @@ class Store:
         row = self.conn.execute(USER_SELECT + " WHERE u.name = ?", (name,)).fetchone()
         return UserRow(str(row[0]), str(row[1]), int(row[2]), int(row[3])) if row else None
 
-    def set_role(self, name: str, role: str) -> bool:
-        cur = self.conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
-        return cur.rowcount > 0
+    def set_role(self, name: str, role: str) -> int | None:
+        """Change a user's role; the new rule-set version when it changed (an admin's
+        rules watch every device, a user's only theirs), else None."""
+        with self._transaction():
+            cur = self.conn.execute(
+                "UPDATE users SET role = ? WHERE name = ? AND role != ?", (role, name, role)
+            )
+            return self._bump_version() if cur.rowcount else None
 
     def delete_user(self, name: str) -> tuple[bool, int | None]:
         """Forget a user, their tokens and their rules, in one transaction: (whether there
@@ -946,8 +972,10 @@ class Store:
     def _device_rows(self, which: str, args: tuple[object, ...] = ()) -> list[DeviceRow]:
         rows = self.conn.execute(DEVICE_QUERIES[which], args)
         return [
-            DeviceRow(str(i), str(d), bool(a), bool(x), int(c), None if j is None else str(j), v)
-            for i, d, a, x, c, j, v in rows
+            DeviceRow(
+                str(i), str(d), bool(a), bool(x), int(c), None if j is None else str(j), v, str(o)
+            )
+            for i, d, a, x, c, j, v, o in rows
         ]
 
     def devices(self) -> list[DeviceRow]:
@@ -960,8 +988,9 @@ class Store:
     def added_devices(self) -> list[str]:
         return [row.id for row in self._device_rows("added")]
 
-    def add_device(self, device: str, description: str) -> None:
-        """Register a device added through the API. Raises DuplicateDevice (a row exists:
+    def add_device(self, device: str, description: str, owner: str = ADMIN_USER) -> int:
+        """Register a device added through the API, of ``owner``; returns the new rule-set
+        version (the owner's rules now watch it). Raises DuplicateDevice (a row exists:
         added, or state of a configured one) or TooManyDevices."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -969,9 +998,11 @@ class Store:
             if count >= MAX_DEVICES:
                 raise TooManyDevices(MAX_DEVICES)
             self.conn.execute(
-                "INSERT INTO devices (id, description, added, created_at) VALUES (?, ?, 1, ?)",
-                (device, description, now_ms()),
+                "INSERT INTO devices (id, description, added, created_at, owner) "
+                "VALUES (?, ?, 1, ?, ?)",
+                (device, description, now_ms(), owner),
             )
+            version = self._bump_version()
         except sqlite3.IntegrityError:
             self.conn.execute("ROLLBACK")
             raise DuplicateDevice(device) from None
@@ -979,6 +1010,24 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        return version
+
+    def device_owners(self) -> dict[str, str]:
+        """The owner of every device added through the API."""
+        return dict(self.conn.execute("SELECT id, owner FROM devices WHERE added = 1"))
+
+    def note_config_owners(self, digest: str) -> int | None:
+        """Record what the configured devices' owners are (a digest); a new rule-set
+        version if that changed since the last start (the engine must scope again)."""
+        with self._transaction():
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'config_owners'").fetchone()
+            value = int(digest[:12], 16)
+            if row is not None and int(row[0]) == value:
+                return None
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('config_owners', ?)", (value,)
+            )
+            return self._bump_version()
 
     def _ensure_row(self, device: str) -> None:
         """A row for a configured device's state (no-op if there is one)."""
@@ -1013,8 +1062,12 @@ class Store:
         return version
 
     def delete_device(self, device: str) -> bool:
-        """Forget a device added through the API; False if there was none."""
-        cur = self.conn.execute("DELETE FROM devices WHERE id = ? AND added = 1", (device,))
+        """Forget a device added through the API (a new rule-set version: its owner's rules
+        no longer watch it); False if there was none."""
+        with self._transaction():
+            cur = self.conn.execute("DELETE FROM devices WHERE id = ? AND added = 1", (device,))
+            if cur.rowcount:
+                self._bump_version()
         return cur.rowcount > 0
 
 

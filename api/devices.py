@@ -22,11 +22,12 @@ import msgspec
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import ValidationError
 
-from api.auth import require_admin
+from api.auth import caller, require_admin
 from api.body import json_object
 from api.broker_admin import BrokerRefused, BrokerUnavailable
 from api.db import DeviceRow, DuplicateDevice, TooManyDevices, get_store
 from api.names import check_path_names
+from api.owners import visible_device
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.schemas import body
@@ -38,7 +39,18 @@ from vigil.mqtt import PublishError
 from vigil.settings import DeviceEntry, validation_error
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
+
+
+def _owned() -> None:
+    """A route of one device answers only its owner (and an admin): for anyone else it is
+    the 404 of a device that does not exist."""
+    device = (request.view_args or {}).get("device")
+    if isinstance(device, str):
+        visible_device(device)
+
+
 bp.before_request(check_path_names)
+bp.before_request(_owned)
 
 
 def _args() -> dict[str, list[str]]:
@@ -95,14 +107,17 @@ def index() -> dict[str, Any]:
     on the status topics, each with its latest status (null until it published one)."""
     reject_args(_args())
     res = resources()
-    return {"devices": list_devices(res.config.devices, res.status.all(), _rows())}
+    listed = list_devices(res.config.devices, res.status.all(), _rows())
+    if not caller().is_admin:  # a user's own devices (an admin sees all)
+        listed = [d for d in listed if d["owner"] == caller().user]
+    return {"devices": listed}
 
 
 @bp.post("")
 @body(DeviceEntry)
 def add() -> tuple[Response, int]:
-    """Add a device: ``{"id": ..., "description": ...}``. The answer holds its password,
-    the only time it is shown."""
+    """Add a device: ``{"id", "description"?, "owner"?}`` (the owner: a user, the admin by
+    default). The answer holds its password, the only time it is shown."""
     _require_admin()
     reject_args(_args())
     res = resources()
@@ -124,8 +139,10 @@ def add() -> tuple[Response, int]:
             "ingest and the alert engine read them"
         )
     store = get_store()
+    if store.user(entry.owner) is None:
+        raise _invalid(f"owner: no user {entry.owner!r}")
     try:
-        store.add_device(entry.id, entry.description)
+        version = store.add_device(entry.id, entry.description, entry.owner)
     except DuplicateDevice:
         raise Problem(409, f"device {entry.id!r} exists already") from None
     except TooManyDevices as exc:
@@ -139,6 +156,7 @@ def add() -> tuple[Response, int]:
         store.delete_device(entry.id)
         admin.write_owners(store.added_devices())
         raise _broker_problem(exc) from None
+    res.publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])  # rules' scopes
     broker = res.config.broker
     body = {
         **_view(entry.id),
@@ -193,6 +211,7 @@ def remove(device: str) -> tuple[str, int]:
         raise _broker_problem(exc) from None
     store.delete_device(device)
     res.broker_admin.write_owners(store.added_devices())
+    res.publisher.push(store.rules_version(), current_app.config["RULES_PUSH_TIMEOUT_S"])
     return "", 204
 
 

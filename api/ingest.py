@@ -4,8 +4,8 @@
 configured consistency; a retry stores nothing twice (a point's identity is its device,
 metric, time and id, as on MQTT).
 
-- The admin's token writes for any device (devices have no owners yet); a user's is a 403.
-- An unknown device: 404; a disabled one: 403.
+- The admin's token writes for any device, a user's for the user's own devices.
+- An unknown device, or another user's: 404; a disabled one: 403.
 - An invalid payload: 400 with the reason (what the dead-letter topic would say).
 - A server that refused some readings: 422 naming each (the others are stored).
 - Not enough replicas up to store it as configured: 503 (retry: nothing is doubled).
@@ -17,14 +17,15 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from api.auth import require_admin
 from api.db import get_store
+from api.owners import may_see
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.validation import reject_args
 from vigil.jsonin import JsonInputError, loads
 from vigil.messages import MAX_PAYLOAD_BYTES, InvalidMessage, parse_readings
 from vigil.names import is_name
+from vigil.symbols import is_quote_device
 from vigil.text import shown
 
 bp = Blueprint("ingest", __name__)
@@ -38,7 +39,6 @@ def _invalid(detail: str) -> Problem:
 def ingest() -> dict[str, Any]:
     """Store readings sent over HTTP: the MQTT payload's format; 2xx once stored."""
     reject_args(request.args.to_dict(flat=False))
-    require_admin("writing readings over HTTP")
     if not request.is_json:
         raise Problem(415, "send the readings as JSON with 'Content-Type: application/json'")
     payload = request.get_data(cache=True)
@@ -50,6 +50,8 @@ def ingest() -> dict[str, Any]:
     if not is_name(device):
         raise _invalid(f"device {shown(device)} is missing or not a valid device id")
     assert isinstance(device, str)
+    if not may_see(device) or is_quote_device(device):  # a user writes for their own devices
+        raise Problem(404, f"no device {device!r}")
     configured = any(d.id == device for d in resources().config.devices)
     row = get_store().device(device)
     if not configured and (row is None or not row.added):

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from api.names import check_path_names
+from api.owners import visible_device
 from api.resources import resources
 from api.validation import reject_args
 from storage_nodes import series_key
@@ -34,6 +35,7 @@ def replicas(device: str, metric: str) -> dict[str, Any]:
     """The servers holding one series, primary first (computed from the ring: no data
     needs to exist)."""
     reject_args(request.args.to_dict(flat=False))
+    visible_device(device)
     nodes = resources().storage.replicas(device, metric)
     return {
         "series": series_key(device, metric),

@@ -24,6 +24,7 @@ from api.auth import caller
 from api.body import check_declared
 from api.db import DuplicateRule, InvalidStoredRule, StoredRules, TooManyRules, get_store
 from api.names import check_view_args
+from api.owners import visible_device
 from api.problems import Problem, problem_type
 from api.resources import resources
 from api.schemas import RuleBody, body
@@ -84,10 +85,15 @@ def _rule_object() -> dict[str, Any]:
 
 
 def _validated(body: dict[str, Any]) -> Rule:
+    """The rule, and a device it names is one the caller may see (a pattern, or every
+    device, only ever watches its owner's: the snapshot scopes it)."""
     try:
-        return Rule.from_dict(body)
+        rule = Rule.from_dict(body)
     except InvalidMessage as exc:
         raise _invalid_rule(exc.reason) from None
+    if rule.device is not None and not rule.is_pattern:
+        visible_device(rule.device)
+    return rule
 
 
 def parse_rule_body() -> tuple[Rule, str]:

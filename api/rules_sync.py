@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from paho.mqtt.enums import MQTTErrorCode
 
 from api.db import InvalidStoredRule, RuleSnapshot
-from vigil.messages import encode_channels, encode_rules
+from vigil.messages import Rule, encode_channels, encode_rules
 from vigil.metrics import ServiceMetrics
 from vigil.mqtt import MqttClient
 from vigil.names import ADMIN_USER
@@ -41,7 +41,17 @@ SnapshotEncoder = Callable[[RuleSnapshot], bytes]
 def rule_set_payload(snap: RuleSnapshot) -> bytes:
     """The rule-set snapshot: each rule with its owner (the engine stamps it on the alerts,
     the notifier routes by it), the recipients and the silences."""
-    rules = [replace(r, owner=snap.owners.get(r.id, ADMIN_USER)) for r in snap.rules]
+    owned: dict[str, set[str]] = {}
+    for device, owner in snap.device_owners.items():
+        owned.setdefault(owner, set()).add(device)
+
+    def scoped(rule: Rule) -> Rule:
+        owner = snap.owners.get(rule.id, ADMIN_USER)
+        # a user's rule watches only the user's devices; the admin's, every device
+        scope = None if owner in snap.admins else frozenset(owned.get(owner, ()))
+        return replace(rule, owner=owner, scope=scope)
+
+    rules = [scoped(r) for r in snap.rules]
     return encode_rules(rules, snap.version, snap.changed_at, snap.recipients, snap.silences)
 
 

@@ -92,13 +92,16 @@ def device_view(
 ) -> dict[str, Any]:
     entry = configured.get(device)
     added = row is not None and row.added
+    owner: str | None
     if entry is not None:
-        description = entry.description
+        description, owner = entry.description, entry.owner
     else:
         description = row.description if added and row is not None else ""
+        owner = row.owner if added and row is not None else None
     return {
         "id": device,
         "description": description,
+        "owner": owner,
         "configured": entry is not None,
         "added": added,
         "disabled": row is not None and row.disabled,

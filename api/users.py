@@ -206,7 +206,8 @@ def patch_user(user: str) -> dict[str, Any]:
     if user == ADMIN_USER and role != "admin":
         raise Problem(409, f"the user {ADMIN_USER!r} holds the admin token file: it stays admin")
     store = get_store()
-    store.set_role(user, role)
+    if (version := store.set_role(user, role)) is not None:
+        resources().publisher.push(version, current_app.config["RULES_PUSH_TIMEOUT_S"])
     row = store.user(user)
     assert row is not None
     return user_view(row)

@@ -59,6 +59,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DEVICES = [f"dev-{i}" for i in range(10)]
 #: the test configuration's quote agents (devices[].quotes)
 QUOTE_AGENTS = ("dev-8", "dev-9")
+#: the test configuration's devices of users (the others are the admin's)
+DEVICE_OWNERS = {"dev-1": "alice", "dev-2": "bob"}
+
+
+def device_entry(device: str) -> dict[str, object]:
+    entry: dict[str, object] = {"id": device}
+    if device in QUOTE_AGENTS:
+        entry["quotes"] = True
+    if device in DEVICE_OWNERS:
+        entry["owner"] = DEVICE_OWNERS[device]
+    return entry
 
 
 def _need(binary: str) -> None:
@@ -321,9 +332,7 @@ def cloud_config(
             "metrics_port": free_port(),
             "broker_owners_file": str(broker.files.live_client_ids),
         },
-        "devices": [
-            {"id": d, "quotes": True} if d in QUOTE_AGENTS else {"id": d} for d in TEST_DEVICES
-        ],
+        "devices": [device_entry(d) for d in TEST_DEVICES],
     }
     path = tmp_path / "vigil.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

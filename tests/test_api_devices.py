@@ -87,6 +87,7 @@ def test_devices_show_the_status_a_device_retained(broker, cloud_config, cluster
             {
                 "id": "dev-0",
                 "description": "bench",
+                "owner": "admin",
                 "configured": True,
                 "added": False,
                 "disabled": False,
@@ -96,6 +97,7 @@ def test_devices_show_the_status_a_device_retained(broker, cloud_config, cluster
             {
                 "id": "dev-1",
                 "description": "",
+                "owner": None,  # only seen: nobody's, so only an admin sees it
                 "configured": False,
                 "added": False,
                 "disabled": False,

@@ -52,11 +52,14 @@ def test_bad_input_gets_a_precise_problem(client, body, status, detail):
     assert detail in resp.get_json()["detail"], resp.get_json()
 
 
-def test_only_the_admin_writes_and_a_disabled_device_is_refused(client):
-    alice = make_user(client, "alice")
+def test_a_user_writes_for_their_own_devices_and_a_disabled_device_is_refused(client):
+    alice = make_user(client, "alice")  # dev-1 is alice's, dev-4 the admin's
     anon = client.application.test_client()
-    resp = anon.post("/ingest", json=batch(), headers=bearer(alice))
-    assert resp.status_code == 403 and "needs an admin token" in resp.get_json()["detail"]
+    for device in ("dev-4", "dev-404"):  # another's, and none: the same 404
+        resp = anon.post("/ingest", json=batch(device), headers=bearer(alice))
+        assert resp.status_code == 404 and resp.get_json()["detail"] == f"no device {device!r}"
+    resp = anon.post("/ingest", json=batch("dev-1"), headers=bearer(alice))
+    assert resp.status_code == 200, resp.get_json()
     assert anon.post("/ingest", json=batch()).status_code == 401
     assert client.post("/devices/dev-5/disable").status_code == 200
     resp = client.post("/ingest", json=batch("dev-5"))

@@ -40,18 +40,26 @@ def test_bad_or_mismatched_status_messages_are_ignored():
 
 
 def test_devices_list_merges_configured_added_and_seen_devices_sorted():
-    configured = [DeviceEntry(id="b", description="bench"), DeviceEntry(id="a")]
+    configured = [DeviceEntry(id="b", description="bench"), DeviceEntry(id="a", owner="alice")]
     seen = {"c": DeviceStatus("c", "online", 5), "b": DeviceStatus("b", "offline", 7, "will")}
     rows = {
         "b": DeviceRow("b", "", False, True, 1, '{"interval_s": 2.0}', 42),
-        "d": DeviceRow("d", "added live", True, False, 1, None, 0),
+        "d": DeviceRow("d", "added live", True, False, 1, None, 0, "bob"),
     }
     none = {"added": False, "disabled": False, "config_version": None}
     assert list_devices(configured, seen, rows) == [
-        {"id": "a", "description": "", "configured": True, **none, "status": None},
+        {
+            "id": "a",
+            "description": "",
+            "owner": "alice",
+            "configured": True,
+            **none,
+            "status": None,
+        },
         {
             "id": "b",
             "description": "bench",
+            "owner": "admin",
             "configured": True,
             "added": False,
             "disabled": True,
@@ -61,6 +69,7 @@ def test_devices_list_merges_configured_added_and_seen_devices_sorted():
         {
             "id": "c",
             "description": "",
+            "owner": None,
             "configured": False,
             **none,
             "status": {"state": "online", "ts": 5, "reason": "", "config_version": 0},
@@ -68,6 +77,7 @@ def test_devices_list_merges_configured_added_and_seen_devices_sorted():
         {
             "id": "d",
             "description": "added live",
+            "owner": "bob",
             "configured": False,
             "added": True,
             "disabled": False,

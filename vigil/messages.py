@@ -579,6 +579,9 @@ class Rule:
     symbol: str | None = None
     #: the user the rule belongs to (set by the API in the snapshot; its alerts go to them)
     owner: str = ""
+    #: the devices a user's rule may watch: its owner's (set by the API in the snapshot);
+    #: None for the admin's, which watch every device. A symbol rule is not scoped.
+    scope: frozenset[str] | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -614,6 +617,8 @@ class Rule:
         out = {**common, **specific, "severity": self.severity, "enabled": self.enabled}
         if self.owner:
             out["owner"] = self.owner
+        if self.scope is not None:
+            out["scope"] = sorted(self.scope)
         return out
 
     @classmethod
@@ -624,7 +629,7 @@ class Rule:
         kind = obj.get("kind", "threshold")
         if not isinstance(kind, str) or kind not in RULE_KINDS:
             raise InvalidMessage(f"kind must be one of {', '.join(RULE_KINDS)}, got {_show(kind)}")
-        allowed = RULE_COMMON_FIELDS | RULE_FIELDS[kind] | {"owner"}
+        allowed = RULE_COMMON_FIELDS | RULE_FIELDS[kind] | {"owner", "scope"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
             others = [k for k in unknown if any(k in f for f in RULE_FIELDS.values())]
@@ -685,7 +690,7 @@ class Rule:
         owner = obj.get("owner", "") or ""
         if owner and not is_name(owner):
             raise InvalidMessage(f"owner {_show(owner)} is not a valid user name: {NAME_RULE}")
-        fields: dict[str, Any] = {"kind": kind, "owner": owner}
+        fields: dict[str, Any] = {"kind": kind, "owner": owner, "scope": _scope(obj)}
         if kind == "threshold":
             fields.update(_threshold_fields(obj))
         elif kind == "band":
@@ -723,6 +728,19 @@ class Rule:
             symbol=symbol,
             **fields,
         )
+
+
+#: most devices a rule's scope names
+MAX_SCOPE = 20_000
+
+
+def _scope(obj: Mapping[str, Any]) -> frozenset[str] | None:
+    raw = obj.get("scope")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_SCOPE or not all(map(is_name, raw)):
+        raise InvalidMessage(f"scope must be a list of at most {MAX_SCOPE} device ids")
+    return frozenset(raw)
 
 
 def _required_number(obj: Mapping[str, Any], key: str, kind: str) -> float:

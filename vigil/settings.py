@@ -63,6 +63,7 @@ from vigil.config_core import (
     read_config_data,
     read_secret,
 )
+from vigil.names import ADMIN_USER
 from vigil.text import shown
 from vigil.topics import TopicError, Topics
 
@@ -588,6 +589,11 @@ class ApiSettings(Model):
 class DeviceEntry(Model):
     id: str
     description: str = Field("", max_length=1000)
+    owner: str = Field(
+        ADMIN_USER,
+        description="the user it belongs to: they see its data and their rules watch it "
+        "(an admin sees every device)",
+    )
     quotes: bool = Field(
         False,
         description="a quote agent: the API assigns it followed share symbols to fetch, and "
@@ -598,6 +604,11 @@ class DeviceEntry(Model):
     @classmethod
     def _check(cls, v: str) -> str:
         return check_device_id(v)
+
+    @field_validator("owner")
+    @classmethod
+    def _check_owner(cls, v: str) -> str:
+        return check_name(v)
 
 
 @dataclass(frozen=True)
