@@ -73,7 +73,7 @@ def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
 
 
 def _table(devices: list[dict[str, Any]]) -> str:
-    rows = [("DEVICE", "SOURCE", "STATE", "CONFIG", "DESCRIPTION")]
+    rows = [("DEVICE", "OWNER", "SOURCE", "STATE", "CONFIG", "DESCRIPTION")]
     for d in devices:
         status = d.get("status") or {}
         state = "disabled" if d.get("disabled") else status.get("state", "never seen")
@@ -82,10 +82,11 @@ def _table(devices: list[dict[str, Any]]) -> str:
         config = "-" if d.get("config_version") is None else str(d["config_version"])
         if applied is not None and d.get("config_version") is not None:
             config += " (applied)" if applied == d["config_version"] else f" (agent: {applied})"
-        rows.append((d["id"], source, state, config, d.get("description", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        owner = d.get("owner") or "-"
+        rows.append((d["id"], owner, source, state, config, d.get("description", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
         for r in rows
     )
 
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add", help="add a device: prints its credentials (once)")
     add.add_argument("device")
     add.add_argument("--description", default="")
+    add.add_argument("--owner", default="admin", help="the user it belongs to (default: admin)")
     add.add_argument("--password-file", type=Path, help="write the password here (mode 0600)")
     for name in ("disable", "enable", "remove"):
         sub.add_parser(name).add_argument("device")
@@ -147,7 +149,11 @@ def run(args: argparse.Namespace) -> str:
     device = args.device
     if action == "add":
         answer = call(
-            url, token, "POST", "/devices", {"id": device, "description": args.description}
+            url,
+            token,
+            "POST",
+            "/devices",
+            {"id": device, "description": args.description, "owner": args.owner},
         )
         if args.json:
             return json.dumps(answer, indent=2)
