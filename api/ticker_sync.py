@@ -33,6 +33,9 @@ from vigil.symbols import PRICE_METRIC, assign, series_device
 
 log = logging.getLogger(__name__)
 
+#: how long a wake-up waits for more changes before it syncs
+SETTLE_S = 2.0
+
 #: a live configuration for ``device``, published retained; False if the broker did not
 #: confirm it (the API publishes every stored configuration again on each connect)
 Publish = Callable[[str, bytes], bool]
@@ -92,7 +95,10 @@ class TickerSync:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval_s)
+            if self._wake.wait(self.interval_s):
+                # agents starting together come online one by one: one sync for them all,
+                # not a reassignment for each
+                self._stop.wait(SETTLE_S)
             self._wake.clear()
             if self._stop.is_set():
                 return
