@@ -48,22 +48,31 @@ def test_alerts_go_to_their_owners_recipients_only(
     wait_ready(engine, 20)
     wait_until(lambda: f"rule set version {version}" in engine.log_tail(200), 20, what="rules")
 
-    dev = mqtt_client(broker, "dev-1")
-    try:
-        send(dev, "dev-1", reading(40, 1))  # all three rules fire
-    finally:
-        dev.stop()
+    # each user's rule watches only their own device: dev-1 is alice's, dev-2 bob's
+    for device in ("dev-1", "dev-2"):
+        dev = mqtt_client(broker, device)
+        try:
+            send(dev, device, reading(40, 1, device))
+        finally:
+            dev.stop()
     mail = smtp_server.sink.messages
-    wait_until(lambda: len(mail) >= 2, 20, what="alice's and the admin's emails")
+    wait_until(lambda: len(mail) >= 3, 20, what="alice's and the admin's emails")
     wait_until(lambda: "not emailing" in notifier.log_tail(), 10, what="bob's skipped")
-    to = {str(parsed(m)["X-Vigil-Rule"]): str(parsed(m)["To"]) for m in mail}
-    assert to == {"a-hot": "alice@test.invalid", "ops-hot": "ops@test.invalid"}
+    to = {
+        (str(parsed(m)["X-Vigil-Rule"]), str(parsed(m)["X-Vigil-Device"])): str(parsed(m)["To"])
+        for m in mail
+    }
+    assert to == {
+        ("a-hot", "dev-1"): "alice@test.invalid",
+        ("ops-hot", "dev-1"): "ops@test.invalid",  # the admin's rule watches every device
+        ("ops-hot", "dev-2"): "ops@test.invalid",
+    }
     assert "user bob has no email recipients" in notifier.log_tail()
 
     notifier.stop()
     store = SentStore(cloud_config.config.notifier.state_path)
     try:
-        assert store.outcome("b-hot:dev-1:1001", "firing") == (
+        assert store.outcome("b-hot:dev-2:1001", "firing") == (
             "skipped",
             1,
             "user bob has no email recipients",
