@@ -82,7 +82,11 @@ def test_prepare_sorts_good_bad_and_duplicate():
     assert [(i, [r.id for r in rs]) for i, rs in out.readings] == [(0, [2]), (4, [3])]
     assert out.duplicates == 2
     assert [(d.payload, d.reason) for d in out.dead] == [
-        (b"junk", "payload is not JSON: Expecting value at char 0"),
+        (
+            b"junk",
+            "payload read as line protocol (it is not JSON): line 1: needs "
+            "'measurement[,tags] fields timestamp' (the timestamp, in ns, is required)",
+        ),
         (batch[3].payload, "topic 'vigil/data/bad level' names no valid device"),
     ]
 

@@ -267,11 +267,22 @@ def parse_readings(
 ) -> list[Reading]:
     """Validate one data-topic payload published under ``topic_device``'s topic.
 
-    Returns the readings in message order; raises InvalidMessage with the reason. Given
+    Returns the readings in message order; raises InvalidMessage with the reason. A payload
+    that is not JSON is read as InfluxDB line protocol (:mod:`vigil.lineproto_in`). Given
     ``quote_agents`` (the devices configured to fetch quotes), a quote from any other device
     is refused: prices are shared by every follower, so a sensor device cannot forge one.
     """
-    readings = _parse_payload(payload, topic_device)
+    from vigil.lineproto_in import (  # noqa: PLC0415 - it builds on this module
+        looks_like_line_protocol,
+        parse_line_protocol,
+    )
+
+    if looks_like_line_protocol(payload):  # Telegraf's outputs.mqtt, data_format "influx"
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidMessage(f"payload is over {MAX_PAYLOAD_BYTES} bytes")
+        readings = parse_line_protocol(payload, topic_device)
+    else:
+        readings = _parse_payload(payload, topic_device)
     if quote_agents is not None and topic_device not in quote_agents:
         for r in readings:
             if r.kind == "quote":
