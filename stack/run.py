@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from broker import PluginBuildError, provision
-from stack import local_servers
+from stack import local_servers, prometheus
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import (
     VIEWER_USER,
@@ -127,6 +127,10 @@ class Stack:
         self._influx_viewer = Credential(VIEWER_USER, "")
         self._influx_creds: ClusterCredentials | None = None
         self._local_names: set[str] = set()
+        #: the prometheus executable, None when it is off or not installed
+        self._prometheus = prometheus.binary() if self.config.prometheus.enabled else None
+        if self.config.prometheus.enabled and self._prometheus is None:
+            log.warning("prometheus is not installed (scripts/bootstrap installs it): skipped")
 
     # -- start ----------------------------------------------------------------------------
     def _check_ports_free(self) -> None:
@@ -136,6 +140,8 @@ class Stack:
             ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
             ("api", c.api.host, c.api.port),
         ]
+        if self._prometheus is not None:
+            wanted.append(("prometheus", c.prometheus.host, c.prometheus.port))
         wanted += [(n.name, *_hostport(n.url)) for n in c.storage.nodes]
         busy = [f"{name} port {port}" for name, host, port in wanted if port_open(host, port)]
         if busy:
@@ -223,8 +229,26 @@ class Stack:
 
         self._token, self._viewer_password = token, files.creds["vigil-viewer"]
         self._influx_viewer = influx.viewer
+        self._start_prometheus()
         self._follow_demo_symbols(token)
         return self.write_info()
+
+    def _start_prometheus(self) -> None:
+        """Prometheus on every process's metrics port, with the pipeline's rules."""
+        p = self.config.prometheus
+        if self._prometheus is None:
+            return
+        folder = self.state / "prometheus"
+        targets = {name: ("127.0.0.1", port) for name, port in self._metrics_ports().items()}
+        config = folder / "prometheus.yml"
+        write_atomic(config, prometheus.config_text(targets, prometheus.RULES, p.scrape_interval_s))
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        self._child(
+            "prometheus",
+            prometheus.command(self._prometheus, config, folder / "data", p.host, p.port),
+            host=p.host,
+            port=p.port,
+        )
 
     def _follow_demo_symbols(self, token: str) -> None:
         """On the first run, the admin follows DEMO_SYMBOLS, so the quote agents have
@@ -321,22 +345,31 @@ class Stack:
                 "password": self._influx_viewer.password,
             },
             "mail_folder": str((self.state / "mail").resolve()),
-            "metrics": {
-                **(
-                    {"ingest": c.ingest.metrics_port}
-                    if c.ingest.members == 1
-                    else {
-                        f"ingest-{n}": c.ingest.member(n).metrics_port
-                        for n in range(1, c.ingest.members + 1)
-                    }
-                ),
-                "alert_engine": c.alert_engine.metrics_port,
-                "notifier": c.notifier.metrics_port,
-                "api": c.api.metrics_port,
-                **{f"agent-{a.device_id}": a.metrics_port for _, a in self.agents},
-            },
+            "metrics": self._metrics_ports(),
+            **(
+                {"prometheus": {"url": f"http://{c.prometheus.host}:{c.prometheus.port}"}}
+                if self._prometheus is not None
+                else {}
+            ),
             "logs": str((self.state / "logs").resolve()),
             "pids": {ch.proc.name: ch.proc.pid for ch in self.children},
+        }
+
+    def _metrics_ports(self) -> dict[str, int]:
+        c = self.config
+        return {
+            **(
+                {"ingest": c.ingest.metrics_port}
+                if c.ingest.members == 1
+                else {
+                    f"ingest-{n}": c.ingest.member(n).metrics_port
+                    for n in range(1, c.ingest.members + 1)
+                }
+            ),
+            "alert_engine": c.alert_engine.metrics_port,
+            "notifier": c.notifier.metrics_port,
+            "api": c.api.metrics_port,
+            **{f"agent-{a.device_id}": a.metrics_port for _, a in self.agents},
         }
 
     # -- run and stop ---------------------------------------------------------------------
@@ -386,7 +419,13 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
         "Vigil is running. Ctrl-C stops everything.",
         f"  MQTT broker    mqtt://{b['host']}:{b['port']}  (watch: user {b['username']}, "
         f"password in {state}/stack.json)",
-        f"  API            {api['url']}  (admin token in {state}/stack.json)",
+        f"  API            {api['url']}  (admin token in {state}/stack.json; "
+        f"docs: {api['url']}/docs)",
+        *(
+            [f"  Prometheus     {info['prometheus']['url']}  (alert rules on the pipeline)"]
+            if "prometheus" in info
+            else []
+        ),
         *[
             f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
             for name, url in info["influxdb"]["servers"].items()

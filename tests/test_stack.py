@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -48,6 +49,7 @@ def stack_env(
         "VIGIL__API__PORT": str(api_port),
         "VIGIL__NOTIFIER__SMTP__PORT": str(smtp_port),
         "VIGIL__STORAGE__NODES": f"[{nodes}]",
+        "VIGIL__PROMETHEUS__PORT": str(free_port()),
         **{
             f"VIGIL__{s}__METRICS_PORT": str(free_port())
             for s in ("INGEST", "ALERT_ENGINE", "NOTIFIER", "API")
@@ -209,8 +211,25 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         assert "too-hot" in email and "my-device" in email
 
         pids = list(info["pids"].values())
-        # broker, 3 InfluxDB, mail sink, 2 ingest members, 3 other services, 3 agents
-        assert len(pids) == 13
+        # broker, 3 InfluxDB, mail sink, 2 ingest members, 3 other services, 3 agents,
+        # Prometheus
+        assert len(pids) == 14
+
+        # Prometheus scrapes every service (the agents here serve no metrics), with the
+        # pipeline's rules loaded.
+        prom = info["prometheus"]["url"]
+
+        def targets() -> list[dict[str, Any]] | None:
+            active = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]
+            found = active["activeTargets"]
+            return found if len(found) == 5 and all(t["health"] == "up" for t in found) else None
+
+        up = wait_until(targets, 30, what="every target up")
+        assert {t["labels"]["process"] for t in up} == {
+            "ingest-1", "ingest-2", "alert_engine", "notifier", "api",
+        }  # fmt: skip
+        groups = requests.get(f"{prom}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        assert {g["name"] for g in groups} == {"vigil-recording", "vigil-alerts"}
         assert {"ingest-1", "ingest-2"} <= set(info["pids"]) and "ingest" not in info["pids"]
 
         # A child killed outright is restarted, and stack.json names its new pid.

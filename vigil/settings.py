@@ -629,6 +629,15 @@ class _Socket:
         return bind.listens and bind.host in _WILDCARD_HOSTS and _is_loopback(server.host)
 
 
+class PrometheusSettings(Model):
+    """The Prometheus ``vigil run`` starts (Debian's package), scraping every process."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Int = Field(9090, ge=1, le=65535)
+    scrape_interval_s: Float = Field(5.0, ge=1, le=300)
+
+
 class VigilConfig(Model):
     """The cloud side: ``config/vigil.yaml``."""
 
@@ -638,6 +647,7 @@ class VigilConfig(Model):
     alert_engine: AlertEngineSettings
     notifier: NotifierSettings
     api: ApiSettings
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     devices: list[DeviceEntry] = []
 
     @property
