@@ -15,16 +15,14 @@ import collections
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from api.db import Store
 from api.slo import SOURCES, TARGET_LABEL, Samples, Slo, evaluate
+from vigil.metrics import scrape_metrics
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -54,17 +52,8 @@ def targets_of(config: VigilConfig) -> dict[str, list[str]]:
     return out
 
 
-def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = float(s.value)
-    return samples
-
-
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as resp:  # noqa: S310 - config's URL
-        return parse(resp.read().decode("utf-8", "replace"))
+    return scrape_metrics(url, SCRAPE_TIMEOUT_S)
 
 
 @dataclass

@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             "--agents", type=Path, default=Path("config/agents"), help="folder of agent configs"
         )
     run_p.add_argument("--state", type=Path, default=Path(".vigil"))
+    run_p.add_argument(
+        "--status-every",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="print a status line every S seconds (0: never)",
+    )
     tok_p = sub.add_parser(
         "admin-token", help="create the API admin token once; write its SHA-256 beside it"
     )
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_admin_token(token_file, args.secrets / "admin.token.sha256")
             print(f"admin token in {token_file} (its SHA-256 in admin.token.sha256)")
             return 0
-        return run(args.config, args.agents, args.state)
+        return run(args.config, args.agents, args.state, args.status_every)
     except ConfigError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 2

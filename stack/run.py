@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from broker import PluginBuildError, provision
-from stack import local_servers, prometheus
+from stack import local_servers, prometheus, status_line
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import (
     VIEWER_USER,
@@ -39,6 +39,7 @@ from storage_nodes import (
 )
 from vigil.agent_settings import AgentConfig, load_agent_config
 from vigil.atomic import write_atomic
+from vigil.metrics import Scrape, scrape_metrics
 from vigil.readiness import is_ready
 from vigil.settings import StorageNode, VigilConfig, load_config
 
@@ -402,6 +403,10 @@ class Stack:
                     self.write_info()  # the restarted child has a new pid
                     log.info("restarted %s (pid %d)", ch.proc.name, ch.proc.pid)
 
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stop
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -441,7 +446,38 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run(config_path: Path, agents_dir: Path, state: Path) -> int:
+class StatusPrinter:
+    """The live terminal: every ``every_s`` a compact line from the processes' metrics
+    (``stack/status_line.py``), until the stack stops."""
+
+    def __init__(self, ports: dict[str, int], every_s: float, stop: threading.Event) -> None:
+        self.ports, self.every_s, self._stop = ports, every_s, stop
+        self._thread = threading.Thread(target=self._loop, name="status-line", daemon=True)
+
+    def start(self) -> None:
+        if self.every_s > 0:
+            self._thread.start()
+
+    def round(self) -> status_line.Totals:
+        scrapes: dict[str, Scrape | None] = {}
+        for name, port in self.ports.items():
+            if not port:
+                continue
+            try:
+                scrapes[name] = scrape_metrics(f"http://127.0.0.1:{port}/metrics", 1.0)
+            except (OSError, ValueError):
+                scrapes[name] = None  # restarting, or not up yet
+        return status_line.summarize(scrapes, time.time())
+
+    def _loop(self) -> None:
+        before = None
+        while not self._stop.wait(self.every_s):
+            now = self.round()
+            print(status_line.format_line(now, before), flush=True)
+            before = now
+
+
+def run(config_path: Path, agents_dir: Path, state: Path, status_every_s: float = 5.0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vigil %(message)s")
     agent_paths = sorted(agents_dir.glob("*.yaml")) if agents_dir.is_dir() else []
     stack = Stack(config_path, agent_paths, state)
@@ -451,6 +487,7 @@ def run(config_path: Path, agents_dir: Path, state: Path) -> int:
     try:
         info = stack.start()
         print_summary(info, state)
+        StatusPrinter(info["metrics"], status_every_s, stack.stopping).start()
         stack.supervise()
     except PluginBuildError as exc:  # names the Debian package to install
         print(f"vigil run: {exc}", file=sys.stderr)

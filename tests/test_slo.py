@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from api.db import Store
 from api.slo import InvalidSlo, Slo, evaluate, parse_slo
-from api.slo_runner import SloRunner, parse
+from api.slo_runner import SloRunner
 from stack.process import free_port
 from vigil.metrics import ServiceMetrics
+from vigil.metrics import parse_exposition as parse
 
 LAG = {"id": "fresh", "kind": "ingest_lag", "target": 0.9, "threshold_s": 1.0, "window_s": 60}
 

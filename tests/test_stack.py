@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -230,6 +231,14 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         }  # fmt: skip
         groups = requests.get(f"{prom}/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert {g["name"] for g in groups} == {"vigil-recording", "vigil-alerts"}
+
+        # The live terminal: a status line every few seconds, readings flowing, every server up.
+        status = re.compile(r"\d\d:\d\d:\d\d  in \d+\.\d/s  stored \d+\.\d/s  .*servers 3/3")
+        wait_until(
+            lambda: status.search((tmp_path / "vigil-run.log").read_text()),
+            30,
+            what="a status line",
+        )
         assert {"ingest-1", "ingest-2"} <= set(info["pids"]) and "ingest" not in info["pids"]
 
         # A child killed outright is restarted, and stack.json names its new pid.

@@ -9,9 +9,11 @@ test process.
 from __future__ import annotations
 
 import logging
+import urllib.request
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 CounterChild = Any  # prometheus_client's labelled Counter
@@ -69,3 +71,22 @@ class ServiceMetrics:
         if port:
             start_http_server(port, addr=host, registry=self.registry)
             log.info("%s metrics on http://%s:%d/metrics", self.service, host, port)
+
+
+#: one scrape of a /metrics page: ``{(sample name, frozenset of label items): value}``
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_exposition(text: str) -> Scrape:
+    """The samples of a Prometheus text exposition (ValueError if it is not one)."""
+    samples: Scrape = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = float(s.value)
+    return samples
+
+
+def scrape_metrics(url: str, timeout_s: float) -> Scrape:
+    """GET ``url`` (a service's /metrics) and parse it; OSError or ValueError if it fails."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own ports
+        return parse_exposition(resp.read().decode("utf-8", "replace"))
