@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vigil.metrics import AGE_BUCKETS
+from vigil.metrics import AGE_BUCKETS, SampleKey, sample_sum
 from vigil.names import is_name
 from vigil.text import shown
 
@@ -41,7 +41,7 @@ SOURCES = {"ingest_lag": "ingest", "alert_latency": "alert_engine", "delivery_su
 TARGET_LABEL = "_target"
 
 #: one scrape: ``{(sample name, frozenset of label items): value}``
-Samples = Mapping[tuple[str, frozenset[tuple[str, str]]], float]
+Samples = Mapping[SampleKey, float]
 
 
 class InvalidSlo(ValueError):
@@ -112,25 +112,20 @@ def parse_slo(obj: object) -> Slo:
     return Slo(str(sid), kind, target, window, threshold, description)
 
 
-def _sum(samples: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
 def counts(slo: Slo, samples: Samples) -> tuple[float, float]:
     """(good, total) events so far, summed over every process scraped."""
     if slo.kind == "delivery_success":
-        good = _sum(samples, "vigil_messages_out_total", service="notifier")
-        return good, good + _sum(samples, "vigil_notifications_failed_total")
+        good = sample_sum(samples, "vigil_messages_out_total", service="notifier")
+        return good, good + sample_sum(samples, "vigil_notifications_failed_total")
     name = HISTOGRAMS[slo.kind]
-    total = _sum(samples, f"{name}_count")
-    good = _sum(samples, f"{name}_bucket", le=_le(slo.threshold_s))
+    total = sample_sum(samples, f"{name}_count")
+    good = sample_sum(samples, f"{name}_bucket", le=_le(slo.threshold_s))
     return good, total
 
 
 def _by_target(samples: Samples) -> Mapping[str, Samples]:
     """The samples of each process apart, by their ``_target`` label (the URL scraped)."""
-    out: dict[str, dict[tuple[str, frozenset[tuple[str, str]]], float]] = {}
+    out: dict[str, dict[SampleKey, float]] = {}
     for key, value in samples.items():
         target = next((v for k, v in key[1] if k == TARGET_LABEL), "")
         out.setdefault(target, {})[key] = value

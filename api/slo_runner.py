@@ -22,7 +22,7 @@ from typing import Any
 
 from api.db import Store
 from api.slo import SOURCES, TARGET_LABEL, Samples, Slo, evaluate
-from vigil.metrics import scrape_metrics
+from vigil.metrics import Scrape, scrape_metrics
 from vigil.settings import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,7 @@ def targets_of(config: VigilConfig) -> dict[str, list[str]]:
     def url(host: str, port: int) -> str:
         return f"http://{'127.0.0.1' if host in _WILDCARD else host}:{port}/metrics"
 
-    ingest = config.ingest
-    members = (
-        [ingest.member(n) for n in range(1, ingest.members + 1)] if ingest.members > 1 else [ingest]
-    )
+    members = config.ingest.processes().values()
     out = {
         "ingest": [url(m.metrics_host, m.metrics_port) for m in members if m.metrics_port],
         "alert_engine": [url(config.alert_engine.metrics_host, config.alert_engine.metrics_port)]
@@ -52,7 +49,7 @@ def targets_of(config: VigilConfig) -> dict[str, list[str]]:
     return out
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(url: str) -> Scrape:
     return scrape_metrics(url, SCRAPE_TIMEOUT_S)
 
 
@@ -109,7 +106,7 @@ class SloRunner:
         scraped: dict[str, Samples] = {}
         errors: dict[str, list[str]] = {}
         for source, urls in self.targets.items():
-            merged: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+            merged: Scrape = {}
             for url in urls:
                 try:
                     for key, value in scrape(url).items():

@@ -215,9 +215,6 @@ class QuoteFeed:
         self._walks = {s: self._walks.get(s) or RandomWalk(self._seed, s) for s in wanted}
         self._markets = {s: market_of(s, self.settings.markets) for s in wanted}
 
-    def market(self, symbol: str) -> MarketSpec:
-        return self._markets[symbol]
-
     def open_symbols(self) -> list[str]:
         """The symbols whose market is open now (all of them without ``market_hours``)."""
         if not self.settings.market_hours:

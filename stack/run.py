@@ -359,14 +359,7 @@ class Stack:
     def _metrics_ports(self) -> dict[str, int]:
         c = self.config
         return {
-            **(
-                {"ingest": c.ingest.metrics_port}
-                if c.ingest.members == 1
-                else {
-                    f"ingest-{n}": c.ingest.member(n).metrics_port
-                    for n in range(1, c.ingest.members + 1)
-                }
-            ),
+            **{name: p.metrics_port for name, p in c.ingest.processes().items()},
             "alert_engine": c.alert_engine.metrics_port,
             "notifier": c.notifier.metrics_port,
             "api": c.api.metrics_port,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vigil.metrics import Scrape
+from vigil.metrics import Scrape, sample_sum
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,6 @@ class Totals:
     hints: float | None
 
 
-def _sum(samples: Scrape, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
 def _has(samples: Scrape, name: str) -> bool:
     return any(n == name for n, _ in samples)
 
@@ -53,14 +48,14 @@ def summarize(scrapes: Mapping[str, Scrape | None], at: float) -> Totals:
     ]  # one per server, from the API (it probes every one)
     return Totals(
         at=at,
-        received=sum(_sum(s, "vigil_messages_in_total") for s in ingest) if ingest else None,
-        stored=sum(_sum(s, "vigil_messages_out_total") for s in ingest) if ingest else None,
-        dead_letters=sum(_sum(s, "vigil_dead_letters_total") for s in answered),
-        alerts_firing=_sum(engine, "vigil_alerts_firing") if engine is not None else None,
-        emails=_sum(notifier, "vigil_messages_out_total") if notifier is not None else None,
+        received=sum(sample_sum(s, "vigil_messages_in_total") for s in ingest) if ingest else None,
+        stored=sum(sample_sum(s, "vigil_messages_out_total") for s in ingest) if ingest else None,
+        dead_letters=sum(sample_sum(s, "vigil_dead_letters_total") for s in answered),
+        alerts_firing=sample_sum(engine, "vigil_alerts_firing") if engine is not None else None,
+        emails=sample_sum(notifier, "vigil_messages_out_total") if notifier is not None else None,
         servers_up=sum(1 for v in up if v >= 1) if api is not None and up else None,
         servers=len(up) if api is not None and up else None,
-        hints=sum(_sum(s, "vigil_storage_hint_points") for s in ingest)
+        hints=sum(sample_sum(s, "vigil_storage_hint_points") for s in ingest)
         if ingest and any(_has(s, "vigil_storage_hint_points") for s in ingest)
         else None,
     )

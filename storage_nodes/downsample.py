@@ -23,7 +23,7 @@ from storage_nodes.cluster import StorageCluster
 from storage_nodes.lineproto import quote_ident
 from storage_nodes.repair import list_series
 from vigil.messages import Reading
-from vigil.rollups import buckets, is_rollup_metric, rollup_metric, values, window
+from vigil.rollups import ROLLUP_KIND, buckets, is_rollup_metric, rollup_metric, values, window
 from vigil.settings import DownsampleSettings
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class Downsampler:
                 max(1, b.start_ms // 1000),
                 device,
                 b.start_ms,
-                "rollup",
+                ROLLUP_KIND,
                 target,
                 value,
                 "",

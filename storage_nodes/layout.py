@@ -152,16 +152,22 @@ class Layout:
         found = [t.before_ns for t in self.tombstones if t.series in (series, ALL_SERIES)]
         return max(found) if found else None
 
-    def with_tombstone(self, tombstone: Tombstone) -> Layout:
-        kept = tuple(t for t in self.tombstones if t.series != tombstone.series)
-        before = max(tombstone.before_ns, self.deleted_before(tombstone.series) or 0)
-        if len(kept) >= MAX_TOMBSTONES:
-            raise LayoutError(f"at most {MAX_TOMBSTONES} deleted series are remembered")
-        return replace(
-            self,
-            version=self.version + 1,
-            tombstones=(*kept, replace(tombstone, before_ns=before)),
-        )
+    def with_tombstones(self, *tombstones: Tombstone) -> Layout:
+        """This layout with ``tombstones`` added (each replacing its series' earlier one,
+        keeping the later time), as one new version."""
+        kept = list(self.tombstones)
+        for tombstone in tombstones:
+            before = max(
+                [
+                    tombstone.before_ns,
+                    *(t.before_ns for t in kept if t.series in (tombstone.series, ALL_SERIES)),
+                ]
+            )
+            kept = [t for t in kept if t.series != tombstone.series]
+            if len(kept) >= MAX_TOMBSTONES:
+                raise LayoutError(f"at most {MAX_TOMBSTONES} deleted series are remembered")
+            kept.append(replace(tombstone, before_ns=before))
+        return replace(self, version=self.version + 1, tombstones=tuple(kept))
 
     def with_state(self, name: str, state: ServerState) -> Layout:
         self.server(name)

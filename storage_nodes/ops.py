@@ -22,7 +22,6 @@ So a reading is on its old owners until its new owners have it, and no copy is w
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -266,12 +265,12 @@ class StorageOps:
         # the series and its downsampled history (vigil/rollups.py)
         rollup = rollup_metric(metric, self.settings.downsample.bucket_s)
         metrics = [metric] if is_rollup_metric(metric) or rollup is None else [metric, rollup]
-        current = layout = self.layout()
-        for m in metrics:
-            layout = layout.with_tombstone(
-                Tombstone(series_key(device, m), before_ns, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        layout = self._save(
+            self.layout().with_tombstones(
+                *(Tombstone(series_key(device, m), before_ns, now_ms) for m in metrics)
             )
-        layout = self._save(dataclasses.replace(layout, version=current.version + 1))
+        )
         self.wait_for_writers(layout.version)
         pending: set[str] = set()
         for m in metrics:
@@ -284,7 +283,7 @@ class StorageOps:
         if before_ms <= 0:
             raise OperationError("before must be a positive time (epoch ms)")
         layout = self._save(
-            self.layout().with_tombstone(
+            self.layout().with_tombstones(
                 Tombstone(ALL_SERIES, before_ms * 1_000_000, int(time.time() * 1000))
             )
         )

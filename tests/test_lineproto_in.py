@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vigil.lineproto_in import looks_like_line_protocol, parse_line_protocol
-from vigil.messages import InvalidMessage, parse_readings
+from vigil.lineproto_in import parse_line_protocol
+from vigil.messages import InvalidMessage, looks_like_line_protocol, parse_readings
 
 NS = 1_765_000_000_123_456_789  # 2025-12-06, in ns
 TELEGRAF = (

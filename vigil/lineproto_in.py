@@ -44,18 +44,6 @@ _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
 
-_JSON_START = frozenset(b'{["-0123456789')
-_JSON_WORDS = (b"true", b"false", b"null")
-
-
-def looks_like_line_protocol(payload: bytes) -> bool:
-    """Whether a data-topic payload is line protocol rather than JSON: it does not start
-    like a JSON value (``{ [ "``, a number, ``true``, ``false``, ``null``); so a measurement
-    may not start with a digit."""
-    stripped = payload.strip()
-    return bool(stripped) and stripped[0] not in _JSON_START and stripped not in _JSON_WORDS
-
-
 def _split(s: str, seps: str, *, quotes: bool = False, limit: int = -1) -> list[str]:
     """``s`` split at each unescaped character of ``seps`` (outside double quotes when
     ``quotes``), at most ``limit`` times; the parts keep their escapes."""

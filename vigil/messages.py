@@ -262,6 +262,18 @@ def _check_quote(metric: str, tags: dict[str, str], where: str) -> None:
         )
 
 
+_JSON_START = frozenset(b'{["-0123456789')
+_JSON_WORDS = (b"true", b"false", b"null")
+
+
+def looks_like_line_protocol(payload: bytes) -> bool:
+    """Whether a data-topic payload is line protocol rather than JSON: it does not start
+    like a JSON value (``{ [ "``, a number, ``true``, ``false``, ``null``); so a measurement
+    may not start with a digit."""
+    stripped = payload.strip()
+    return bool(stripped) and stripped[0] not in _JSON_START and stripped not in _JSON_WORDS
+
+
 def parse_readings(
     payload: bytes, topic_device: str, quote_agents: Collection[str] | None = None
 ) -> list[Reading]:
@@ -272,14 +284,11 @@ def parse_readings(
     ``quote_agents`` (the devices configured to fetch quotes), a quote from any other device
     is refused: prices are shared by every follower, so a sensor device cannot forge one.
     """
-    from vigil.lineproto_in import (  # noqa: PLC0415 - it builds on this module
-        looks_like_line_protocol,
-        parse_line_protocol,
-    )
-
     if looks_like_line_protocol(payload):  # Telegraf's outputs.mqtt, data_format "influx"
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise InvalidMessage(f"payload is over {MAX_PAYLOAD_BYTES} bytes")
+        from vigil.lineproto_in import parse_line_protocol  # noqa: PLC0415 - it builds on this module
+
         readings = parse_line_protocol(payload, topic_device)
     else:
         readings = _parse_payload(payload, topic_device)

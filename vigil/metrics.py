@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -73,8 +74,16 @@ class ServiceMetrics:
             log.info("%s metrics on http://%s:%d/metrics", self.service, host, port)
 
 
+#: a sample's identity: its name and its labels
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
 #: one scrape of a /metrics page: ``{(sample name, frozenset of label items): value}``
-Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Scrape = dict[SampleKey, float]
+
+
+def sample_sum(samples: Mapping[SampleKey, float], name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` that carry (at least) ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
 def parse_exposition(text: str) -> Scrape:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from vigil.names import MAX_NAME_LEN
 
 STATS = ("mean", "min", "max", "count")
-ROLLUP_KIND = "rollup"
+ROLLUP_KIND: Literal["rollup"] = "rollup"
 _SUFFIX = re.compile(r"\.\d+[mhd]\Z")
 
 

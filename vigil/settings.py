@@ -410,13 +410,16 @@ class IngestSettings(Model):
         # a member's subscription was shared: at least two members
         return self.model_copy(update={"members": max(self.members, n, 2)}).member(n)
 
+    def processes(self) -> dict[str, IngestSettings]:
+        """``{process name: its settings}``: ``ingest`` alone, or ``ingest-1`` ..
+        ``ingest-N`` for members on a shared subscription."""
+        if self.members == 1:
+            return {"ingest": self}
+        return {f"ingest-{n}": self.member(n) for n in range(1, self.members + 1)}
+
     def hint_dirs(self) -> list[Path]:
         """The hint folders of every ingest process (what the storage operations read)."""
-        if self.members == 1:
-            dirs = [self.hints_dir]
-        else:
-            dirs = [self.member(n).hints_dir for n in range(1, self.members + 1)]
-        return [d for d in dirs if d is not None]
+        return [p.hints_dir for p in self.processes().values() if p.hints_dir is not None]
 
 
 class AlertEngineSettings(Model):
