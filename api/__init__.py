@@ -37,7 +37,9 @@ from api import (
 from api import storage as storage_routes
 from api.alert_board import AlertBoard
 from api.broker_admin import BrokerAdmin
+from api.console import live, pages
 from api.gapcheck import GapChecker
+from api.influx_gateway import create_influx_app
 from api.notification_board import NotificationBoard
 from api.resources import ApiResources, close_app, resources
 from api.resources import init_app as bind_resources
@@ -55,6 +57,9 @@ from vigil.mqtt import MqttClient, PublishError
 from vigil.settings import VigilConfig
 
 __all__ = ["close_app", "create_app", "resources"]
+
+#: Where the app keeps the cluster endpoint's own app (api/influx_gateway.py).
+INFLUX_EXTENSION = "vigil.influx"
 
 #: Largest request body accepted (rules are small).
 MAX_BODY_BYTES = 64 * 1024
@@ -226,10 +231,13 @@ def create_app(
         storage_routes,
         symbols,
         openapi,
+        live,
+        pages,
     ):
         app.register_blueprint(module.bp)
     app.after_request(_options_without_body)
     bind_resources(app, res)
+    app.extensions[INFLUX_EXTENSION] = create_influx_app(res, app.config)
     publisher.start()
     channel_publisher.start()
     if owns_mqtt:

@@ -16,12 +16,15 @@ import logging
 import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
+from flask import Flask
 from waitress import create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from api import close_app, create_app
+from api import INFLUX_EXTENSION, close_app, create_app
 from api.auth import hash_token, new_token
 from api.db import ROLES, DuplicateUser, Store, TooMany
 from api.resources import EXTENSION, ApiResources
@@ -37,7 +40,8 @@ from vigil.settings import VigilConfig
 
 log = logging.getLogger("api")
 
-SERVER_THREADS = 8
+#: Request threads of the API and of the cluster InfluxDB endpoint.
+THREADS = {"api": 8, "influx": 4}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +89,19 @@ def create_token(config: VigilConfig, config_path: str, name: str, role: str = "
     return 0
 
 
+def _listen(
+    app: Flask, host: str, port: int, what: str
+) -> BaseWSGIServer | MultiSocketServer | None:
+    """A waitress server of ``app`` bound to ``host:port`` (None, logged, if it cannot)."""
+    try:
+        return create_server(
+            app, host=host, port=port, threads=THREADS[what], ident=f"vigil-{what}"
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        return None
+
+
 def serve(config: VigilConfig, config_path: str) -> int:
     settings = config.api
     try:
@@ -106,16 +123,19 @@ def serve(config: VigilConfig, config_path: str) -> int:
         res.downsampler = Downsampler(res.storage, config.storage.downsample)
         res.downsampler.start()
         res.metrics.registry.register(RepairCollector(repair, "api"))
-        try:
-            server = create_server(
-                app,
-                host=settings.host,
-                port=settings.port,
-                threads=SERVER_THREADS,
-                ident="vigil-api",
+        influx_server = None
+        if settings.influx_port:
+            influx_server = _listen(
+                app.extensions[INFLUX_EXTENSION], settings.host, settings.influx_port, "influx"
             )
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            if influx_server is None:
+                return 1
+            threading.Thread(target=influx_server.run, name="influx-endpoint", daemon=True).start()
+            log.info(
+                "the cluster as one InfluxDB on http://%s:%d", settings.host, settings.influx_port
+            )
+        server = _listen(app, settings.host, settings.port, "api")
+        if server is None:
             return 1
 
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -134,6 +154,8 @@ def serve(config: VigilConfig, config_path: str) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.close()
+        if influx_server is not None:
+            influx_server.close()
     finally:
         if res.auto_repair is not None:
             res.auto_repair.stop()

@@ -21,12 +21,14 @@ from pathlib import Path
 
 from flask import Flask, current_app, g, request
 
+from api.console.assets import PUBLIC_PATHS as CONSOLE_PATHS
 from api.db import Caller, get_store
 from api.problems import Problem
 from vigil.config_core import SecretFile, secret_problem
 from vigil.names import ADMIN_USER
 
-PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs"})
+#: The web console's files are public too (its every data call sends a token).
+PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", *CONSOLE_PATHS})
 REALM = "vigil"
 #: RFC 6750 b64token, matched whole (``fullmatch``: with ``$``, "tok\n" passed).
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

@@ -25,6 +25,12 @@ def device_owner(device: str) -> str | None:
     return row.owner if row is not None and row.added else None
 
 
+def owned_devices(user: str) -> set[str]:
+    """Every configured or added device of ``user``."""
+    mine = {d.id for d in resources().config.devices if d.owner == user}
+    return mine | {row.id for row in get_store().devices() if row.added and row.owner == user}
+
+
 def may_see(device: str) -> bool:
     who = caller()
     return who.is_admin or is_quote_device(device) or device_owner(device) == who.user

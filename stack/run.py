@@ -140,6 +140,7 @@ class Stack:
             ("broker", c.broker.host, c.broker.port),
             ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
             ("api", c.api.host, c.api.port),
+            ("the cluster InfluxDB endpoint", c.api.host, c.api.influx_port),
         ]
         if self._prometheus is not None:
             wanted.append(("prometheus", c.prometheus.host, c.prometheus.port))
@@ -335,8 +336,11 @@ class Stack:
                 "device_credentials": str(self.state / "secrets" / "<device>.password"),
             },
             "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},
+            "console": {"url": f"http://{c.api.host}:{c.api.port}/console/"},
             "influxdb": {
                 "database": c.storage.database,
+                # The whole cluster as one InfluxDB 1.x, with Vigil's users and tokens.
+                "cluster_url": f"http://{c.api.host}:{c.api.influx_port}",
                 "servers": {
                     **{n.name: n.url for n in c.storage.nodes},
                     **{s.name: s.url for s in local_servers.requested(self.state)},
@@ -419,11 +423,14 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
         f"password in {state}/stack.json)",
         f"  API            {api['url']}  (admin token in {state}/stack.json; "
         f"docs: {api['url']}/docs)",
+        f"  Console        {info['console']['url']}  (log in with a token)",
         *(
             [f"  Prometheus     {info['prometheus']['url']}  (alert rules on the pipeline)"]
             if "prometheus" in info
             else []
         ),
+        f"  InfluxDB       {info['influxdb']['cluster_url']}  the whole cluster as one "
+        "(user admin, the admin token as password)",
         *[
             f"  InfluxDB       {name}: {url}  database {info['influxdb']['database']}"
             for name, url in info["influxdb"]["servers"].items()

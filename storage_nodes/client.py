@@ -151,6 +151,28 @@ class InfluxNode:
                 body="\n".join(lines).encode("utf-8"),
             )
 
+    def query_statements(
+        self, q: str, database: str | None, *, timeout_s: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Run every statement of ``q`` (InfluxQL the caller rendered and escaped); each
+        statement's result ``{"series": [...]}`` or ``{"error": "..."}``, times in ns. A
+        cut answer (the server's max-row-limit) is an error, never taken for the whole."""
+        args = {"q": q, "epoch": "ns", **({"db": database} if database else {})}
+        resp = self._request("POST", "/query", form=args, timeout=timeout_s)
+        try:
+            results = list(json.loads(resp.data, parse_int=_json_int).get("results") or [])
+            out = [
+                {"error": str(r["error"])}
+                if "error" in r
+                else {"series": list(r.get("series") or [])}
+                for r in results
+            ]
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise RetriableStorageError(self.name, f"unreadable query answer: {exc}") from None
+        if any(r.get("partial") for r in results):
+            raise RetriableStorageError(self.name, f"the server cut the answer short: {q[:200]}")
+        return out
+
     def query(
         self,
         q: str,

@@ -667,8 +667,37 @@ class StorageCluster:
         write_atomic(self.hints.root / HINT_SUMMARY, json.dumps(summary, sort_keys=True))
 
     # -- reads ------------------------------------------------------------------------
+    def ask_series(self, device: str, metric: str, q: str) -> dict[str, list[dict[str, Any]]]:
+        """Each answering replica's results of the statements ``q`` about one series
+        (rendered and escaped by the caller; times in ns), as :meth:`_ask_replicas` asks:
+        SeriesUnavailable when none answered, an empty answer when nothing is stored."""
+        return self._ask_replicas(device, metric, q, {}, statements=True)
+
+    def ask_servers(self, q: str) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+        """The results of ``q`` on every server that is up (a series lives whole on each
+        of its replicas, so the union is everything whose replicas are not all down), and
+        the servers that did not answer."""
+        names = [n for n in self.nodes if self.server_up(n)]
+        futures = {
+            n: self._pool.submit(self._clients[n].query_statements, q, self.database) for n in names
+        }
+        answers: dict[str, list[dict[str, Any]]] = {}
+        missed = [n for n in self.nodes if n not in futures]
+        for name, fut in futures.items():
+            try:
+                answers[name] = fut.result()
+            except StorageError:
+                missed.append(name)
+        return answers, missed
+
     def _ask_replicas(
-        self, device: str, metric: str, q: str, params: dict[str, Any]
+        self,
+        device: str,
+        metric: str,
+        q: str,
+        params: dict[str, Any],
+        *,
+        statements: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
         """The answer of each replica of the series that answers (times in ns).
 
@@ -683,7 +712,11 @@ class StorageCluster:
             down = ", ".join(f"{n} {self.health.get(n).state}" for n in names)
             raise SeriesUnavailable(series, names, down)
         futures = {
-            self._pool.submit(self._clients[n].query, q, self.database, params, epoch="ns"): n
+            (
+                self._pool.submit(self._clients[n].query_statements, q, self.database)
+                if statements
+                else self._pool.submit(self._clients[n].query, q, self.database, params, epoch="ns")
+            ): n
             for n in live
         }
         for fut, name in futures.items():

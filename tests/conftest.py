@@ -327,6 +327,7 @@ def cloud_config(
             "mqtt": mqtt("vigil-api"),
             "host": "127.0.0.1",
             "port": free_port(),
+            "influx_port": free_port(),
             "database": str(tmp_path / "api" / "api.sqlite3"),
             "admin_token_sha256_file": str(token_hash),
             "metrics_port": free_port(),

@@ -30,6 +30,7 @@ from vigil.settings import StorageNode, StorageSettings
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
+CONSOLE_TYPES = {"text/html", "text/javascript", "text/css", "text/plain", "image/svg+xml"}
 #: Examples per fuzz test; VIGIL_FUZZ_EXAMPLES=5000 for a longer hunt.
 EXAMPLES = int(os.environ.get("VIGIL_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(
@@ -103,6 +104,12 @@ def check(resp: Any, method: str, *, storage_up: bool = True) -> None:
     elif 200 <= status < 300 and method != "HEAD" and status != 204:
         if resp.request.path == "/docs":  # the one page: HTML that reads /openapi.json
             assert resp.mimetype == "text/html" and "/openapi.json" in text
+            return
+        if resp.request.path.startswith("/console"):  # the web console's files
+            assert resp.mimetype in CONSOLE_TYPES and resp.headers["Content-Security-Policy"]
+            return
+        if resp.mimetype == "text/event-stream":  # a live stream, ended (LIVE_STREAM_S)
+            assert resp.request.path.endswith("/stream") and text.endswith("\n\n"), text[-300:]
             return
         assert resp.mimetype == "application/json", (status, resp.mimetype, text[:300])
         assert isinstance(json.loads(text), dict)
@@ -283,6 +290,7 @@ def test_the_fuzzer_knows_every_route(app):
 @pytest.fixture
 def fuzz_app(app, stored, cloud_config):
     """The app, storage holding the dev-1 temperature series, and the admin token."""
+    app.config["LIVE_STREAM_S"] = 0.0  # a live stream answers one poll, then ends
     return app, cloud_config.admin_token
 
 
@@ -510,6 +518,9 @@ CORPUS = [
     # found by this fuzzer: /docs is the one HTML answer
     ("GET", "/docs", None, JSON, 200),
     ("GET", "/openapi.json", None, None, 200),
+    # the web console's files and its live stream (issue 10): not JSON either
+    ("GET", "/console/", None, None, 200),
+    ("GET", f"/devices/dev-1/metrics/temperature/stream?since={STORED_T0}", None, None, 200),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vigil.lineproto_in import parse_line_protocol
+from vigil.lineproto_in import parse_line_protocol, parse_line_protocol_write
 from vigil.messages import InvalidMessage, looks_like_line_protocol, parse_readings
 
 NS = 1_765_000_000_123_456_789  # 2025-12-06, in ns
@@ -94,3 +94,26 @@ def test_almost_line_protocol_gives_readings_or_the_reason(lines):
         parse_readings("\n".join(lines).encode(), "dev-1")
     except InvalidMessage as exc:
         assert "line" in exc.reason
+
+
+@given(st.one_of(st.binary(max_size=300), st.lists(LINE, min_size=1, max_size=5).map(
+    lambda lines: "\n".join(lines).encode())), st.sampled_from([1, 1000, 10**9]))  # fmt: skip
+def test_a_write_body_gives_readings_of_the_devices_it_names_or_the_reason(body, scale):
+    """InfluxDB /write (api/influx_gateway.py): each line's device from tag device or host."""
+    try:
+        readings = parse_line_protocol_write(body, scale)
+    except InvalidMessage as exc:
+        assert exc.reason
+    else:
+        for r in readings:
+            assert r.tags.get("host") == r.device or r.device in body.decode()
+
+
+def test_a_write_line_names_its_device_and_is_scaled_by_the_precision():
+    (a, b) = parse_line_protocol_write(b"cpu,host=box-1 value=2,idle=3 1765000000", 10**9)
+    assert (a.device, a.metric, a.value, a.ts) == ("box-1", "cpu", 2.0, 1_765_000_000_000)
+    assert (b.metric, b.tags) == ("cpu_idle", {"host": "box-1"})
+    (c,) = parse_line_protocol_write(b"t,device=d-2,host=h value=1 1765000000000", 1_000_000)
+    assert c.device == "d-2" and c.tags == {"host": "h"}
+    with pytest.raises(InvalidMessage, match="line 2: the device comes from tag"):
+        parse_line_protocol_write(b"t,host=h value=1 1765000000000000000\nt value=1 1", 1)

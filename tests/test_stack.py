@@ -102,6 +102,8 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         info = json.loads(stack_json.read_text())
         b, api = info["broker"], info["api"]
         assert b["port"] == broker_port and api["url"] == f"http://127.0.0.1:{api_port}"
+        assert info["console"]["url"] == f"{api['url']}/console/"  # the web console, public
+        assert requests.get(info["console"]["url"], timeout=10).headers["Content-Security-Policy"]
         assert sorted(info["influxdb"]["servers"]) == ["influx-1", "influx-2", "influx-3"]
         mail = Path(info["mail_folder"])
         view = ["-h", "127.0.0.1", "-p", str(broker_port), "-u", b["username"], "-P", b["password"]]
@@ -207,6 +209,28 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
             timeout=20,
         )
         assert "not authorized" in forged.stdout + forged.stderr, forged
+
+        # The whole cluster as one InfluxDB (influxdb.cluster_url), with the admin token:
+        # every device with a temperature series on any server, each once.
+        on_servers: set[str] = set()
+        for url in influx["servers"].values():
+            direct = subprocess.run(
+                ["influx", "-host", "127.0.0.1", "-port", url.rsplit(":", 1)[1], "-database",
+                 "vigil", *who, "-format", "json", "-execute",
+                 'SHOW TAG VALUES FROM temperature WITH KEY = "device"'],
+                capture_output=True, text=True, timeout=20, check=True,
+            )  # fmt: skip
+            for series in json.loads(direct.stdout)["results"][0].get("series", []):
+                on_servers.update(v[1] for v in series["values"])
+        whole = subprocess.run(
+            ["influx", "-host", "127.0.0.1", "-port", influx["cluster_url"].rsplit(":", 1)[1],
+             "-database", "vigil", "-username", "admin", "-password", api["admin_token"],
+             "-format", "json", "-execute", "SELECT last(value) FROM temperature GROUP BY device"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        series = json.loads(whole.stdout)["results"][0]["series"]
+        devices = [s["tags"]["device"] for s in series]
+        assert "my-device" in devices and sorted(devices) == sorted(on_servers) == devices
         wait_until(lambda: list(mail.glob("*.eml")), what="the alert email")
         email = next(mail.glob("*.eml")).read_text()
         assert "too-hot" in email and "my-device" in email

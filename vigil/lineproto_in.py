@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 from vigil.messages import (
     MAX_BATCH,
@@ -40,6 +41,8 @@ from vigil.text import shown
 
 NS_PER_MS = 1_000_000
 MAX_TAG_VALUE = 128
+#: Most readings (fields) in one /write body: Telegraf sends 1000 metrics a batch.
+MAX_WRITE_READINGS = 50_000
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
@@ -158,29 +161,74 @@ def _line(text: str, device: str) -> list[Reading]:
     return out
 
 
-def parse_line_protocol(payload: bytes, device: str) -> list[Reading]:
-    """The readings of a line-protocol payload published under ``device``'s topic; raises
-    InvalidMessage naming the line."""
+def _lines(
+    payload: bytes, read: Callable[[str], list[Reading]], what: str, max_readings: int
+) -> list[Reading]:
+    """Every reading of ``payload``'s lines, each line read by ``read``; InvalidMessage
+    naming the line, or when there are none or over ``max_readings`` (``what``: the
+    payload, as the reasons name it)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidMessage("line protocol payload is not UTF-8") from None
+        raise InvalidMessage(f"{what} is not UTF-8") from None
     readings: list[Reading] = []
     for number, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r").strip(" \t")  # noqa: PLW2901
         if not line or line.startswith("#"):
             continue
         try:
-            readings += _line(line, device)
+            readings += read(line)
         except ValueError as exc:
-            raise InvalidMessage(
-                f"payload read as line protocol (it is not JSON): line {number}: {exc}"
-            ) from None
-        if len(readings) > MAX_BATCH:
-            raise InvalidMessage(f"line protocol payload has over {MAX_BATCH} fields")
+            raise InvalidMessage(f"{what}: line {number}: {exc}") from None
+        if len(readings) > max_readings:
+            raise InvalidMessage(f"{what} has over {max_readings} fields")
     if not readings:
-        raise InvalidMessage("line protocol payload holds no line")
-    ids = [r.id for r in readings]
-    if len(set(ids)) != len(ids):
-        raise InvalidMessage("line protocol payload repeats a field of a line (same time)")
+        raise InvalidMessage(f"{what} holds no line")
+    keys = [(r.device, r.id) for r in readings]
+    if len(set(keys)) != len(keys):
+        raise InvalidMessage(f"{what} repeats a field of a line (same device and time)")
     return readings
+
+
+def parse_line_protocol(payload: bytes, device: str) -> list[Reading]:
+    """The readings of a line-protocol payload published under ``device``'s topic; raises
+    InvalidMessage naming the line."""
+    return _lines(
+        payload,
+        lambda line: _line(line, device),
+        "payload read as line protocol (it is not JSON)",
+        MAX_BATCH,
+    )
+
+
+def _line_device(text: str) -> str:
+    """The device a ``/write`` line names: its ``device`` tag, else its ``host`` tag."""
+    key = _split(_split(text, " ", quotes=True)[0], ",")
+    tags = dict(
+        (_unescape(p[0]), _unescape(p[1]))
+        for p in (_split(item, "=", limit=1) for item in key[1:])
+        if len(p) == 2
+    )
+    device = tags.get("device") or tags.get("host")
+    if not is_name(device):
+        raise ValueError(
+            f"the device comes from tag 'device' (or 'host'): {shown(device, 40)} is not a "
+            f"device id ({NAME_RULE})"
+        )
+    assert device is not None
+    return device
+
+
+def parse_line_protocol_write(payload: bytes, scale_ns: int = 1) -> list[Reading]:
+    """The readings of an InfluxDB ``/write`` body: as :func:`parse_line_protocol`, but
+    each line names its device (tag ``device``, else ``host``) and timestamps are in units
+    of ``scale_ns`` nanoseconds (the ``precision``); raises InvalidMessage naming the line."""
+
+    def read(line: str) -> list[Reading]:
+        parts = _split(line, " ", quotes=True)
+        if scale_ns != 1 and len(parts) > 1 and parts[-1].lstrip("-").isdigit():
+            parts[-1] = str(int(parts[-1]) * scale_ns)
+            line = " ".join(parts)
+        return _line(line, _line_device(line))
+
+    return _lines(payload, read, "the body", MAX_WRITE_READINGS)

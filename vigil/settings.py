@@ -563,6 +563,11 @@ class ApiSettings(Model):
     )
     metrics_port: ListenPort = 9104
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
+    influx_port: ListenPort = Field(
+        8186,
+        description="the cluster as one InfluxDB 1.x (/ping, /query, /write) for Grafana, "
+        "Chronograf, the influx CLI and Telegraf, on api.host (0: off)",
+    )
     gap_check_interval_s: Float = Field(
         300.0,
         ge=0,
@@ -683,6 +688,7 @@ class VigilConfig(Model):
             ("notifier.metrics_port", notifier.metrics_host, notifier.metrics_port),
             ("api.port", api.host, api.port),
             ("api.metrics_port", api.metrics_host, api.metrics_port),
+            ("api.influx_port", api.host, api.influx_port),
         ):
             yield _Socket(key, _norm_host(host), port, True)
 
