@@ -110,6 +110,13 @@ def create_app(
             admin_digest = auth.read_admin_digest(settings.admin_token_sha256_file)
         except ValueError as exc:
             raise ConfigError(str(settings.admin_token_sha256_file), "", str(exc)) from None
+    reader_file = settings.reader_token_sha256_file
+    if reader_file is not None:
+        try:
+            key = "api.reader_token_sha256_file"
+            app.config["READER_TOKEN_SHA256"] = auth.read_admin_digest(reader_file, key)
+        except ValueError as exc:
+            raise ConfigError(str(reader_file), "", str(exc)) from None
 
     db.init_app(app)
     metrics = ServiceMetrics("api", "request")

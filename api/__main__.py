@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sqlite3
+import ssl
 import sys
+import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from flask import Flask
 from waitress import create_server
@@ -36,7 +41,9 @@ from vigil.cli import load_or_exit, load_service_config, service_parser
 from vigil.config_core import ConfigError
 from vigil.logs import setup_logging
 from vigil.names import NAME_RULE, is_name
-from vigil.settings import VigilConfig
+from vigil.settings import ApiSettings, VigilConfig
+from vigil.tls import TlsConfigError, server_context
+from vigil.tlsfront import TlsFront
 
 log = logging.getLogger("api")
 
@@ -89,27 +96,74 @@ def create_token(config: VigilConfig, config_path: str, name: str, role: str = "
     return 0
 
 
+@dataclass
+class _Listener:
+    """A waitress server of one app, on ``host:port`` or, with TLS, on a private Unix
+    socket behind a :class:`TlsFront` on ``host:port``."""
+
+    server: BaseWSGIServer | MultiSocketServer
+    front: TlsFront | None
+    url: str
+
+    def close(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+        self.server.close()
+
+
 def _listen(
-    app: Flask, host: str, port: int, what: str
-) -> BaseWSGIServer | MultiSocketServer | None:
-    """A waitress server of ``app`` bound to ``host:port`` (None, logged, if it cannot)."""
+    app: Flask, host: str, port: int, what: str, tls: tuple[ssl.SSLContext, Path] | None
+) -> _Listener | None:
+    """Serve ``app`` on ``host:port``, over HTTPS when ``tls`` (a context and a private
+    folder for the plain socket) is given; None, logged, if it cannot listen."""
+    common: dict[str, Any] = {"threads": THREADS[what], "ident": f"vigil-{what}"}
     try:
-        return create_server(
-            app, host=host, port=port, threads=THREADS[what], ident=f"vigil-{what}"
+        if tls is None:
+            server = create_server(app, host=host, port=port, **common)
+            bound = getattr(server, "effective_port", port)
+            return _Listener(server, None, f"http://{host}:{bound}")
+        context, folder = tls
+        sock = folder / f"{what}.sock"
+        server = create_server(
+            app, unix_socket=str(sock), unix_socket_perms="600", url_scheme="https", **common
         )
+        front = TlsFront(host, port, context, sock)
+        try:
+            front.start()
+        except OSError:
+            server.close()
+            raise
+        return _Listener(server, front, f"https://{host}:{port}")
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return None
 
 
+def _tls(settings: ApiSettings, config_path: str) -> ssl.SSLContext | None:
+    """The API's TLS context (None: no TLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        return server_context(settings.tls_cert_file, settings.tls_key_file)
+    except TlsConfigError as exc:
+        raise ConfigError(config_path, "api.tls_cert_file", str(exc)) from None
+
+
 def serve(config: VigilConfig, config_path: str) -> int:
     settings = config.api
+    try:
+        context = _tls(settings, config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         app = create_app(config)
     except (OSError, sqlite3.Error) as exc:
         print(ConfigError(config_path, "api.database", f"cannot open: {exc}"), file=sys.stderr)
         return 2
     res: ApiResources = app.extensions[EXTENSION]
+    # With TLS, the plain servers listen on Unix sockets in a private folder (mode 0700).
+    tls = None if context is None else (context, Path(tempfile.mkdtemp(prefix="vigil-api-")))
     try:
         try:
             res.metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -126,15 +180,19 @@ def serve(config: VigilConfig, config_path: str) -> int:
         influx_server = None
         if settings.influx_port:
             influx_server = _listen(
-                app.extensions[INFLUX_EXTENSION], settings.host, settings.influx_port, "influx"
+                app.extensions[INFLUX_EXTENSION],
+                settings.host,
+                settings.influx_port,
+                "influx",
+                tls,
             )
             if influx_server is None:
                 return 1
-            threading.Thread(target=influx_server.run, name="influx-endpoint", daemon=True).start()
-            log.info(
-                "the cluster as one InfluxDB on http://%s:%d", settings.host, settings.influx_port
-            )
-        server = _listen(app, settings.host, settings.port, "api")
+            threading.Thread(
+                target=influx_server.server.run, name="influx-endpoint", daemon=True
+            ).start()
+            log.info("the cluster as one InfluxDB on %s", influx_server.url)
+        server = _listen(app, settings.host, settings.port, "api", tls)
         if server is None:
             return 1
 
@@ -145,18 +203,17 @@ def serve(config: VigilConfig, config_path: str) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info(
-            "api listening on http://%s:%s (rules in %s)",
-            settings.host,
-            getattr(server, "effective_port", settings.port),
-            Path(app.config["DATABASE"]).resolve(),
+            "api listening on %s (rules in %s)", server.url, Path(app.config["DATABASE"]).resolve()
         )
-        server.run()
+        server.server.run()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.close()
         if influx_server is not None:
             influx_server.close()
     finally:
+        if tls is not None:
+            shutil.rmtree(tls[1], ignore_errors=True)
         if res.auto_repair is not None:
             res.auto_repair.stop()
         if res.downsampler is not None:

@@ -44,9 +44,10 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def read_admin_digest(path: Path) -> str:
-    """The admin token's SHA-256 hex digest from ``path``; ValueError says what is wrong."""
-    problem = secret_problem(SecretFile("api.admin_token_sha256_file", path, "sha256"))
+def read_admin_digest(path: Path, key: str = "api.admin_token_sha256_file") -> str:
+    """A token's SHA-256 hex digest from ``path`` (the setting ``key`` names it);
+    ValueError says what is wrong."""
+    problem = secret_problem(SecretFile(key, path, "sha256"))
     if problem is not None:  # the same check `--validate-config` makes
         raise ValueError(problem)
     return path.read_text(encoding="utf-8").strip().lower()

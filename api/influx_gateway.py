@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hmac
 import json
 import re
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from api import auth, db
-from api.auth import check_token
+from api.auth import check_token, hash_token
 from api.db import Caller
 from api.influxql import (
     Binary,
@@ -103,12 +104,26 @@ def _credentials() -> tuple[str | None, str | None]:
     return request.values.get("u"), request.values.get("p")
 
 
+#: who holds the reader token (api.reader_token_sha256_file): dashboards
+READER_USER = "reader"
+
+
+def _is_reader(who: Caller) -> bool:
+    return who.user == READER_USER and who.role == "reader"
+
+
 def _authenticate() -> Caller:
     user, token = _credentials()
     if not token:
         raise InfluxError(401, "unable to parse authentication credentials")
     if len(token) > auth.MAX_TOKEN_CHARS:
         raise InfluxError(401, "authorization failed")
+    reader: str | None = current_app.config["READER_TOKEN_SHA256"]
+    if reader is not None and hmac.compare_digest(hash_token(token), reader):
+        # Reads every device's series and writes nothing; the rest of the API refuses it.
+        if user not in (None, READER_USER):
+            raise InfluxError(401, "authorization failed")
+        return Caller(READER_USER, "reader")
     who = check_token(token, current_digest())
     if who is None or (user is not None and user != who.user):
         raise InfluxError(401, "authorization failed")
@@ -121,8 +136,9 @@ def current_digest() -> str | None:
 
 
 def _visible_regex(who: Caller) -> Regex | None:
-    """A user's devices and the quotes as one regex (None for an admin: everything)."""
-    if who.is_admin:
+    """A user's devices and the quotes as one regex (None for an admin or the reader:
+    everything)."""
+    if who.is_admin or _is_reader(who):
         return None
     mine = owned_devices(who.user)
     names = "|".join(re.escape(d) for d in sorted(mine))
@@ -240,7 +256,7 @@ def _select(st: Select, who: Caller) -> list[dict[str, Any]]:
     got: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
     for metric, devices in _catalogue(measurements).items():
         for device in sorted(devices):
-            if not is_name(device) or not may_see(device):
+            if not is_name(device) or not (_is_reader(who) or may_see(device)):
                 continue
             if wanted is not None and device not in wanted:
                 continue
@@ -345,6 +361,7 @@ def create_influx_app(res: ApiResources, api_config: dict[str, Any]) -> Flask:
     app.config.from_mapping(
         DATABASE=api_config["DATABASE"],
         ADMIN_TOKEN_SHA256=api_config.get("ADMIN_TOKEN_SHA256"),
+        READER_TOKEN_SHA256=api_config.get("READER_TOKEN_SHA256"),
         MAX_CONTENT_LENGTH=MAX_WRITE_BYTES,
     )
     app.teardown_appcontext(db.close_store)
@@ -397,6 +414,8 @@ def create_influx_app(res: ApiResources, api_config: dict[str, Any]) -> Flask:
         from api.ingest import writable_readings  # noqa: PLC0415 - shared with POST /ingest
 
         who = _authenticate()
+        if _is_reader(who):
+            raise InfluxError(403, "the reader token reads and never writes")
         g.caller = who
         try:
             _database(request.args.get("db") or None)

@@ -11,7 +11,8 @@ a temporary folder) and measures, in one run on this machine:
    load runs; the time until the reading is visible on both replicas (p50 and p99).
 
 Figures are printed as absolute numbers and as ratios to the reference, and saved to
-``bench/results/latest.json``.
+``bench/results/latest.json``. While it runs, each phase and its counts are shown on stderr
+(:mod:`bench.progress`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from bench.progress import Phase, Progress
 from bench.rawpub import end_session
 from broker import provision
 from stack.process import ManagedProcess, free_port
@@ -93,8 +95,11 @@ def publisher(
     start: int,
     count: int,
     rate: float | None,
+    published: Any = None,
 ) -> None:
-    """One device client publishing ``count`` single-reading messages at QoS 1."""
+    """One device client publishing ``count`` single-reading messages at QoS 1;
+    ``published``: a shared array whose slot ``device_no`` it keeps at the count handed to
+    the client so far (every 100 messages, for the progress line)."""
     client = MqttClient(BrokerSettings(**broker), MqttClientSettings(**ident), max_inflight=2000)
     client.start()
     client.wait_connected(10)
@@ -104,22 +109,32 @@ def publisher(
     infos = []
     for i in range(start, start + count):
         infos.append(client.publish(topic, encode_readings(device, [reading(device_no, i)])))
+        if published is not None and (i - start + 1) % 100 == 0:
+            published[device_no] = i - start + 1
         if rate:
             ahead = (i - start + 1) / rate - (time.perf_counter() - t0)
             if ahead > 0:
                 time.sleep(ahead)
+    if published is not None:
+        published[device_no] = count
     for info in infos:
         info.wait_for_publish(120)
     client.stop()
 
 
 class Bench:
-    def __init__(self, work: Path, devices: int) -> None:
+    def __init__(self, work: Path, devices: int, progress: Progress | None = None) -> None:
         self.work = work
         self.devices = [f"bench-{i}" for i in range(devices)]
         self.procs: list[ManagedProcess] = []
+        self.progress = progress or Progress("bench")
 
     def start(self) -> None:
+        """Mosquitto and three InfluxDB servers, provisioned with authentication."""
+        with self.progress.phase("servers", "starting Mosquitto and 3 InfluxDB servers"):
+            self._start()
+
+    def _start(self) -> None:
         port = free_port()
         self.broker_files = provision(
             broker_dir=self.work / "broker",
@@ -202,6 +217,11 @@ class Bench:
         self, members: int = 1, ingest: dict[str, Any] | None = None
     ) -> list[ManagedProcess]:
         """Start ingest (``members`` processes) and wait until each says it is ready."""
+        what = "starting 1 ingest process" if members == 1 else f"starting {members} members"
+        with self.progress.phase("ingest", what):
+            return self._start_ingest(members, ingest)
+
+    def _start_ingest(self, members: int, ingest: dict[str, Any] | None) -> list[ManagedProcess]:
         path = self.write_config(members, ingest)
         names = ["ingest"] if members == 1 else [f"ingest-{n}" for n in range(1, members + 1)]
         started = []
@@ -255,22 +275,33 @@ class Bench:
             password=self.storage.password,
         )
         lines = [reading_to_line(reading(99, i)) for i in range(points)]
-        t0 = time.perf_counter()
-        for i in range(0, points, batch):
-            node.write("rawref", lines[i : i + batch])
-        return points / (time.perf_counter() - t0)
+        what = f"{points:,} points to one InfluxDB server in batches of {batch:,}"
+        with self.progress.phase("reference", what, total=points, unit="points") as ph:
+            t0 = time.perf_counter()
+            for i in range(0, points, batch):
+                node.write("rawref", lines[i : i + batch])
+                ph.update(min(points, i + batch))
+            return points / (time.perf_counter() - t0)
 
     # -- 2. end to end -------------------------------------------------------------------
     def throughput(self, per_device: int) -> tuple[float, int, dict[str, float]]:
         """Readings per second end to end, readings stored, and the CPU seconds each part
         used meanwhile (where the time goes)."""
-        before = self.stored()
         total = per_device * len(self.devices)
+        what = f"{len(self.devices)} devices x {per_device:,} single-reading messages at QoS 1"
+        with self.progress.phase("throughput", what, total=total, unit="readings stored") as ph:
+            return self._throughput(per_device, total, ph)
+
+    def _throughput(
+        self, per_device: int, total: int, ph: Phase
+    ) -> tuple[float, int, dict[str, float]]:
+        before = self.stored()
         ctx = mp.get_context("spawn")
+        published = ctx.Array("q", len(self.devices), lock=False)
         procs = [
             ctx.Process(
                 target=publisher,
-                args=(self.broker.model_dump(), self.ident(d), i, 0, per_device, None),
+                args=(self.broker.model_dump(), self.ident(d), i, 0, per_device, None, published),
             )
             for i, d in enumerate(self.devices)
         ]
@@ -284,7 +315,9 @@ class Bench:
         def done() -> bool:
             for pid in pubs:  # sample while they live: their /proc entry goes when reaped
                 pub_cpu[pid] = max(pub_cpu[pid], cpu_seconds(pid))
-            return self.stored() - before >= 2 * total
+            points = self.stored() - before  # two per reading: one on each replica
+            ph.update(points // 2, note=f"published {sum(published):,} / {total:,}")
+            return points >= 2 * total
 
         wait(done, 600, "all readings stored", interval=0.02)
         elapsed = time.perf_counter() - t0
@@ -294,10 +327,16 @@ class Bench:
         for p in procs:
             p.join()
         stored = (self.stored() - before) // 2
+        ph.update(stored)
         return total / elapsed, stored, cpu
 
     # -- 3. latency ------------------------------------------------------------------------
     def latency(self, samples: int, background_rate: float) -> list[float]:
+        what = f"{samples} readings, one at a time, under {background_rate:,.0f} readings/s"
+        with self.progress.phase("latency", what, total=samples, unit="samples") as ph:
+            return self._latency(samples, background_rate, ph)
+
+    def _latency(self, samples: int, background_rate: float, ph: Phase) -> list[float]:
         ctx = mp.get_context("spawn")
         duration = samples * 0.03 + 10
         bg = ctx.Process(
@@ -331,8 +370,12 @@ class Bench:
 
             wait(visible, 30, "a reading to be queryable", interval=0.001)
             out.append(time.perf_counter() - t0)
+            ph.update(k + 1)
         client.stop()
-        bg.join(duration + 30)
+        deadline = time.monotonic() + duration + 30
+        while bg.is_alive() and time.monotonic() < deadline:
+            bg.join(0.25)
+            ph.update(note="waiting for the background load to end")
         if bg.is_alive():
             bg.terminate()
         return out
@@ -351,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         help="readings/s published during the latency measurement",
     )
     args = ap.parse_args(argv)
+    progress = Progress("bench.e2e")
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
-        bench = Bench(Path(tmp), args.devices)
+        bench = Bench(Path(tmp), args.devices, progress)
         try:
             bench.start()
             raw = bench.raw_write_rate(args.raw_points)
@@ -361,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             lat = sorted(bench.latency(args.latency_samples, args.background_rate))
         finally:
             bench.stop()
+    progress.finish()
     total = args.devices * args.per_device
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]

@@ -23,7 +23,8 @@ bottleneck. Measured in one run, in this order:
 Every run checks that every reading is stored, once per replica (the servers' counts grow by
 exactly 2 x the readings). ``--profile`` records one ingest process with py-spy during the
 single-process ceiling run and lists where its CPU goes. Results go to
-``bench/results/ingest.json``; the figures and the command are in docs/benchmarks.md.
+``bench/results/ingest.json``; the figures and the command are in docs/benchmarks.md. While
+it runs, each run's counts are shown on stderr (:mod:`bench.progress`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import ROOT, Bench, cpu_seconds, wait
+from bench.progress import Phase, Progress
 from bench.rawpub import PublisherResult, percentile, run_many
 from stack.process import ManagedProcess
 from vigil.atomic import write_atomic
@@ -120,8 +122,10 @@ def null_subscriber(
 
 # -- the bench ---------------------------------------------------------------------------
 class IngestBench(Bench):
-    def __init__(self, work: Path, devices: int, window: int) -> None:
-        super().__init__(work, devices)
+    def __init__(
+        self, work: Path, devices: int, window: int, progress: Progress | None = None
+    ) -> None:
+        super().__init__(work, devices, progress)
         self.window = window
         self.runs = 0
 
@@ -149,6 +153,12 @@ class IngestBench(Bench):
 
     def broker_limit(self, per_device: int) -> dict[str, Any]:
         """A do-nothing subscriber's receive rate: the broker's limit on this machine."""
+        total = per_device * len(self.devices)
+        what = f"a do-nothing subscriber, {total:,} messages from {len(self.devices)} publishers"
+        with self.progress.phase("broker limit", what, total=total, unit="received") as ph:
+            return self._broker_limit(per_device, total, ph)
+
+    def _broker_limit(self, per_device: int, total: int, ph: Phase) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         received, ready, stop = ctx.Value("q", 0), ctx.Event(), ctx.Event()
         sub = ctx.Process(
@@ -167,7 +177,6 @@ class IngestBench(Bench):
             if not ready.wait(30):
                 raise TimeoutError("the do-nothing subscriber did not subscribe")
             specs = self.specs(per_device, None)
-            total = per_device * len(self.devices)
             results: list[PublisherResult] = []
             pub = threading.Thread(target=lambda: results.extend(run_many(specs, delay=0.0)))
             cpu0 = {p.name: cpu_seconds(p.pid) for p in self.procs}
@@ -176,6 +185,7 @@ class IngestBench(Bench):
             pub.start()
             while received.value < total and time.perf_counter() - t0 < 120:
                 time.sleep(0.005)
+                ph.update(received.value)
             elapsed = time.perf_counter() - t0
             pub.join()
             cpu = {p.name: cpu_seconds(p.pid) - cpu0[p.name] for p in self.procs}
@@ -209,6 +219,23 @@ class IngestBench(Bench):
     ) -> dict[str, Any]:
         """Publish, wait for every confirmation and for the servers to hold every reading on
         both its replicas; what it cost and how fast it went."""
+        label = _label(len(ingest), rate, batch)
+        what = f"{per_device * len(self.devices):,} messages of {batch} reading(s)"
+        with self.progress.phase(label, what) as ph:
+            out = self._run(ingest, per_device, rate, batch, sample_every, profile, ph)
+        _report(out)
+        return out
+
+    def _run(
+        self,
+        ingest: list[ManagedProcess],
+        per_device: int,
+        rate: float | None,
+        batch: int,
+        sample_every: int,
+        profile: Path | None,
+        ph: Phase,
+    ) -> dict[str, Any]:
         specs = self.specs(
             per_device, rate, batch, confirm=True, confirm_timeout=120.0, sample_every=sample_every
         )
@@ -218,14 +245,19 @@ class IngestBench(Bench):
         spy = _start_profile(ingest[0].pid, profile) if profile else None
         cpu0 = {p.name: cpu_seconds(p.pid) for p in self.procs}
         t0 = time.perf_counter()
-        results = run_many(specs, delay=0.1)
+        results = run_many(specs, delay=0.1, phase=ph)
         wall = time.perf_counter() - t0
         cpu = {p.name: cpu_seconds(p.pid) - cpu0[p.name] for p in self.procs}
         top = _stop_profile(spy, profile) if spy and profile else None
         errors = [r.error for r in results if r.error]
-        want = stored0 + RF * readings
+
+        def all_stored() -> bool:
+            points = self.stored() - stored0  # two per reading: one on each replica
+            ph.update(points // RF, total=readings, note="", unit="readings stored")
+            return points >= RF * readings
+
         with contextlib.suppress(TimeoutError):
-            wait(lambda: self.stored() >= want, 60, "every reading stored", interval=0.2)
+            wait(all_stored, 60, "every reading stored", interval=0.2)
         stored = self.stored() - stored0
         ingest_cpu = sum(cpu[p.name] for p in ingest)
         confirmed_at = [r.all_confirmed_at for r in results]
@@ -258,7 +290,6 @@ class IngestBench(Bench):
             out["latency_ms_p99"] = (percentile(latencies, 0.99) or 0) * 1000
         if top is not None:
             out["profile"] = [{"frame": f, "share": round(s, 4)} for f, s in top]
-        _report(out)
         return out
 
 
@@ -299,10 +330,15 @@ def _fmt(x: float | None, spec: str = ",.0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _label(members: int, rate: float | None, batch: int) -> str:
+    """``2 member(s), batch 1, offered 3,000 msg/s`` (``max`` when unthrottled)."""
+    offered = _fmt(rate) if rate else "max"
+    return f"{members} member(s), batch {batch}, offered {offered} msg/s"
+
+
 def _report(r: dict[str, Any]) -> None:
-    offered = _fmt(r["offered_msg_per_s"]) if r["offered_msg_per_s"] else "max"
     line = (
-        f"  {r['members']} member(s), batch {r['batch']}, offered {offered} msg/s: "
+        f"  {_label(r['members'], r['offered_msg_per_s'], r['batch'])}: "
         f"stored {_fmt(r['stored_readings_per_s'])} readings/s, "
         f"ingest {r['ingest_cpu_us_per_msg']:.1f} µs CPU/msg ({r['ingest_cores']:.2f} cores), "
         f"lag {_fmt(r['confirm_lag_s'], '.2f')} s, lost {r['lost']}, extra {r['extra_points']}"
@@ -339,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         "fixed": [],
         "ceiling": {},
     }
+    progress = Progress("bench.ingest")
     with tempfile.TemporaryDirectory(prefix="vigil-bench-ingest-") as tmp:
-        bench = IngestBench(Path(tmp), args.devices, args.window)
+        bench = IngestBench(Path(tmp), args.devices, args.window, progress)
         try:
             bench.start()
             raw = bench.raw_write_rate(raw_points)
@@ -380,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     bench.stop_ingest(procs)
         finally:
             bench.stop()
+    progress.finish()
     summarise(result)
     write_atomic(out_dir / "ingest.json", json.dumps(result, indent=2, default=float) + "\n")
     lost = sum(r["lost"] + r["extra_points"] for r in _runs(result))

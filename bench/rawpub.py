@@ -30,7 +30,10 @@ microseconds per message:
 
 CPU is measured with ``time.thread_time`` around the publishing loop, so the figure is this
 publisher's own whether it runs in a thread (:func:`run_many`) or a process; encoding is
-timed apart. Helpers are pure where possible and tested in ``tests/test_bench_rawpub.py``.
+timed apart. The counts of a :class:`PublisherResult` grow while it runs, so
+:func:`run_many` can show them on a :class:`bench.progress.Phase` (sent, acknowledged or
+confirmed, rate) while its threads publish. Helpers are pure where possible and tested in
+``tests/test_bench_rawpub.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any
 
 import mqtt5
 
+from bench.progress import Phase, Progress
 from vigil.messages import Confirmation, InvalidMessage, Reading, encode_readings
 from vigil.topics import Topics
 
@@ -208,6 +212,9 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 # -- the publisher -------------------------------------------------------------------------
 @dataclass
 class PublisherResult:
+    """What one publisher did; ``sent``, ``acked``, ``refused``, ``unrouted`` and
+    ``confirmed`` are kept up to date while it runs (another thread may read them)."""
+
     device: str
     count: int
     batch: int
@@ -345,21 +352,23 @@ def run_publisher(
     sample_every: int = 0,
     start_at: float | None = None,
     packets: list[bytes] | None = None,
+    result: PublisherResult | None = None,
 ) -> PublisherResult:
     """Publish ``count`` pre-encoded QoS 1 messages as ``username`` on ``device``'s data
     topic at ``rate`` messages/s (None: as fast as the window allows), each with ``batch``
     readings, reading ids from ``start_id``; return when every PUBACK is in (and, with
     ``confirm``, every reading is confirmed on the device's ack topic, or the timeouts
     passed). ``start_at``: a ``time.perf_counter`` value to begin at (publishers started
-    together begin together); ``packets``: already encoded (see :func:`encode_publishes`).
+    together begin together); ``packets``: already encoded (see :func:`encode_publishes`);
+    ``result``: the result to fill in and return (its counts grow while it runs).
     """
     device = device or username
     topics = Topics(root)
-    res = PublisherResult(device, count, batch, start_id, rate)
-    c0 = time.thread_time()
+    res = result if result is not None else PublisherResult(device, count, batch, start_id, rate)
     if packets is None:
+        c0 = time.thread_time()
         packets = encode_publishes(topics.data(device), device, count, batch, start_id)
-    res.encode_s = time.thread_time() - c0
+        res.encode_s = time.thread_time() - c0
     sock, connack, buf = connect(host, port, username, password, device)
     try:
         res.receive_max = int(connack.receive_max)
@@ -457,6 +466,7 @@ def _publish_loop(
                                 pending[res.start_id + seq * batch] = now
                     sock.sendall(b"".join(packets[sent : sent + k]) if k > 1 else packets[sent])
                     sent += k
+                    res.sent = sent
                     last_io = now
                     if sent == count:
                         res.send_elapsed = now - t0
@@ -537,18 +547,45 @@ def _on_confirmation(
         res.all_confirmed_at = now - t0
 
 
-def run_many(specs: Sequence[dict[str, Any]], delay: float = 0.2) -> list[PublisherResult]:
+def show_live(phase: Phase, results: Sequence[PublisherResult], confirm: bool) -> None:
+    """The publishers' counts so far on ``phase``: messages sent, and readings confirmed
+    (``confirm``) or messages the broker answered."""
+    messages = sum(r.count for r in results)
+    note = f"sent {sum(r.sent for r in results):,} / {messages:,}"
+    if confirm:
+        done, total = sum(r.confirmed for r in results), sum(r.readings for r in results)
+        phase.update(done, total=total, note=note, unit="readings confirmed")
+    else:
+        done = sum(r.acked + r.refused + r.unrouted for r in results)
+        phase.update(done, total=messages, note=note, unit="messages acknowledged")
+
+
+def run_many(
+    specs: Sequence[dict[str, Any]], delay: float = 0.2, phase: Phase | None = None
+) -> list[PublisherResult]:
     """Run one :func:`run_publisher` per keyword dict in ``specs``, each in its own thread,
-    all starting together ``delay`` seconds after the slowest has encoded its packets."""
-    results: list[PublisherResult | None] = [None] * len(specs)
+    all starting together ``delay`` seconds after the slowest has encoded its packets;
+    ``phase``: where to show their counts meanwhile (see :func:`show_live`)."""
+    results = [
+        PublisherResult(
+            spec.get("device") or spec["username"],
+            spec["count"],
+            spec.get("batch", 1),
+            spec.get("start_id", 1),
+            spec.get("rate"),
+        )
+        for spec in specs
+    ]
     encoded: list[list[bytes] | None] = [None] * len(specs)
 
     def encode(i: int, spec: dict[str, Any]) -> None:
         device = spec.get("device") or spec["username"]
         topic = Topics(spec.get("root", "vigil")).data(device)
+        c0 = time.thread_time()
         encoded[i] = encode_publishes(
             topic, device, spec["count"], spec.get("batch", 1), spec.get("start_id", 1)
         )
+        results[i].encode_s = time.thread_time() - c0
 
     threads = [threading.Thread(target=encode, args=(i, s)) for i, s in enumerate(specs)]
     for t in threads:
@@ -559,24 +596,22 @@ def run_many(specs: Sequence[dict[str, Any]], delay: float = 0.2) -> list[Publis
 
     def run(i: int, spec: dict[str, Any]) -> None:
         try:
-            results[i] = run_publisher(**spec, packets=encoded[i], start_at=start_at)
+            run_publisher(**spec, packets=encoded[i], start_at=start_at, result=results[i])
         except Exception as exc:  # reported in the result
-            device = spec.get("device") or spec["username"]
-            results[i] = PublisherResult(
-                device,
-                spec["count"],
-                spec.get("batch", 1),
-                spec.get("start_id", 1),
-                spec.get("rate"),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            results[i].error = f"{type(exc).__name__}: {exc}"
 
     threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(specs)]
     for t in threads:
         t.start()
+    confirm = any(spec.get("confirm") for spec in specs)
     for t in threads:
-        t.join()
-    return [r for r in results if r is not None]
+        while t.is_alive():
+            t.join(0.25)
+            if phase is not None:
+                show_live(phase, results, confirm)
+    if phase is not None:
+        show_live(phase, results, confirm)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -597,21 +632,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-every", type=int, default=0, help="latency sample every N msgs")
     args = ap.parse_args(argv)
     password = args.password or args.password_file.read_text().strip()
-    res = run_publisher(
-        args.host,
-        args.port,
-        args.device,
-        password,
-        args.device,
-        args.count,
-        args.rate,
-        args.batch,
-        args.start_id,
-        window=args.window,
-        root=args.root,
-        confirm=args.confirm,
-        sample_every=args.sample_every,
-    )
+    spec = {
+        "host": args.host,
+        "port": args.port,
+        "username": args.device,
+        "password": password,
+        "device": args.device,
+        "count": args.count,
+        "rate": args.rate,
+        "batch": args.batch,
+        "start_id": args.start_id,
+        "window": args.window,
+        "root": args.root,
+        "confirm": args.confirm,
+        "sample_every": args.sample_every,
+    }
+    progress = Progress("bench.rawpub")
+    offered = f"{args.rate:,.0f} msg/s" if args.rate else "no rate limit"
+    what = f"{args.count:,} messages as {args.device} to {args.host}:{args.port}, {offered}"
+    with progress.phase("publish", what) as ph:
+        (res,) = run_many([spec], delay=0.0, phase=ph)
     out = res.summary()
     if res.latencies:
         out["latency_ms_p50"] = round((percentile(res.latencies, 0.5) or 0) * 1000, 1)

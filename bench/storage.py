@@ -20,7 +20,8 @@ the same run (batches of 5,000 lines, one HTTP client, bench.e2e's reference):
 
 Prints a table and saves ``bench/results/storage.json``. ``--quick`` runs smaller sizes
 (about a minute and a half); ``--profile`` also runs cProfile over the writer, the repair and
-the rebalance (their timings are then inflated: use a run without it for the figures).
+the rebalance (their timings are then inflated: use a run without it for the figures). While
+it runs, each phase and its counts are shown on stderr (:mod:`bench.progress`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import pstats
 import random
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import METRICS, ROOT, TS0, Bench, cpu_seconds, wait
+from bench.progress import Phase, Progress
 from stack.process import ManagedProcess, free_port
 from storage_nodes import (
     SERVICE_USER,
@@ -62,6 +63,7 @@ from storage_nodes import (
 from storage_nodes.hints import HintStore
 from storage_nodes.lineproto import quote_ident
 from storage_nodes.ops import StorageOps
+from storage_nodes.repair import RepairProgress
 from vigil.atomic import load_or_create_secret
 from vigil.messages import Reading
 from vigil.settings import StorageNode, StorageSettings
@@ -188,9 +190,10 @@ class Rig:
     """bench.e2e's servers (Mosquitto and three influxd, provisioned with authentication),
     one database and layout file per measurement, and a fourth server on demand."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, progress: Progress | None = None) -> None:
         self.work = work
-        self.bench = Bench(work, devices=1)
+        self.bench = Bench(work, devices=1, progress=progress)
+        self.progress = self.bench.progress
 
     def start(self) -> None:
         self.bench.start()
@@ -255,14 +258,29 @@ class Rig:
         return StorageNode(name=name, url=url)
 
 
-def write_all(cluster: StorageCluster, batches: Iterator[list[Reading]]) -> int:
+def write_all(
+    cluster: StorageCluster, batches: Iterator[list[Reading]], phase: Phase | None = None
+) -> int:
+    """Write every batch (none refused); ``phase``: shows the readings written so far."""
     n = 0
     for batch in batches:
         rejected = cluster.write(batch)
         if rejected:
             raise RuntimeError(f"{len(rejected)} readings refused: {rejected[0]}")
         n += len(batch)
+        if phase is not None:
+            phase.update(n)
     return n
+
+
+def load(rig: Rig, cluster: StorageCluster, stream: Stream, readings: int, name: str) -> float:
+    """Write ``readings`` of ``stream`` as the data a measurement starts from, shown as the
+    phase ``name``; the seconds it took."""
+    what = f"{readings:,} readings over {len(stream.series)} series"
+    with rig.progress.phase(name, what, total=readings, unit="readings written") as ph:
+        t0 = time.perf_counter()
+        write_all(cluster, stream.batches(readings), ph)
+        return time.perf_counter() - t0
 
 
 def stored_on(cluster: StorageCluster, server: str) -> int:
@@ -297,50 +315,25 @@ def strategy(rig: Rig, name: str, sizes: Sizes, prof: Profiler) -> dict[str, Any
         copies = len(writer.layout.replicas_now(series_key(*SERIES[0])))
         stream = Stream(range(len(SERIES)))
         batches = list(stream.batches(sizes.strategy_readings))
-        cpu = CpuMeter(rig.pids())
-        t0 = time.perf_counter()
-        with prof.section(f"write ({name})"):
-            n = write_all(writer, iter(batches))
-        elapsed = time.perf_counter() - t0
-        write_cpu = cpu.stop()
-        check_stored(writer, stream.written, f"{name} write")
-
-        rng = random.Random(4)
-        lat, direct = [], []
-        for _ in range(sizes.read_samples):
-            device, metric = SERIES[rng.randrange(len(SERIES))]
-            t = time.perf_counter()
-            points = writer.points(device, metric, limit=100)
-            lat.append(time.perf_counter() - t)
-            if len(points) != 100:
-                raise RuntimeError(f"read {len(points)} points of {device}/{metric}, not 100")
-            # the reference: the same query to one replica, answer parsed, nothing merged
-            replica = writer.replicas(device, metric)[0]
-            q = f"SELECT * FROM {quote_ident(metric)} WHERE device = $device "
-            t = time.perf_counter()
-            replica.query(q + "ORDER BY time DESC LIMIT 100", settings.database, {"device": device})
-            direct.append(time.perf_counter() - t)
-
-        fails, recovers = [], []
-        for rep in range(sizes.fail_reps):
-            victim = writer.layout.names()[rep % 3]
-            t = time.perf_counter()
-            ops.fail(victim)
-            wait(lambda v=victim: writer.health.get(v).state == "failed", 10, "fail", 0.002)
-            fails.append(time.perf_counter() - t)
-            hinted = Stream(series_on(writer.layout.replicas_now, victim))
-            hinted.next_k = stream.next_k  # new points of the same series
-            write_all(writer, hinted.batches(sizes.hinted_per_rep))
-            stream.written.update(hinted.written)
-            queue = writer.hints.queue(victim)  # type: ignore[union-attr]
-            if queue.stats().points != sizes.hinted_per_rep:
-                raise RuntimeError(
-                    f"{queue.stats().points} points hinted, not {sizes.hinted_per_rep}"
-                )
-            t = time.perf_counter()
-            ops.recover(victim)
-            wait(lambda q=queue: q.stats().points == 0, 60, "hints replayed", 0.002)
-            recovers.append(time.perf_counter() - t)
+        total = sizes.strategy_readings
+        what = f"{total:,} readings, {copies} copies each, batches of {BATCH:,}"
+        with rig.progress.phase(f"{name}: write", what, total=total, unit="readings") as ph:
+            cpu = CpuMeter(rig.pids())
+            t0 = time.perf_counter()
+            with prof.section(f"write ({name})"):
+                n = write_all(writer, iter(batches), ph)
+            elapsed = time.perf_counter() - t0
+            write_cpu = cpu.stop()
+            check_stored(writer, stream.written, f"{name} write")
+        what = "points(limit=100) of random series, and from one replica direct"
+        samples = sizes.read_samples
+        with rig.progress.phase(f"{name}: read", what, total=samples, unit="samples") as ph:
+            lat, direct = reads(writer, settings, samples, ph)
+        what = f"{sizes.fail_reps} x fail, {sizes.hinted_per_rep:,} hinted readings, recover"
+        with rig.progress.phase(
+            f"{name}: fail/recover", what, total=sizes.fail_reps, unit="rounds"
+        ) as ph:
+            fails, recovers = fail_recover(writer, ops, stream, sizes, ph)
         check_stored(writer, stream.written, f"{name} after fail/recover")
     finally:
         ops.close()
@@ -366,6 +359,59 @@ def strategy(rig: Rig, name: str, sizes: Sizes, prof: Profiler) -> dict[str, Any
     }
 
 
+def reads(
+    writer: StorageCluster, settings: StorageSettings, samples: int, phase: Phase
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``samples`` reads of 100 points of a random series through ``writer``,
+    and of the same query sent to one replica."""
+    rng = random.Random(4)
+    lat, direct = [], []
+    for k in range(samples):
+        device, metric = SERIES[rng.randrange(len(SERIES))]
+        t = time.perf_counter()
+        points = writer.points(device, metric, limit=100)
+        lat.append(time.perf_counter() - t)
+        if len(points) != 100:
+            raise RuntimeError(f"read {len(points)} points of {device}/{metric}, not 100")
+        # the reference: the same query to one replica, answer parsed, nothing merged
+        replica = writer.replicas(device, metric)[0]
+        q = f"SELECT * FROM {quote_ident(metric)} WHERE device = $device "
+        t = time.perf_counter()
+        replica.query(q + "ORDER BY time DESC LIMIT 100", settings.database, {"device": device})
+        direct.append(time.perf_counter() - t)
+        phase.update(k + 1)
+    return lat, direct
+
+
+def fail_recover(
+    writer: StorageCluster, ops: StorageOps, stream: Stream, sizes: Sizes, phase: Phase
+) -> tuple[list[float], list[float]]:
+    """Seconds from each ``fail`` until the writer treats the server as failed, and from
+    each ``recover`` until the writer's hint queue for it is empty."""
+    fails, recovers = [], []
+    for rep in range(sizes.fail_reps):
+        victim = writer.layout.names()[rep % 3]
+        phase.update(note=f"{victim} failed")
+        t = time.perf_counter()
+        ops.fail(victim)
+        wait(lambda v=victim: writer.health.get(v).state == "failed", 10, "fail", 0.002)
+        fails.append(time.perf_counter() - t)
+        hinted = Stream(series_on(writer.layout.replicas_now, victim))
+        hinted.next_k = stream.next_k  # new points of the same series
+        write_all(writer, hinted.batches(sizes.hinted_per_rep))
+        stream.written.update(hinted.written)
+        queue = writer.hints.queue(victim)  # type: ignore[union-attr]
+        if queue.stats().points != sizes.hinted_per_rep:
+            raise RuntimeError(f"{queue.stats().points} points hinted, not {sizes.hinted_per_rep}")
+        phase.update(note=f"{victim} recovering")
+        t = time.perf_counter()
+        ops.recover(victim)
+        wait(lambda q=queue: q.stats().points == 0, 60, "hints replayed", 0.002)
+        recovers.append(time.perf_counter() - t)
+        phase.update(rep + 1, note="")
+    return fails, recovers
+
+
 # -- 3. hint replay ------------------------------------------------------------------------
 def replay(rig: Rig, limited: bool, sizes: Sizes) -> dict[str, Any]:
     label = "default" if limited else "unlimited"
@@ -381,21 +427,29 @@ def replay(rig: Rig, limited: bool, sizes: Sizes) -> dict[str, Any]:
         ops.fail(victim)
         wait(lambda: writer.health.get(victim).state == "failed", 10, "fail", 0.002)
         stream = Stream(series_on(writer.layout.replicas_now, victim))
-        t0 = time.perf_counter()
-        write_all(writer, stream.batches(sizes.replay_points))
-        fill_s = time.perf_counter() - t0
+        fill_s = load(rig, writer, stream, sizes.replay_points, f"replay ({label}): fill")
         queue = writer.hints.queue(victim)  # type: ignore[union-attr]
         queued = queue.stats().points
         if queued != sizes.replay_points:
             raise RuntimeError(f"{queued} points hinted, not {sizes.replay_points}")
-        cpu = CpuMeter(rig.pids())
-        t0 = time.perf_counter()
-        ops.recover(victim)
-        wait(lambda: writer.health.available(victim), 10, "up again", 0.002)
-        t_up = time.perf_counter()
-        wait(lambda: queue.stats().points == 0, 120, "hints replayed", 0.002)
-        t_empty = time.perf_counter()
-        used = cpu.stop()
+        what = f"recover {victim}, replay its {queued:,} hinted points"
+        with rig.progress.phase(
+            f"replay ({label}): drain", what, total=queued, unit="points replayed"
+        ) as ph:
+            cpu = CpuMeter(rig.pids())
+            t0 = time.perf_counter()
+            ops.recover(victim)
+            wait(lambda: writer.health.available(victim), 10, "up again", 0.002)
+            t_up = time.perf_counter()
+
+            def drained() -> bool:
+                left = queue.stats().points
+                ph.update(queued - left)
+                return left == 0
+
+            wait(drained, 120, "hints replayed", 0.002)
+            t_empty = time.perf_counter()
+            used = cpu.stop()
         got = stored_on(writer, victim)
         if got != queued:
             raise RuntimeError(f"{victim} holds {got} points after replay, not {queued}")
@@ -426,19 +480,23 @@ def replay_profiled(rig: Rig, sizes: Sizes, prof: Profiler) -> dict[str, Any]:
     try:
         ops.fail(victim)
         writer.reload_layout()
-        write_all(
-            writer,
-            Stream(series_on(writer.layout.replicas_now, victim)).batches(sizes.replay_points),
-        )
+        stream = Stream(series_on(writer.layout.replicas_now, victim))
+        load(rig, writer, stream, sizes.replay_points, "replay (profiled): fill")
         ops.recover(victim)
         writer.reload_layout()
         writer.probe(victim)
         queue = store.queue(victim)
-        t0 = time.perf_counter()
-        with prof.section("hint replay (steps driven in one thread)"):
-            while queue.stats().points:
-                writer._replay_step()  # private: the replay thread's own step
-        elapsed = time.perf_counter() - t0
+        total = sizes.replay_points
+        with rig.progress.phase(
+            "replay (profiled): drain", "replay steps in this thread, under cProfile", total=total
+        ) as ph:
+            t0 = time.perf_counter()
+            with prof.section("hint replay (steps driven in one thread)"):
+                while left := queue.stats().points:
+                    writer._replay_step()  # private: the replay thread's own step
+                    ph.update(total - left, unit="points replayed")
+            elapsed = time.perf_counter() - t0
+            ph.update(total)
     finally:
         ops.close()
         writer.close()
@@ -452,9 +510,7 @@ def repair(rig: Rig, sizes: Sizes, prof: Profiler) -> dict[str, Any]:
     victim = "influx-3"
     try:
         stream = Stream(series_on(ops.cluster.layout.replicas_now, victim))
-        t0 = time.perf_counter()
-        write_all(ops.cluster, stream.batches(sizes.repair_points))
-        load_s = time.perf_counter() - t0
+        load_s = load(rig, ops.cluster, stream, sizes.repair_points, "repair: load")
         node = next(n for n in settings.nodes if n.name == victim)
         admin = admin_node(victim, node.url, rig.bench.admin, timeout_s=120)
         for m in METRICS:
@@ -462,10 +518,16 @@ def repair(rig: Rig, sizes: Sizes, prof: Profiler) -> dict[str, Any]:
         admin.close()
         if stored_on(ops.cluster, victim) != 0:
             raise RuntimeError("DROP SERIES left points behind")
-        cpu = CpuMeter(rig.pids())
-        with prof.section("repair"):
-            report = ops.repair()
-        used = cpu.stop()
+        what = f"anti-entropy over every series, {sizes.repair_points:,} points missing on {victim}"
+        with rig.progress.phase("repair", what, unit="series") as ph:
+
+            def show(p: RepairProgress) -> None:
+                ph.update(p.series_done, total=p.series_total, note=f"{p.points_copied:,} copied")
+
+            cpu = CpuMeter(rig.pids())
+            with prof.section("repair"):
+                report = ops.repair(on_progress=show)
+            used = cpu.stop()
         if report.errors or report.copied.get(victim) != sizes.repair_points:
             raise RuntimeError(f"repair: copied {report.copied}, errors {report.errors[:3]}")
         check_stored(ops.cluster, stream.written, "repair")
@@ -489,14 +551,21 @@ def rebalance(rig: Rig, sizes: Sizes, prof: Profiler) -> dict[str, Any]:
     ops = rig.ops(settings)
     try:
         stream = Stream(range(len(SERIES)))
-        write_all(ops.cluster, stream.batches(sizes.rebalance_points))
-        fourth = rig.start_server("influx-4", settings.database)
-        cpu = CpuMeter(rig.pids())
-        t0 = time.perf_counter()
-        with prof.section("rebalance"):
-            report = ops.add(fourth.name, fourth.url)
-        elapsed = time.perf_counter() - t0
-        used = cpu.stop()
+        load(rig, ops.cluster, stream, sizes.rebalance_points, "rebalance: load")
+        with rig.progress.phase("rebalance: influx-4", "starting a fourth InfluxDB server"):
+            fourth = rig.start_server("influx-4", settings.database)
+        what = f"add {fourth.name}: move its share of {len(SERIES)} series onto it"
+        with rig.progress.phase("rebalance", what, unit="series") as ph:
+
+            def show(step: str, done: int, total: int) -> None:
+                ph.update(done, total=total, note=step)
+
+            cpu = CpuMeter(rig.pids())
+            t0 = time.perf_counter()
+            with prof.section("rebalance"):
+                report = ops.add(fourth.name, fourth.url, show)
+            elapsed = time.perf_counter() - t0
+            used = cpu.stop()
         if report.errors:
             raise RuntimeError(f"rebalance: {report.errors[:3]}")
         ops.layout()
@@ -566,22 +635,45 @@ def timeline(rig: Rig, how: str, sizes: Sizes) -> dict[str, Any]:
         else:
             (ops.fail if begins else ops.recover)(victim)
 
-    try:
-        time.sleep(up_s)
-        outage(True)
-        time.sleep(out_s)
-        outage(False)
-        time.sleep(back_s)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rig.proc(victim).pid, signal.SIGCONT)
-        stop.set()
-        for t in threads:
-            t.join(60)
+    def hold(ph: Phase, seconds: float, what: str) -> None:
+        """Let the writer run for ``seconds``, showing how far it got."""
+        until = time.perf_counter() + seconds
+        while (left := until - time.perf_counter()) > 0:
+            time.sleep(min(0.25, left))
+            depth = samples[-1][1] if samples else 0  # what sample_loop saw last
+            note = f"{what}, {depth:,} hints queued"
+            ph.update(sum(n for _, n in done), note=note)
+
+    out_what = "SIGSTOP" if how == "sigstop" else "fail"
+    what = f"{up_s:g} s all up, {out_s:g} s {victim} out ({out_what}), {back_s:g} s back"
+    with rig.progress.phase(f"timeline ({how})", what, unit="readings written") as ph:
+        try:
+            hold(ph, up_s, "all up")
+            outage(True)
+            hold(ph, out_s, f"{victim} out")
+            outage(False)
+            hold(ph, back_s, f"{victim} back")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rig.proc(victim).pid, signal.SIGCONT)
+            stop.set()
+            for t in threads:
+                t.join(60)
     end = time.perf_counter()
     try:
-        wait(lambda: queue.stats().points == 0, 120, "hints replayed")
-        drained = time.perf_counter()
+        queued = queue.stats().points
+        what = f"replay the {queued:,} points still hinted"
+        with rig.progress.phase(
+            f"timeline ({how}): drain", what, total=queued, unit="points replayed"
+        ) as ph:
+
+            def drained() -> bool:
+                left = queue.stats().points
+                ph.update(max(0, queued - left))
+                return left == 0
+
+            wait(drained, 120, "hints replayed")
+        drained_at = time.perf_counter()
         check_stored(writer, stream.written, f"timeline {how}")
     finally:
         ops.close()
@@ -592,7 +684,7 @@ def timeline(rig: Rig, how: str, sizes: Sizes) -> dict[str, Any]:
 
     first_hint = next((t for t, depth, _ in samples if t > events["out"] and depth > 0), None)
     detected = next((t for t, _, s in samples if t > events["out"] and s != "up"), None)
-    empty = next((t for t, depth, _ in samples if t > events["back"] and depth == 0), drained)
+    empty = next((t for t, depth, _ in samples if t > events["back"] and depth == 0), drained_at)
     up = rate(t0 + 1, events["out"])  # the first second warms up connections
     out = rate(events["out"], events["back"])
     steady = rate(first_hint, events["back"]) if first_hint else None
@@ -755,15 +847,13 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "machine": machine(),
     }
-    logging.basicConfig(level=logging.WARNING, format="  [log] %(name)s: %(message)s")
-
-    def step(what: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {what}", file=sys.stderr, flush=True)
-
+    progress = Progress("bench.storage")
+    handler = progress.log_handler()  # log lines do not land on the live line
+    handler.setFormatter(logging.Formatter("  [log] %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     with tempfile.TemporaryDirectory(prefix="vigil-bench-storage-") as tmp:
-        rig = Rig(Path(tmp))
+        rig = Rig(Path(tmp), progress)
         try:
-            step("starting servers")
             rig.start()
             defaults = rig.bench.storage
             result["settings"] = {
@@ -778,26 +868,19 @@ def main(argv: list[str] | None = None) -> int:
                 "series": len(SERIES),
                 "cadence_s": CADENCE_MS / 1000,
             }
-            step("raw reference")
             result["raw_influx_points_per_s"] = round(rig.bench.raw_write_rate(sizes.raw_points))
             result["strategies"] = []
             for name in ("consistent", "full"):
-                step(f"strategy {name}")
                 result["strategies"].append(strategy(rig, name, sizes, prof))
             result["replay"] = []
             for limited in (True, False):
-                step(f"hint replay ({'default limit' if limited else 'unlimited'})")
                 result["replay"].append(replay(rig, limited, sizes))
             if args.profile:
-                step("hint replay (profiled)")
                 result["replay_profiled"] = replay_profiled(rig, sizes, prof)
-            step("repair")
             result["repair"] = repair(rig, sizes, prof)
             result["timelines"] = []
             for how in ("sigstop", "fail"):
-                step(f"timeline ({how})")
                 result["timelines"].append(timeline(rig, how, sizes))
-            step("rebalance")
             result["rebalance"] = rebalance(rig, sizes, prof)
         finally:
             rig.stop()
@@ -817,10 +900,11 @@ def main(argv: list[str] | None = None) -> int:
         "repair<=60s": result["repair"]["seconds"] <= GOALS["repair_s"],
     }
     if not args.no_plot:
-        step("plot")
-        plot(result["timelines"], IMG)
+        with progress.phase("plot", str(IMG.relative_to(ROOT))):
+            plot(result["timelines"], IMG)
     result["plot"] = None if args.no_plot else str(IMG.relative_to(ROOT))
     result["runtime_s"] = round(time.perf_counter() - started, 1)
+    progress.finish()
     if prof.sections:
         result["profiles"] = prof.sections
         for name, text in prof.sections.items():

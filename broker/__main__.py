@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from broker.plugin_build import PluginBuildError
-from broker.provision import SERVICE_ACCESS, BrokerFiles, provision, render_acl
+from broker.provision import SERVICE_ACCESS, BrokerFiles, TlsListener, provision, render_acl
 from vigil.names import InvalidName, check_name
 from vigil.topics import TopicError, Topics
 
@@ -111,6 +111,38 @@ def _parser() -> argparse.ArgumentParser:
         "(default: where Debian's mosquitto package installs it)",
     )
 
+    p.add_argument(
+        "--allow-plain-remote",
+        action="store_true",
+        help="let the plain listener bind a non-loopback address (a private network only)",
+    )
+    p.add_argument(
+        "--tls-port",
+        type=_port,
+        metavar="PORT",
+        help="also listen with TLS on PORT (8883 by convention), for devices",
+    )
+    p.add_argument(
+        "--tls-host",
+        default="0.0.0.0",  # noqa: S104 - devices reach the TLS listener from anywhere
+        help="address the TLS listener binds",
+    )
+    p.add_argument(
+        "--tls-ca-dir",
+        type=Path,
+        metavar="DIR",
+        help="the local CA (ca.crt, ca.key), generated once (default: SECRETS/tls)",
+    )
+    p.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        dest="tls_names",
+        metavar="NAME",
+        help="a DNS name or address devices reach the broker by (repeatable; localhost, "
+        "loopback and the host names are always in the certificate)",
+    )
+
     a = sub.add_parser("acl", help="print the ACL for a topic root")
     a.add_argument(
         "--topic-root",
@@ -124,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _provision(args: argparse.Namespace) -> BrokerFiles:
+    tls = None
+    if args.tls_port:
+        tls = TlsListener(
+            host=args.tls_host,
+            port=args.tls_port,
+            ca_dir=args.tls_ca_dir or args.secrets / "tls",
+            names=tuple(args.tls_names),
+        )
     return provision(
         broker_dir=args.dir,
         secrets_dir=args.secrets,
@@ -135,6 +175,8 @@ def _provision(args: argparse.Namespace) -> BrokerFiles:
         log_to_file=not args.log_stderr,
         plugin=args.plugin,
         dynsec_plugin=args.dynsec_plugin,
+        tls=tls,
+        allow_plain_remote=args.allow_plain_remote,
     )
 
 
@@ -145,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         files = _provision(args)
-    except (FileNotFoundError, PluginBuildError) as exc:
+    except (FileNotFoundError, PluginBuildError, ValueError) as exc:
         print(f"broker provision: {exc}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as exc:
@@ -168,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(sorted(files.creds))})"
     )
     print(f"listener        {files.host}:{files.port}")
+    if files.tls is not None:
+        ca = files.tls.ca_dir / "ca.crt"
+        print(f"tls listener    {files.tls.host}:{files.tls.port} (devices verify {ca.resolve()})")
     print(f"run             {' '.join(files.command())}")
     return 0
 

@@ -15,19 +15,25 @@ writes. The rendering functions are pure.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import json
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.plugin_build import build_plugin
 from vigil import dynsec
 from vigil.atomic import load_or_create_secret, write_atomic
 from vigil.config_core import INGEST_MEMBER_USERS
+from vigil.localca import default_names, ensure_server_cert
 from vigil.messages import MAX_RULESET_BYTES
 from vigil.topics import Topics
+
+if TYPE_CHECKING:
+    from vigil.settings import BrokerTlsSettings
 
 #: The largest MQTT packet the broker takes: the rule-set snapshot's limit plus room for the
 #: topic and headers. Readings are limited to 256 KiB by the contract, well below it.
@@ -127,6 +133,51 @@ def render_client_ids(owners: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """The broker's TLS listener: a certificate for ``names`` from the local CA in
+    ``ca_dir`` (devices verify against its ca.crt), unless ``cert_file``/``key_file`` are
+    given."""
+
+    host: str
+    port: int
+    ca_dir: Path
+    names: tuple[str, ...] = ()
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, tls: BrokerTlsSettings) -> TlsListener | None:
+        """The listener ``broker.tls`` describes, None when it is off (port 0)."""
+        if not tls.enabled:
+            return None
+        return cls(
+            host=tls.host,
+            port=tls.port,
+            ca_dir=tls.ca_dir,
+            names=tuple(tls.names),
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.rstrip(".").lower() == "localhost"
+
+
+def render_tls_listener(*, host: str, port: int, cert: Path, key: Path) -> str:
+    return f"""
+# Devices: MQTT over TLS (1.2 or later) with the same authentication and ACLs.
+listener {port} {host}
+certfile {cert}
+keyfile {key}
+tls_version tlsv1.2
+"""
+
+
 def render_conf(
     *,
     port: int,
@@ -141,6 +192,7 @@ def render_conf(
     persistence_dir: Path,
     log_file: Path | None,
     run_as: str | None = None,
+    tls: str = "",
 ) -> str:
     log = f"log_dest file {log_file}" if log_file else "log_dest stderr"
     # Mosquitto started as root switches to user "mosquitto", which cannot read files the
@@ -184,7 +236,7 @@ log_type notice
 connection_messages true
 
 listener {port} {host}
-"""
+{tls}"""
 
 
 def load_or_create_password(secrets_dir: Path, user: str) -> str:
@@ -255,6 +307,7 @@ class BrokerFiles:
     port: int
     secrets_dir: Path
     creds: dict[str, str] = field(default_factory=dict)
+    tls: TlsListener | None = None
 
     def password_file(self, user: str) -> Path:
         return self.secrets_dir / f"{user}.password"
@@ -275,6 +328,8 @@ def provision(
     log_to_file: bool = True,
     plugin: Path | None = None,
     dynsec_plugin: Path | None = None,
+    tls: TlsListener | None = None,
+    allow_plain_remote: bool = False,
 ) -> BrokerFiles:
     """Generate (or refresh) the broker's files; existing passwords are kept.
 
@@ -283,8 +338,15 @@ def provision(
     ``plugin``: where the broker loads Vigil's client-id plugin from (a broker image that
     ships it); None builds it here, into a cache (``broker.plugin_build``), and may raise
     PluginBuildError naming a missing package. ``dynsec_plugin``: the dynamic-security
-    plugin (default: where Debian installs it).
+    plugin (default: where Debian installs it). ``tls``: a TLS listener besides the plain
+    one, which must be on a loopback address unless ``allow_plain_remote``.
     """
+    if not allow_plain_remote and not is_loopback(host):
+        raise ValueError(
+            f"a plain listener on {host} would carry passwords in the clear: listen on "
+            "127.0.0.1 and give devices the TLS listener, or allow it explicitly inside a "
+            "private network"
+        )
     devices = list(devices)
     clash = sorted(set(devices) & set(SERVICE_ACCESS))
     if clash:
@@ -310,6 +372,18 @@ def provision(
         port=port,
         secrets_dir=secrets_dir,
     )
+    tls_conf = ""
+    if tls is not None:
+        if tls.cert_file is not None and tls.key_file is not None:
+            cert, key = tls.cert_file, tls.key_file
+        else:
+            names = [*default_names(), *tls.names]
+            issued = ensure_server_cert(tls.ca_dir, broker_dir / "tls", "broker", names)
+            cert, key = issued.cert, issued.key
+        files.tls = tls
+        tls_conf = render_tls_listener(
+            host=tls.host, port=tls.port, cert=cert.resolve(), key=key.resolve()
+        )
     users = [*SERVICE_ACCESS, *devices]
     files.creds = {u: load_or_create_password(secrets_dir, u) for u in users}
     write_passwd_file(files.passwd, {u: files.creds[u] for u in SERVICE_ACCESS})
@@ -333,6 +407,7 @@ def provision(
             persistence_dir=persistence.resolve(),
             log_file=files.log.resolve() if log_to_file else None,
             run_as=run_as,
+            tls=tls_conf,
         ),
         mode=0o644,
     )

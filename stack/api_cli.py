@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stack.devices_cli import CliError, call
+from stack.devices_cli import CliError, call, use_stack_ca
 from vigil.atomic import write_atomic
 
 COMMANDS = (
@@ -77,6 +77,7 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
         api: dict[str, Any] = nested if isinstance(nested, dict) else info
         url = url or api.get("url")
         token = token or api.get("token") or api.get("admin_token")
+        use_stack_ca(api)
     if not (url and token):
         raise CliError(
             "no API to talk to: vigil login --api URL --token TOKEN, or give --api and "

@@ -12,8 +12,9 @@ vigil login|whoami|users|rules|alerts|notifications|silences|recipients|webhooks
                           the whole list: python -m stack.api_cli --help)
 vigil validate-config     check config/vigil.yaml and config/agents/*.yaml as every
                           service would at start, secret files included
-    vigil admin-token --secrets DIR
-                              create the API admin token once (DIR/admin.token)
+    vigil admin-token --secrets DIR [--reader]
+                              create the API admin token once (DIR/admin.token), and the
+                              dashboards' read-only token (DIR/reader.token)
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "admin-token", help="create the API admin token once; write its SHA-256 beside it"
     )
     tok_p.add_argument("--secrets", type=Path, required=True, help="folder for the token")
+    tok_p.add_argument(
+        "--reader",
+        action="store_true",
+        help="also the dashboards' read-only token for the InfluxDB endpoint (reader.token)",
+    )
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} (see vigil {name} --help)")
     sub.add_parser("storage", help="node operations (see vigil storage --help)")
@@ -158,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             token_file = args.secrets / "admin.token"
             ensure_admin_token(token_file, args.secrets / "admin.token.sha256")
             print(f"admin token in {token_file} (its SHA-256 in admin.token.sha256)")
+            if args.reader:
+                reader = args.secrets / "reader.token"
+                ensure_admin_token(reader, args.secrets / "reader.token.sha256")
+                print(f"reader token in {reader} (its SHA-256 in reader.token.sha256)")
             return 0
         return run(args.config, args.agents, args.state, args.status_every)
     except ConfigError as exc:

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from vigil.atomic import write_atomic
+from vigil.tls import TlsConfigError, client_context
 
 TIMEOUT_S = 30.0
+CA_ENV = "VIGIL_CA_FILE"
 
 
 class CliError(Exception):
@@ -42,12 +45,26 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
             info = json.loads(stack.read_text())
             url = url or info["api"]["url"]
             token = token or info["api"]["admin_token"]
+            use_stack_ca(info["api"])
         except (OSError, ValueError, KeyError, TypeError):
             raise CliError(
                 f"no API to talk to: give --api and --token (or VIGIL_API_URL and "
                 f"VIGIL_API_TOKEN), or start the stack (make run) so {stack} names it"
             ) from None
     return str(url).rstrip("/"), str(token)
+
+
+def _tls() -> ssl.SSLContext | None:
+    """An https API is verified against VIGIL_CA_FILE when set (`vigil run` with TLS names
+    its local CA in stack.json, which sets it), else against the system's CAs."""
+    ca = os.environ.get(CA_ENV)
+    return client_context(Path(ca)) if ca else None
+
+
+def use_stack_ca(api: dict[str, Any]) -> None:
+    """Trust the CA stack.json names for its API, unless VIGIL_CA_FILE says otherwise."""
+    if isinstance(api.get("ca_file"), str):
+        os.environ.setdefault(CA_ENV, api["ca_file"])
 
 
 def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
@@ -59,14 +76,14 @@ def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=_tls()) as resp:  # noqa: S310
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         detail = exc.reason
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(exc.read()).get("detail") or detail
         raise CliError(f"{method} {path}: {exc.code} {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, TlsConfigError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the API at {url}: {reason}") from None
     return json.loads(raw) if raw else None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from broker import PluginBuildError, provision
+from broker import PluginBuildError, TlsListener, provision
 from stack import local_servers, prometheus, status_line
 from stack.process import ManagedProcess, free_port, port_open
 from storage_nodes import (
@@ -39,9 +39,11 @@ from storage_nodes import (
 )
 from vigil.agent_settings import AgentConfig, load_agent_config
 from vigil.atomic import write_atomic
+from vigil.localca import ServerCert, default_names, ensure_server_cert
 from vigil.metrics import Scrape, scrape_metrics
 from vigil.readiness import is_ready
 from vigil.settings import StorageNode, VigilConfig, load_config
+from vigil.tls import client_context
 
 log = logging.getLogger("vigil.stack")
 
@@ -124,7 +126,7 @@ class Stack:
         self.state = state
         self.children: list[Child] = []
         self._stop = threading.Event()
-        self._token = self._viewer_password = ""
+        self._token = self._viewer_password = self._reader = ""
         self._influx_viewer = Credential(VIEWER_USER, "")
         self._influx_creds: ClusterCredentials | None = None
         self._local_names: set[str] = set()
@@ -138,6 +140,7 @@ class Stack:
         c = self.config
         wanted = [
             ("broker", c.broker.host, c.broker.port),
+            *([("broker tls", "127.0.0.1", c.broker.tls.port)] if c.broker.tls.enabled else []),
             ("smtp", c.notifier.smtp.host, c.notifier.smtp.port),
             ("api", c.api.host, c.api.port),
             ("the cluster InfluxDB endpoint", c.api.host, c.api.influx_port),
@@ -167,6 +170,7 @@ class Stack:
     def start(self) -> dict[str, Any]:
         c = self.config
         self._check_ports_free()
+        self._check_tls()
         secrets_dir = self.state / "secrets"
         devices = sorted({d.id for d in c.devices} | {a.device_id for _, a in self.agents})
         files = provision(
@@ -176,9 +180,15 @@ class Stack:
             port=c.broker.port,
             devices=devices,
             topics=c.broker.topics,
+            tls=TlsListener.from_settings(c.broker.tls),
+            allow_plain_remote=c.broker.allow_plain_remote,
         )
         assert c.api.admin_token_sha256_file is not None
         token = ensure_admin_token(secrets_dir / "admin.token", c.api.admin_token_sha256_file)
+        if c.api.reader_token_sha256_file is not None:
+            self._reader = ensure_admin_token(
+                secrets_dir / "reader.token", c.api.reader_token_sha256_file
+            )
 
         self._child("mosquitto", files.command(), host=c.broker.host, port=c.broker.port)
         influx = credentials(c.storage, secrets_dir)
@@ -259,14 +269,17 @@ class Stack:
         if done.exists() or not self.config.quote_agents:
             return
         c = self.config.api
-        request = urllib.request.Request(
-            f"http://{c.host}:{c.port}/users/admin/subscriptions",
+        context = None
+        if c.scheme == "https":
+            context = client_context(self.config.broker.tls.ca_file)
+        request = urllib.request.Request(  # noqa: S310 - http(s) URL of our API
+            f"{c.scheme}://{c.host}:{c.port}/users/admin/subscriptions",
             data=json.dumps({"symbols": list(DEMO_SYMBOLS)}).encode(),
             method="PUT",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our API
+            with urllib.request.urlopen(request, timeout=10, context=context) as resp:  # noqa: S310
                 resp.read()
         except OSError as exc:
             log.warning("could not follow the demo symbols %s: %s", DEMO_SYMBOLS, exc)
@@ -278,14 +291,43 @@ class Stack:
         storage = self.config.storage
         creds = self._influx_creds
         assert creds is not None, "credentials are made before any server starts"
+        data_dir = self.state / "influx" / node.name
+        tls = None
+        if node.url.startswith("https:"):  # a certificate from the local CA, for its host
+            cert = self._local_cert(data_dir, "https", host)
+            tls = (cert.cert, cert.key)
         return self._child(
             node.name,
-            influxd_command(self.state / "influx" / node.name, port, free_port(host), host),
+            influxd_command(data_dir, port, free_port(host), host, tls),
             host=host,
             port=port,
             # At every (re)start, so a server that came back empty gets its users again.
             after_start=lambda: provision_node(node, storage, creds),
         )
+
+    def _local_cert(self, folder: Path, stem: str, host: str) -> ServerCert:
+        names = [*default_names(), host]
+        return ensure_server_cert(self.config.broker.tls.ca_dir, folder, stem, names)
+
+    def _check_tls(self) -> None:
+        """HTTPS servers `vigil run` starts get certificates from the local CA: the clients
+        must verify them against it (storage.ca_file), or nothing could connect."""
+        c = self.config
+        ca = c.broker.tls.ca_file
+        https = [n.name for n in c.storage.nodes if n.url.startswith("https:")]
+        if https and (c.storage.ca_file is None or c.storage.ca_file.resolve() != ca.resolve()):
+            raise SystemExit(
+                f"vigil run: storage servers {', '.join(https)} are https: their certificates "
+                f"come from the local CA, so set storage.ca_file: {ca}"
+            )
+        api = c.api
+        if api.tls_cert_file is not None and api.tls_key_file is not None:
+            cert, key = api.tls_cert_file, api.tls_key_file
+            if not (cert.exists() and key.exists()):
+                issued = self._local_cert(cert.parent, cert.stem, api.host)
+                if (issued.cert, issued.key) != (cert, key):
+                    issued.key.replace(key)
+                    issued.cert.replace(cert)
 
     def _start_local(self, server: local_servers.LocalServer) -> None:
         """Start a server asked for by ``vigil storage add --local``, then say it is ready."""
@@ -326,6 +368,8 @@ class Stack:
 
     def describe(self, token: str, viewer_password: str) -> dict[str, Any]:
         c = self.config
+        api_url = f"{c.api.scheme}://{c.api.host}:{c.api.port}"
+        tls_api = c.api.scheme == "https"
         return {
             "broker": {
                 "host": c.broker.host,
@@ -334,13 +378,33 @@ class Stack:
                 "username": "vigil-viewer",
                 "password": viewer_password,
                 "device_credentials": str(self.state / "secrets" / "<device>.password"),
+                **(
+                    {
+                        "tls_port": c.broker.tls.port,
+                        "tls_url": f"mqtts://{c.broker.tls.host}:{c.broker.tls.port}",
+                        "ca_file": str(c.broker.tls.ca_file.resolve()),
+                    }
+                    if c.broker.tls.enabled
+                    else {}
+                ),
             },
-            "api": {"url": f"http://{c.api.host}:{c.api.port}", "admin_token": token},
-            "console": {"url": f"http://{c.api.host}:{c.api.port}/console/"},
+            "api": {
+                "url": f"{api_url}",
+                "admin_token": token,
+                # https: clients verify the API against the local CA
+                **({"ca_file": str(c.broker.tls.ca_file.resolve())} if tls_api else {}),
+            },
+            "console": {"url": f"{api_url}/console/"},
             "influxdb": {
                 "database": c.storage.database,
                 # The whole cluster as one InfluxDB 1.x, with Vigil's users and tokens.
-                "cluster_url": f"http://{c.api.host}:{c.api.influx_port}",
+                "cluster_url": f"{c.api.scheme}://{c.api.host}:{c.api.influx_port}",
+                # for dashboards: reads every device there, writes nothing
+                **(
+                    {"reader": {"username": "reader", "password": self._reader}}
+                    if self._reader
+                    else {}
+                ),
                 "servers": {
                     **{n.name: n.url for n in c.storage.nodes},
                     **{s.name: s.url for s in local_servers.requested(self.state)},
@@ -421,6 +485,11 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
         "Vigil is running. Ctrl-C stops everything.",
         f"  MQTT broker    mqtt://{b['host']}:{b['port']}  (watch: user {b['username']}, "
         f"password in {state}/stack.json)",
+        *(
+            [f"  MQTT over TLS  {b['tls_url']}  (devices: they verify it with {b['ca_file']})"]
+            if "tls_url" in b
+            else []
+        ),
         f"  API            {api['url']}  (admin token in {state}/stack.json; "
         f"docs: {api['url']}/docs)",
         f"  Console        {info['console']['url']}  (log in with a token)",

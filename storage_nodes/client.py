@@ -15,6 +15,7 @@ hooks, cookies) cost more CPU than everything else in a write of a small batch.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,7 +78,10 @@ class InfluxNode:
         *,
         username: str | None = None,
         password: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
+        """An https ``url`` is verified (chain and host name) against ``ca_file``, or the
+        system's CAs when it is None."""
         self.name = name
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
@@ -85,8 +89,14 @@ class InfluxNode:
         self._headers: dict[str, str] = {}
         if username is not None:  # HTTP Basic, as InfluxDB 1.x takes
             self._headers.update(urllib3.make_headers(basic_auth=f"{username}:{password or ''}"))
+        tls: dict[str, str] = {}
+        if self.url.startswith("https:"):
+            tls = {"cert_reqs": "CERT_REQUIRED"}
+            if ca_file is not None:
+                tls["ca_certs"] = str(ca_file)
+        self.ca_file = ca_file
         self._pool = urllib3.connection_from_url(
-            self.url, maxsize=POOL_SIZE, block=False, retries=False
+            self.url, maxsize=POOL_SIZE, block=False, retries=False, **tls
         )
 
     def close(self) -> None:

@@ -201,6 +201,7 @@ class StorageCluster:
                         timeout_s,
                         username=s.username,
                         password=self._password,
+                        ca_file=s.ca_file,
                     )
         names = layout.names()
         self.nodes = {n: nodes[n] for n in names}

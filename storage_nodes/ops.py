@@ -344,6 +344,7 @@ class StorageOps:
             self.settings.probe_timeout_s * 5,
             username=self.settings.username,
             password=self.settings.password,
+            ca_file=self.settings.ca_file,
         )
         try:
             self.cluster.check_database(probe)

@@ -64,12 +64,13 @@ def provision_server(
     service: Credential,
     viewer: Credential | None = None,
     timeout_s: float = 10.0,
+    ca_file: Path | None = None,
 ) -> None:
     """Make the admin (if the server has no user yet), the services' user and the viewer
     with their passwords from the files, and the database with their grants, on one
     server. Raises StorageError if the server refuses."""
-    anonymous = InfluxNode(name, url, timeout_s)
-    as_admin = admin_node(name, url, admin, timeout_s)
+    anonymous = InfluxNode(name, url, timeout_s, ca_file=ca_file)
+    as_admin = admin_node(name, url, admin, timeout_s, ca_file=ca_file)
     try:
         try:
             as_admin.query("SHOW USERS", None)
@@ -96,8 +97,12 @@ def provision_server(
         as_admin.close()
 
 
-def admin_node(name: str, url: str, admin: Credential, timeout_s: float = 10.0) -> InfluxNode:
-    return InfluxNode(name, url, timeout_s, username=admin.username, password=admin.password)
+def admin_node(
+    name: str, url: str, admin: Credential, timeout_s: float = 10.0, ca_file: Path | None = None
+) -> InfluxNode:
+    return InfluxNode(
+        name, url, timeout_s, username=admin.username, password=admin.password, ca_file=ca_file
+    )
 
 
 def grant_database(
@@ -150,6 +155,7 @@ def provision_node(
                 service=creds.service,
                 viewer=creds.viewer,
                 timeout_s=storage.timeout_s,
+                ca_file=storage.ca_file,
             )
             return
         except RetriableStorageError:

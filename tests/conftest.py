@@ -28,7 +28,7 @@ from support import (
 )
 
 from api import close_app, create_app
-from broker.provision import BrokerFiles, provision
+from broker.provision import BrokerFiles, TlsListener, provision
 from stack.mailsink import MailSink, start_mailsink
 from stack.process import ManagedProcess, free_port
 from storage_nodes import (
@@ -90,6 +90,17 @@ class BrokerHandle:
             host=self.files.host, port=self.files.port, topic_root=self.topics.root, keepalive_s=5
         )
 
+    def tls_settings(self, host: str = "127.0.0.1") -> BrokerSettings:
+        """The broker's TLS listener as a client reaches it, verifying against the local CA."""
+        assert self.files.tls is not None
+        return BrokerSettings(
+            host=host,
+            port=self.files.tls.port,
+            topic_root=self.topics.root,
+            keepalive_s=5,
+            ca_file=self.files.tls.ca_dir / "ca.crt",
+        )
+
     def ident(self, user: str, client_id: str | None = None) -> ConsumerMqttSettings:
         """Credentials of a provisioned user (a service user or a device). A consumer given
         them receives with VIGIL_TEST_TRANSPORT (fast unless set to paho)."""
@@ -126,6 +137,7 @@ def broker(tmp_path: Path) -> Iterator[BrokerHandle]:
         port=port,
         devices=TEST_DEVICES,
         topics=Topics(),
+        tls=TlsListener(host="127.0.0.1", port=free_port(), ca_dir=tmp_path / "tls"),
     )
     handle = BrokerHandle(
         files, ManagedProcess("mosquitto", files.command(), tmp_path / "broker" / "stdout.log")
@@ -272,6 +284,8 @@ class CloudConfig:
     path: Path
     config: VigilConfig
     admin_token: str
+    #: the dashboards' token for the InfluxDB endpoint (user "reader"): reads all, writes none
+    reader_token: str = ""
 
 
 @pytest.fixture
@@ -284,6 +298,9 @@ def cloud_config(
     token = unique("token-")
     token_hash = tmp_path / "secrets" / "admin.token.sha256"
     token_hash.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    reader = unique("reader-")
+    reader_hash = tmp_path / "secrets" / "reader.token.sha256"
+    reader_hash.write_text(hashlib.sha256(reader.encode()).hexdigest() + "\n")
 
     def mqtt(user: str) -> dict[str, str]:
         return {
@@ -330,6 +347,7 @@ def cloud_config(
             "influx_port": free_port(),
             "database": str(tmp_path / "api" / "api.sqlite3"),
             "admin_token_sha256_file": str(token_hash),
+            "reader_token_sha256_file": str(reader_hash),
             "metrics_port": free_port(),
             "broker_owners_file": str(broker.files.live_client_ids),
         },
@@ -337,7 +355,7 @@ def cloud_config(
     }
     path = tmp_path / "vigil.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return CloudConfig(path, load_config(path, environ={}), token)
+    return CloudConfig(path, load_config(path, environ={}), token, reader)
 
 
 # -- services as real processes ----------------------------------------------------------

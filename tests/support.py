@@ -278,12 +278,22 @@ def connack(
 
 
 # -- edge agents ------------------------------------------------------------------------
-def write_agent_config(folder: Path, broker: Any, device: str, **overrides: Any) -> Path:
-    """An agent YAML for ``device`` on the test broker: two sensors, a simulated quote,
-    a 0.1 s interval, metrics off."""
+def agent_broker(settings: BrokerSettings) -> dict[str, Any]:
+    """The agent's ``broker`` section for a client-side view of the test broker."""
+    data = settings.model_dump(mode="json", include={"host", "port", "topic_root", "keepalive_s"})
+    if settings.ca_file is not None:
+        data["ca_file"] = str(settings.ca_file)
+    return data
+
+
+def write_agent_config(
+    folder: Path, broker: Any, device: str, *, tls: bool = False, **overrides: Any
+) -> Path:
+    """An agent YAML for ``device`` on the test broker (its TLS listener with ``tls``): two
+    sensors, a simulated quote, a 0.1 s interval, metrics off."""
     data: dict[str, Any] = {
         "device_id": device,
-        "broker": broker.settings.model_dump(mode="json"),
+        "broker": agent_broker(broker.tls_settings() if tls else broker.settings),
         "mqtt": {
             "client_id": device,
             "username": device,

@@ -3,11 +3,17 @@ run against a real Mosquitto."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import mqtt5
 import pytest
 
+from bench import rawpub
+from bench.progress import Progress
 from bench.rawpub import (
     InflightWindow,
+    PublisherResult,
     TokenBucket,
     encode_publishes,
     packet_id,
@@ -15,6 +21,7 @@ from bench.rawpub import (
     percentile,
     reading_ids,
     run_publisher,
+    show_live,
 )
 from vigil.messages import parse_readings
 
@@ -78,6 +85,26 @@ def test_percentile_by_nearest_rank():
     assert percentile(list(range(1, 101)), 0.99) == 99
 
 
+def test_the_live_line_counts_confirmed_readings_or_answered_messages():
+    a, b = PublisherResult("d1", 100, 2, 1, None), PublisherResult("d2", 100, 2, 1, None)
+    a.sent, a.acked, a.unrouted, a.confirmed = 100, 60, 10, 120
+    b.sent, b.refused, b.confirmed = 50, 5, 0
+    now = [0.0]
+    progress = Progress("bench.t", stream=io.StringIO(), clock=lambda: now[0], tty=False)
+    with progress.phase("run") as ph:
+        now[0] = 10.0
+        show_live(ph, [a, b], confirm=True)
+        assert (
+            ph.line(10.0)
+            == "run: sent 150 / 200, 120 / 400 readings confirmed (30%), 12.0/s, 10.0 s"
+        )
+        show_live(ph, [a, b], confirm=False)
+        assert (
+            ph.line(10.0)
+            == "run: sent 150 / 200, 75 / 200 messages acknowledged (37%), 7.5/s, 10.0 s"
+        )
+
+
 @pytest.mark.integration
 def test_a_run_publishes_every_message_and_counts_what_the_broker_said(broker):
     # No consumer session exists: the broker accepts each message with "no matching
@@ -94,3 +121,20 @@ def test_a_run_publishes_every_message_and_counts_what_the_broker_said(broker):
     assert res.error is None
     assert res.sent == 500 and res.acked + res.unrouted == 500 and res.refused == 0
     assert res.window == 50 and res.cpu_s > 0 and res.elapsed > 0
+
+
+@pytest.mark.integration
+def test_the_command_prints_its_figures_on_stdout_and_its_progress_on_stderr(broker, capsys):
+    argv = ["--port", str(broker.files.port), "--device", "dev-1", "--count", "300"]
+    rawpub.main([*argv, "--password", broker.password("dev-1"), "--rate", "3000"])
+    out, err = capsys.readouterr()
+    figures = json.loads(out)  # nothing but the JSON on stdout
+    assert figures["sent"] == 300 and figures["error"] is None
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"bench.rawpub: publish: 300 messages as dev-1 to 127.0.0.1:{broker.files.port}, "
+        "3,000 msg/s…"
+    )
+    assert lines[1].startswith("bench.rawpub: publish: done in ")
+    assert lines[1].endswith("/s)") and "(300 / 300 messages acknowledged (100%), " in lines[1]
+    assert "\r" not in err  # captured, not a terminal: plain lines

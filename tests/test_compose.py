@@ -404,6 +404,7 @@ def test_every_repository_path_compose_names_exists(
     for path in (
         "deploy/prometheus/prometheus.yml",
         "deploy/grafana/provisioning/datasources/vigil.yaml",
+        "deploy/grafana/provisioning/dashboards/vigil.yaml",
         VIGIL_DOCKERFILE,
         BROKER_DOCKERFILE,
         PLUGIN_SOURCE,
@@ -547,16 +548,25 @@ def test_config_points_at_compose_services_and_volumes(
                     f"{name}: device_id/username {acfg.device_id}/"
                     f"{acfg.mqtt.username} differ from the service name"
                 )
-        if broker.host != "mosquitto" or broker.port != int(arg(provision_argv, "--port") or 0):
+        # Services on the plain listener; devices on the TLS one, verifying setup's CA.
+        port_flag, ca = "--port", None
+        if name in AGENTS:
+            port_flag = "--tls-port"
+            ca = f"{arg(provision_argv, '--tls-ca-dir')}/ca.crt"
+        if broker.host != "mosquitto" or broker.port != int(arg(provision_argv, port_flag) or 0):
             problems.append(
                 f"{name}: broker {broker.host}:{broker.port} is not mosquitto on "
-                "the port setup provisions"
+                f"the port setup provisions ({port_flag})"
             )
+        if broker.ca_file is not None and str(broker.ca_file) != ca:
+            problems.append(f"{name}: broker.ca_file {broker.ca_file} is not setup's CA {ca}")
+        if name in AGENTS and broker.ca_file is None:
+            problems.append(f"{name}: a device must reach the broker over TLS (broker.ca_file)")
         if broker.topic_root != arg(provision_argv, "--topic-root"):
             problems.append(f"{name}: topic root {broker.topic_root} differs from setup's")
         for key, path in files:
             m = mount_of(svc, str(path))
-            secret = key.endswith(("password_file", "sha256_file"))
+            secret = key.endswith(("password_file", "sha256_file", "ca_file"))
             if secret:
                 if (
                     m is None
@@ -662,6 +672,12 @@ def test_ports_agree_with_config(services: dict[str, dict[str, Any]]) -> None:
     api_port = cloud_config(services, "api").api.port
     if api_port not in container_ports(services["api"], "ports"):
         problems.append(f"api: port {api_port} is not published")
+    influx_port = cloud_config(services, "api").api.influx_port
+    if influx_port not in container_ports(services["api"], "expose"):
+        problems.append(f"api: the cluster endpoint's port {influx_port} is not exposed (Grafana)")
+    published = [str(p) for p in services["api"].get("ports", [])]
+    if f"127.0.0.1:{influx_port}:{influx_port}" not in published:
+        problems.append(f"api: port {influx_port} is not published on 127.0.0.1: {published}")
     if "/health" not in healthcheck_text(services["api"]):
         problems.append("api: healthcheck does not ask /health")
     for target in targets:
@@ -704,9 +720,12 @@ def test_prometheus_can_reach_the_metrics(services: dict[str, dict[str, Any]]) -
 
 
 def test_grafana_datasources(services: dict[str, dict[str, Any]]) -> None:
+    """Prometheus, and one InfluxDB datasource: the API's cluster endpoint (the whole ring
+    as one InfluxDB), with a Vigil user and the token file `setup` writes."""
+    grafana = services["grafana"]
     prov = _load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "vigil.yaml")
     sources = prov["datasources"]
-    mounted = [m for m in mounts(services["grafana"]) if m.target == "/etc/grafana/provisioning"]
+    mounted = [m for m in mounts(grafana) if m.target == "/etc/grafana/provisioning"]
     assert (
         mounted
         and mounted[0].bind
@@ -715,17 +734,52 @@ def test_grafana_datasources(services: dict[str, dict[str, Any]]) -> None:
     prom = [s for s in sources if s["type"] == "prometheus"]
     assert prom and prom[0]["url"] == "http://prometheus:9090", "no Prometheus datasource"
     cfg = cloud_config(services, "api")
-    influx = {s["url"]: s for s in sources if s["type"] == "influxdb"}
-    want = {n.url.rstrip("/") for n in cfg.storage.nodes}
-    assert set(influx) == want, f"InfluxDB datasources {sorted(influx)} != ring {sorted(want)}"
-    wrong_db = [u for u, s in influx.items() if s["jsonData"]["dbName"] != cfg.storage.database]
-    assert not wrong_db, f"InfluxDB datasources on another database: {wrong_db}"
+    influx = [s for s in sources if s["type"] == "influxdb"]
+    assert [s["url"] for s in influx] == [f"http://api:{cfg.api.influx_port}"], (
+        f"InfluxDB datasources {[s['url'] for s in influx]}: want only the cluster endpoint"
+    )
+    (source,) = influx
+    assert source["jsonData"]["dbName"] == cfg.storage.database, "another database"
+    password = (source.get("secureJsonData") or {}).get("password", "")
+    match = re.fullmatch(r"\$__file\{(.+)\}", password)
+    assert match, f"grafana {source['name']}: the token is not read from a file"
+    # the read-only reader token, not the admin's
+    assert source.get("user") == "reader" and PurePosixPath(match.group(1)).name == "reader.token"
+    setup = command_lines(services["setup"])
+    makes = [a for a in setup if a[:2] == ["vigil", "admin-token"]]
+    assert makes and "--reader" in makes[0], "setup does not make the reader token"
+    assert cfg.api.reader_token_sha256_file is not None
+    assert (
+        str(cfg.api.reader_token_sha256_file) == f"{arg(makes[0], '--secrets')}/reader.token.sha256"
+    )
+    written = [arg(a, "--secrets") or "" for a in makes]
+    setup_mount = mount_of(services["setup"], written[0]) if written else None
+    assert setup_mount is not None, "setup does not write the admin token into a volume"
+    token_mount = mount_of(grafana, match.group(1))
+    assert token_mount is not None and token_mount.read_only, f"grafana: {match.group(1)}"
+    assert token_mount.source == setup_mount.source, "grafana reads another volume's token"
+    dep = (grafana.get("depends_on") or {}).get("api") or {}
+    assert dep.get("condition") == "service_healthy", "grafana: does not wait for the API"
+
+
+def test_grafana_dashboards_are_provisioned_from_the_repository(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prov = _load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "vigil.yaml")
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file"
+    path = provider["options"]["path"]
+    mount = mount_of(services["grafana"], path)
+    assert mount is not None and mount.bind and mount.read_only, f"grafana: {path} not mounted"
+    assert host_path(services["grafana"], path) == (DEPLOY / "grafana" / "dashboards").resolve()
+    assert list((DEPLOY / "grafana" / "dashboards").glob("*.json")), "no dashboard files"
 
 
 def test_influxdb_requires_authentication(services: dict[str, dict[str, Any]]) -> None:
     """Every InfluxDB server: authentication on, pprof off, the unauthenticated backup RPC
     on loopback inside its container and never published; users from `influx-setup`, which
-    every storage client and Grafana wait for; Grafana reads with the read-only user."""
+    every storage client waits for. Grafana reads through the API (test_grafana_datasources),
+    not from the servers."""
     problems = []
     want = {
         "INFLUXDB_HTTP_AUTH_ENABLED": "true",
@@ -754,7 +808,7 @@ def test_influxdb_requires_authentication(services: dict[str, dict[str, Any]]) -
         secrets_dir = arg(provisions[0], "--secrets")
         if secrets_dir is None or mount_of(setup, secrets_dir) is None:
             problems.append("influx-setup: its --secrets folder is not a mounted volume")
-    for name in (*STORAGE_CLIENTS, "grafana"):
+    for name in STORAGE_CLIENTS:
         dep = (services[name].get("depends_on") or {}).get("influx-setup") or {}
         if dep.get("condition") != "service_completed_successfully":
             problems.append(f"{name}: does not wait for influx-setup")
@@ -764,13 +818,11 @@ def test_influxdb_requires_authentication(services: dict[str, dict[str, Any]]) -
     ):
         problems.append(f"deploy config: storage.password_file {cfg.storage.password_file}")
     prov = _load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "vigil.yaml")
-    for source in (s for s in prov["datasources"] if s["type"] == "influxdb"):
-        password = (source.get("secureJsonData") or {}).get("password", "")
-        match = re.fullmatch(r"\$__file\{(.+)\}", password)
-        if source.get("user") != "vigil-viewer" or not match:
-            problems.append(f"grafana {source['name']}: not the read-only user with its file")
-        elif mount_of(services["grafana"], match.group(1)) is None:
-            problems.append(f"grafana: {match.group(1)} is not mounted")
+    problems += [
+        f"grafana {s['name']}: reads InfluxDB server {s['url']} directly"
+        for s in prov["datasources"]
+        if s["type"] == "influxdb" and any(s["url"].startswith(f"http://{n}:") for n in INFLUX)
+    ]
     _fail_if(problems, "InfluxDB open to anyone")
 
 
@@ -849,6 +901,7 @@ def test_broker_provision_writes_files_once(
         "0.0.0.0",
         "--port",
         "1884",
+        "--allow-plain-remote",
         "--device",
         "dev-a",
         "--device",
@@ -923,3 +976,19 @@ def test_admin_token_command_keeps_the_token(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "s" / name).stat().st_mode) == 0o600
     assert token not in run().stdout, "the token must not be printed"
     assert (tmp_path / "s" / "admin.token").read_text().strip() == token
+
+
+def test_admin_token_command_makes_the_reader_token_on_request(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "s"
+    cmd = [sys.executable, "-m", "stack.cli", "admin-token", "--secrets", str(secrets_dir)]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    assert not (secrets_dir / "reader.token").exists()
+    done = subprocess.run(
+        [*cmd, "--reader"], capture_output=True, text=True, timeout=30, check=True
+    )
+    reader = (secrets_dir / "reader.token").read_text().strip()
+    admin = (secrets_dir / "admin.token").read_text().strip()
+    assert reader != admin and reader not in done.stdout
+    digest = (secrets_dir / "reader.token.sha256").read_text().strip()
+    assert digest == hashlib.sha256(reader.encode()).hexdigest()
+    assert stat.S_IMODE((secrets_dir / "reader.token").stat().st_mode) == 0o600

@@ -142,6 +142,23 @@ def test_vigil_tokens_are_in_front_and_a_user_sees_only_their_devices(
     assert call(endpoint, "/write", auth=("alice", alice), data=line)[0] == 403
 
 
+def test_the_reader_token_sees_every_device_and_writes_nothing(endpoint, client, cloud_config):
+    reader = ("reader", cloud_config.reader_token)
+    (every,) = query(endpoint, "SELECT last(value) FROM temperature GROUP BY device", reader)
+    assert [s["tags"]["device"] for s in every["series"]] == sorted(DEVICES)
+    (tags,) = query(endpoint, 'SHOW TAG VALUES WITH KEY = "device"', reader)
+    assert {v[1] for s in tags["series"] for v in s["values"]} == set(DEVICES)
+    line = f"temperature,device=dev-2 value=1 {T0 * 1_000_000}".encode()
+    status, error = call(endpoint, "/write", auth=reader, data=line)
+    assert status == 403 and "never writes" in error["error"]
+    # only as "reader", and only here: the API itself does not know the token
+    q = "SHOW MEASUREMENTS"
+    assert call(endpoint, "/query", auth=("admin", cloud_config.reader_token), q=q)[0] == 401
+    anon = client.application.test_client()
+    auth = {"Authorization": f"Bearer {cloud_config.reader_token}"}
+    assert anon.get("/devices", headers=auth).status_code == 401
+
+
 def test_writes_go_through_vigils_validation_and_store_once(endpoint, cloud_config, cluster):
     admin = ("admin", cloud_config.admin_token)
     db = cloud_config.config.storage.database

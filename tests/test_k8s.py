@@ -35,7 +35,7 @@ import yaml
 from flask import Flask
 
 from broker.__main__ import _parser as broker_parser
-from broker.provision import LIVE_OWNERS, render_conf
+from broker.provision import LIVE_OWNERS, render_conf, render_tls_listener
 from vigil.cli import check_secret_files
 from vigil.config_core import INGEST_MEMBER_USERS, SERVICE_USERS, ConfigError
 from vigil.readiness import Readiness
@@ -682,6 +682,7 @@ def test_probes_and_scrape_annotations_hit_the_ports_the_services_listen_on(
         if name == "api":
             assert config.api.host == "0.0.0.0"
             assert port_number(c, "http") == config.api.port
+            assert port_number(c, "influx") == config.api.influx_port  # the cluster endpoint
             assert port_number(c, live["port"]) == config.api.port
             assert live["path"] == "/health"
             assert c["readinessProbe"]["httpGet"] == live
@@ -813,7 +814,14 @@ def test_mosquitto_conf_is_what_provisioning_renders(manifests: Manifests, confi
         persistence_dir=Path(data_dir),
         log_file=None,
         run_as=args.run_as,
+        tls=render_tls_listener(
+            host=args.tls_host,
+            port=args.tls_port,
+            cert=Path(secret_dir, "broker.crt"),
+            key=Path(secret_dir, "broker.key"),
+        ),
     )
+    assert args.tls_port == port_number(c, "mqtts"), "devices: the TLS listener"
     assert conf == want, "mosquitto-config: render it again with broker.provision.render_conf"
     # the dynamic-security file is seeded from the Secret into the volume, once
     seed = next(ic for ic in pod_spec(sts)["initContainers"] if ic["name"] == "seed-dynsec")
@@ -828,9 +836,11 @@ def test_broker_secret_holds_the_files_the_conf_names(
     conf = manifests.get("ConfigMap", "mosquitto-config")["data"]["mosquitto.conf"]
     named = {
         PurePosixPath(m.group(2)).name
-        for m in re.finditer(r"^(password_file|acl_file|plugin_opt_owners) (\S+)$", conf, re.M)
+        for m in re.finditer(
+            r"^(password_file|acl_file|plugin_opt_owners|certfile|keyfile) (\S+)$", conf, re.M
+        )
     }
-    assert named == {"passwd", "acl", "clientids"}
+    assert named == {"passwd", "acl", "clientids", "broker.crt", "broker.key"}
     assert set(created.secrets["vigil-broker"]) == {*named, "dynamic-security.json"}
 
 

@@ -38,15 +38,24 @@ def start_stack(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def stack_env(
-    broker_port: int, api_port: int, smtp_port: int, influx: list[int], **agent: str
+    broker_port: int,
+    api_port: int,
+    smtp_port: int,
+    influx: list[int],
+    *,
+    scheme: str = "http",
+    **agent: str,
 ) -> dict[str, str]:
-    """The environment that puts `vigil run` on these ports (metrics on free ones); ``agent``:
-    more agent settings (``interval_s="0.2"`` is VIGIL_AGENT__INTERVAL_S=0.2)."""
+    """The environment that puts `vigil run` on these ports (metrics on free ones), the
+    storage servers on ``scheme``; ``agent``: more agent settings (``interval_s="0.2"`` is
+    VIGIL_AGENT__INTERVAL_S=0.2)."""
+    tls_port = free_port()  # the agents connect over TLS, as config/agents says
     nodes = ", ".join(
-        f"{{name: influx-{i + 1}, url: 'http://127.0.0.1:{p}'}}" for i, p in enumerate(influx)
+        f"{{name: influx-{i + 1}, url: '{scheme}://127.0.0.1:{p}'}}" for i, p in enumerate(influx)
     )
     return {
         "VIGIL__BROKER__PORT": str(broker_port),
+        "VIGIL__BROKER__TLS__PORT": str(tls_port),
         "VIGIL__API__PORT": str(api_port),
         "VIGIL__NOTIFIER__SMTP__PORT": str(smtp_port),
         "VIGIL__STORAGE__NODES": f"[{nodes}]",
@@ -55,7 +64,7 @@ def stack_env(
             f"VIGIL__{s}__METRICS_PORT": str(free_port())
             for s in ("INGEST", "ALERT_ENGINE", "NOTIFIER", "API")
         },
-        "VIGIL_AGENT__BROKER__PORT": str(broker_port),
+        "VIGIL_AGENT__BROKER__PORT": str(tls_port),
         "VIGIL_AGENT__METRICS_PORT": "0",
         **{f"VIGIL_AGENT__{k.upper()}": v for k, v in {"interval_s": "0.5", **agent}.items()},
     }
@@ -330,3 +339,75 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
         print((tmp_path / "vigil-run.log").read_text())
         raise
     stop_stack(proc, list(again["pids"].values()))
+
+
+@pytest.mark.integration
+def test_make_run_with_tls_everywhere(tmp_path):
+    """`vigil run` with the storage servers on https and the API behind TLS, by config: the
+    certificates come from the local CA, every client verifies them, the Done-when query
+    runs over TLS with the `influx` CLI, and the CLI finds the CA in stack.json."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    broker_port, api_port, smtp_port = free_port(), free_port(), free_port()
+    env = {
+        **stack_env(broker_port, api_port, smtp_port, [free_port() for _ in range(3)],
+                    scheme="https"),
+        "VIGIL__STORAGE__CA_FILE": ".vigil/tls/ca.crt",
+        "VIGIL__API__TLS_CERT_FILE": ".vigil/tls/api.crt",
+        "VIGIL__API__TLS_KEY_FILE": ".vigil/tls/api.key",
+        "VIGIL__PROMETHEUS__ENABLED": "false",
+    }  # fmt: skip
+    proc = start_stack(tmp_path, env)
+    stack_json = tmp_path / ".vigil" / "stack.json"
+    try:
+        wait_until(
+            lambda: stack_json.exists() and stack_json.stat().st_size > 0,
+            timeout=90,
+            what=f"stack.json; log:\n{(tmp_path / 'vigil-run.log').read_text()}",
+        )
+        info = json.loads(stack_json.read_text())
+        ca = str(tmp_path / ".vigil" / "tls" / "ca.crt")
+        api, influx = info["api"], info["influxdb"]
+        assert api["url"] == f"https://127.0.0.1:{api_port}" and api["ca_file"] == ca
+        assert info["console"]["url"].startswith("https://")
+        assert influx["cluster_url"].startswith("https://")
+        assert all(url.startswith("https://") for url in influx["servers"].values())
+        assert info["broker"]["ca_file"] == ca
+        wait_until(
+            lambda: requests.get(f"{api['url']}/health", verify=ca, timeout=5).ok,
+            timeout=60,
+            what="the API over https",
+        )
+        # The CLI verifies the API against the CA stack.json names.
+        listed = subprocess.run(
+            [sys.executable, "-m", "stack.cli", "devices", "list"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "VIGIL_CA_FILE"},
+        )  # fmt: skip
+        assert listed.returncode == 0 and "demo-1" in listed.stdout, listed
+
+        # The Done-when query over TLS, verified (the influx CLI is Go: SSL_CERT_FILE).
+        def whole() -> list[str] | None:
+            done = subprocess.run(
+                ["influx", "-ssl", "-host", "127.0.0.1", "-port",
+                 influx["cluster_url"].rsplit(":", 1)[1], "-database", "vigil",
+                 "-username", "admin", "-password", api["admin_token"], "-format", "json",
+                 "-execute", "SELECT last(value) FROM temperature GROUP BY device"],
+                capture_output=True, text=True, timeout=30, check=True,
+                env={**os.environ, "SSL_CERT_FILE": ca},
+            )  # fmt: skip
+            series = json.loads(done.stdout)["results"][0].get("series", [])
+            devices = sorted(s["tags"]["device"] for s in series)
+            return devices if {"demo-1", "demo-2", "demo-3"} <= set(devices) else None
+
+        assert wait_until(whole, timeout=60, what="every demo device over the TLS endpoint")
+        # Each server: https only, and no anonymous query.
+        for url in influx["servers"].values():
+            refused = requests.get(f"{url}/query", params={"q": "SHOW DATABASES"}, verify=ca)
+            assert refused.status_code == 401
+            plain = requests.get(url.replace("https:", "http:") + "/ping", timeout=5)
+            assert plain.status_code == 400 and "HTTPS server" in plain.text
+        pids = list(info["pids"].values())
+    except BaseException:
+        proc.kill()
+        raise
+    stop_stack(proc, pids)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from stack.cli import main
+from vigil.localca import ensure_ca
 from vigil.config_core import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,12 +65,17 @@ def make_layout(tmp_path: Path, source: Path) -> Layout:
     data["api"]["admin_token_sha256_file"] = secret(
         "admin.token.sha256", hashlib.sha256(b"token").hexdigest() + "\n"
     )
+    data["api"]["reader_token_sha256_file"] = secret(
+        "reader.token.sha256", hashlib.sha256(b"reader").hexdigest() + "\n"
+    )
     found = Layout(tmp_path / "vigil.yaml", tmp_path / "agents", secrets)
     found.write_cloud(data)
     found.agents.mkdir()
     for path in sorted((source / "agents").glob("*.yaml")):
         agent = yaml.safe_load(path.read_text())
         agent["mqtt"]["password_file"] = secret(f"{path.stem}.password")
+        if "ca_file" in agent["broker"]:  # devices verify the broker: a real CA certificate
+            agent["broker"]["ca_file"] = str(ensure_ca(secrets / "tls"))
         found.write_agent(path.stem, agent)
     return found
 
@@ -218,12 +224,18 @@ SECRET_KEYS = [
     "api.mqtt.password_file",
     "storage.password_file",
     "api.admin_token_sha256_file",
+    "api.reader_token_sha256_file",
 ]
 READS = {
     "ingest_service": {"ingest.mqtt.password_file", "storage.password_file"},
     "alert_engine": {"alert_engine.mqtt.password_file"},
     "notifier": {"notifier.mqtt.password_file"},
-    "api": {"api.mqtt.password_file", "storage.password_file", "api.admin_token_sha256_file"},
+    "api": {
+        "api.mqtt.password_file",
+        "storage.password_file",
+        "api.admin_token_sha256_file",
+        "api.reader_token_sha256_file",
+    },
 }
 
 

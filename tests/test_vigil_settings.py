@@ -76,7 +76,11 @@ def test_errors_name_file_key_and_reason(tmp_path, edit, key, reason):
 def test_environment_overrides_any_key():
     config = load_config(
         ROOT / "config/vigil.yaml",
-        environ={"VIGIL__INGEST__BATCH_MAX_MESSAGES": "77", "VIGIL__BROKER__HOST": "mqtt.example"},
+        environ={
+            "VIGIL__INGEST__BATCH_MAX_MESSAGES": "77",
+            "VIGIL__BROKER__HOST": "mqtt.example",
+            "VIGIL__BROKER__ALLOW_PLAIN_REMOTE": "true",
+        },
     )
     assert config.ingest.batch_max_messages == 77 and config.broker.host == "mqtt.example"
 
@@ -545,7 +549,12 @@ def test_each_service_names_the_secret_files_it_reads():
         "ingest": ["ingest.mqtt.password_file", "storage.password_file"],
         "alert_engine": ["alert_engine.mqtt.password_file"],
         "notifier": ["notifier.mqtt.password_file"],
-        "api": ["api.mqtt.password_file", "storage.password_file", "api.admin_token_sha256_file"],
+        "api": [
+            "api.mqtt.password_file",
+            "storage.password_file",
+            "api.admin_token_sha256_file",
+            "api.reader_token_sha256_file",
+        ],
     }
     assert [f.kind for f in service_secret_files(config, "api")][-1] == "sha256"
     with pytest.raises(ValueError, match="unknown service"):

@@ -191,6 +191,8 @@ class BrokerSettings(Spec, frozen=True, kw_only=True):
     port: Port = 1883
     topic_root: str = "vigil"
     keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    #: set: MQTT over TLS, the broker verified against this CA (the cloud's tls/ca.crt)
+    ca_file: Path | None = None
 
     def _check(self) -> None:
         _field("host", check_host, self.host)
@@ -462,9 +464,13 @@ class AgentConfig(Spec, frozen=True, kw_only=True):
 
 
 def agent_secret_files(config: AgentConfig) -> list[SecretFile]:
-    """The secret files an edge agent reads."""
-    path = config.mqtt.password_file
-    return [] if path is None else [SecretFile("mqtt.password_file", path)]
+    """The secret files an edge agent reads (and the CA it verifies the broker with)."""
+    files = []
+    if config.mqtt.password_file is not None:
+        files.append(SecretFile("mqtt.password_file", config.mqtt.password_file))
+    if config.broker.ca_file is not None:
+        files.append(SecretFile("broker.ca_file", config.broker.ca_file, "certificate"))
+    return files
 
 
 def load_agent_config(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:

@@ -81,6 +81,10 @@ class BrokerAddress(Protocol):
     def port(self) -> int: ...
     @property
     def keepalive_s(self) -> int: ...
+    @property
+    def ca_file(self) -> Path | None:
+        """Set: connect over TLS, verifying the broker against this CA."""
+        ...
 
 
 class MqttIdentity(Protocol):
@@ -174,7 +178,8 @@ def check_unit(value: str) -> str:
 
 
 # -- secret files ------------------------------------------------------------------------
-SecretKind = Literal["password", "sha256"]
+#: "certificate": not secret, but read at start the same way (a CA file)
+SecretKind = Literal["password", "sha256", "certificate"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,9 @@ def secret_problem(secret: SecretFile) -> str | None:
     if secret.kind == "sha256":
         if _HEX64.fullmatch(text.lower()) is None:
             return f"{path} must hold a SHA-256 hex digest (64 hex characters)"
+    elif secret.kind == "certificate":
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            return f"{path} holds no PEM certificate"
     elif not text:
         return f"{path} is empty"
     return None

@@ -300,6 +300,12 @@ class FastMqttClient(ClientBase):
             will=will,
             unrouted_is_refused=unrouted_is_refused,
         )
+        if broker.ca_file is not None:
+            # One thread reads while others write: an SSL object is not safe for that.
+            raise ValueError(
+                "the fast MQTT transport has no TLS: use transport paho for a broker reached "
+                "over TLS (broker.ca_file)"
+            )
         self._stopping = threading.Event()
         self._coalesce_s = coalesce_s
         self._router = Router()

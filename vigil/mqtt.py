@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from vigil.config_core import BrokerAddress, MqttIdentity
+from vigil.tls import client_context
 from vigil.topicfilter import TopicFilter
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,9 @@ class MqttClient(ClientBase):
             manual_ack=manual_ack,
         )
         self._client.username_pw_set(ident.username, ident.password)
+        if broker.ca_file is not None:
+            # The broker's chain and name are verified; a failure is a connect error.
+            self._client.tls_set_context(client_context(broker.ca_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)

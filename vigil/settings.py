@@ -126,13 +126,74 @@ def url_endpoint(url: str) -> tuple[str, int]:
     return _norm_host(parts.hostname or ""), parts.port or (443 if parts.scheme == "https" else 80)
 
 
+class BrokerTlsSettings(Model):
+    """The broker's TLS listener, for devices: a certificate from Vigil's local CA
+    (generated into ``ca_dir`` on first run, kept afterwards) unless ``cert_file`` and
+    ``key_file`` name your own."""
+
+    port: ListenPort = Field(8883, description="TLS listener port (0: no TLS listener)")
+    host: Host = Field("0.0.0.0", description="address the TLS listener binds")  # noqa: S104
+    ca_dir: Path = Field(
+        Path(".vigil/tls"),
+        description="the local CA (ca.crt for devices, ca.key kept 0600); generated once",
+    )
+    names: list[Host] = Field(
+        [],
+        description="more names or addresses devices reach the broker by (its certificate "
+        "always names localhost, loopback and this machine's host names)",
+    )
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _own_pair(self) -> BrokerTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise KeyedError(missing, "cert_file and key_file go together: give both or neither")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
+
+    @property
+    def ca_file(self) -> Path:
+        """What devices verify the broker against (the local CA's, or beside your own)."""
+        return self.ca_dir / "ca.crt"
+
+
 class BrokerSettings(Model):
-    """Where the MQTT broker listens and the topic root every service uses."""
+    """Where the MQTT broker listens and the topic root every service uses. ``host`` and
+    ``port`` are the plain listener the cloud services use; devices use the TLS listener."""
 
     host: Host = "127.0.0.1"
     port: Port = 1883
     topic_root: str = "vigil"
     keepalive_s: Int = Field(30, ge=5, le=3600)
+    tls: BrokerTlsSettings = Field(default_factory=BrokerTlsSettings)
+    allow_plain_remote: Bool = Field(
+        False,
+        description="let the plain listener (host) be a non-loopback address; only inside a "
+        "private network such as compose's, where no password crosses a wire in the clear",
+    )
+    ca_file: FilePath | None = Field(
+        None,
+        description="the services connect over TLS, verifying the broker against this CA "
+        "(port must then be a TLS listener); unset: plain MQTT",
+    )
+
+    @model_validator(mode="after")
+    def _plain_stays_local(self) -> BrokerSettings:
+        remote = not _is_loopback(_norm_host(self.host))
+        if remote and self.ca_file is None and not self.allow_plain_remote:
+            raise KeyedError(
+                "host",
+                f"{self.host!r} is not a loopback address: the plain listener would carry "
+                "passwords in the clear. Keep it on 127.0.0.1 and let devices use the TLS "
+                "listener (broker.tls.port), or set broker.allow_plain_remote: true inside a "
+                "private network",
+            )
+        return self
 
     @field_validator("topic_root")
     @classmethod
@@ -306,6 +367,12 @@ class StorageSettings(Model):
     )
     password_file: FilePath | None = Field(
         None, description="file holding that user's InfluxDB password"
+    )
+    ca_file: FilePath | None = Field(
+        None,
+        description="https:// servers are verified against this CA (e.g. .vigil/tls/ca.crt, "
+        "the local CA `vigil run` issues its servers' certificates from); unset: the "
+        "system's CAs",
     )
 
     @property
@@ -561,6 +628,11 @@ class ApiSettings(Model):
     admin_token_sha256_file: FilePath | None = Field(
         None, description="file holding the SHA-256 hex digest of the admin bearer token"
     )
+    reader_token_sha256_file: FilePath | None = Field(
+        None,
+        description="SHA-256 of the token dashboards (Grafana) read with, user `reader`: every "
+        "device's series through the InfluxDB endpoint, no writes, nothing else of the API",
+    )
     metrics_port: ListenPort = 9104
     metrics_host: Host = Field("127.0.0.1", description="0.0.0.0 in containers")
     influx_port: ListenPort = Field(
@@ -592,6 +664,24 @@ class ApiSettings(Model):
         description="the broker's live owners file (clientids.devices in the broker folder): "
         "set, devices can be added and removed through the API while the broker runs",
     )
+    tls_cert_file: FilePath | None = Field(
+        None,
+        description="set with tls_key_file: the API, the console and the InfluxDB endpoint "
+        "over HTTPS only. `vigil run` issues a missing one from the local CA "
+        "(broker.tls.ca_dir)",
+    )
+    tls_key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise KeyedError(missing, "tls_cert_file and tls_key_file go together")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls_cert_file is None else "https"
 
 
 class DeviceEntry(Model):
@@ -671,7 +761,10 @@ class VigilConfig(Model):
     def sockets(self) -> Iterator[_Socket]:
         """Every host:port the system uses: the servers Vigil connects to (broker, SMTP,
         storage), then the services' own listeners, in file order."""
-        yield _Socket("broker.port", _norm_host(self.broker.host), self.broker.port, False)
+        broker = self.broker
+        yield _Socket("broker.port", _norm_host(broker.host), broker.port, False)
+        if broker.tls.enabled:
+            yield _Socket("broker.tls.port", _norm_host(broker.tls.host), broker.tls.port, True)
         smtp = self.notifier.smtp
         yield _Socket("notifier.smtp.port", _norm_host(smtp.host), smtp.port, False)
         for i, node in enumerate(self.storage.nodes):
@@ -697,6 +790,12 @@ class VigilConfig(Model):
         users: dict[str, str] = {}
         for service in SERVICES:
             mqtt = self.service_mqtt(service)
+            if self.broker.ca_file is not None and getattr(mqtt, "transport", "") == "fast":
+                raise KeyedError(
+                    f"{service}.mqtt.transport",
+                    "fast has no TLS, and broker.ca_file says the broker is reached over TLS: "
+                    "set transport: paho",
+                )
             if mqtt.client_id != mqtt.username:
                 raise KeyedError(
                     f"{service}.mqtt.client_id",
@@ -783,6 +882,10 @@ def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
         )
     if service == "api":
         files.append(("api.admin_token_sha256_file", config.api.admin_token_sha256_file, "sha256"))
+        files.append(
+            ("api.reader_token_sha256_file", config.api.reader_token_sha256_file, "sha256")
+        )
+    files.append(("broker.ca_file", config.broker.ca_file, "certificate"))
     return [SecretFile(key, path, kind) for key, path, kind in files if path is not None]
 
 
