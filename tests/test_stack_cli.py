@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from stack.cli import main
-from vigil.localca import ensure_ca
 from vigil.config_core import ConfigError
+from vigil.localca import ensure_ca
 
 ROOT = Path(__file__).resolve().parent.parent
 
