@@ -133,7 +133,7 @@ def _listen(
         except OSError:
             server.close()
             raise
-        return _Listener(server, front, f"https://{host}:{port}")
+        return _Listener(server, front, f"https://{host}:{front.port}")
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return None
@@ -194,6 +194,8 @@ def serve(config: VigilConfig, config_path: str) -> int:
             log.info("the cluster as one InfluxDB on %s", influx_server.url)
         server = _listen(app, settings.host, settings.port, "api", tls)
         if server is None:
+            if influx_server is not None:
+                influx_server.close()
             return 1
 
         def stop(signum: int, _frame: FrameType | None) -> None:

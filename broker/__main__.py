@@ -134,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the local CA (ca.crt, ca.key), generated once (default: SECRETS/tls)",
     )
     p.add_argument(
+        "--tls-ca-copy",
+        type=Path,
+        metavar="FILE",
+        help="also write the CA's certificate (not its key) to FILE, for the devices",
+    )
+    p.add_argument(
         "--tls-name",
         action="append",
         default=[],
@@ -163,6 +169,7 @@ def _provision(args: argparse.Namespace) -> BrokerFiles:
             port=args.tls_port,
             ca_dir=args.tls_ca_dir or args.secrets / "tls",
             names=tuple(args.tls_names),
+            ca_copy=args.tls_ca_copy,
         )
     return provision(
         broker_dir=args.dir,

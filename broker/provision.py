@@ -145,6 +145,8 @@ class TlsListener:
     names: tuple[str, ...] = ()
     cert_file: Path | None = None
     key_file: Path | None = None
+    #: also a copy of the CA's certificate (never its key) here, for the devices
+    ca_copy: Path | None = None
 
     @classmethod
     def from_settings(cls, tls: BrokerTlsSettings) -> TlsListener | None:
@@ -380,6 +382,9 @@ def provision(
             names = [*default_names(), *tls.names]
             issued = ensure_server_cert(tls.ca_dir, broker_dir / "tls", "broker", names)
             cert, key = issued.cert, issued.key
+            if tls.ca_copy is not None:
+                tls.ca_copy.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(tls.ca_copy, issued.ca.read_bytes(), mode=0o644)
         files.tls = tls
         tls_conf = render_tls_listener(
             host=tls.host, port=tls.port, cert=cert.resolve(), key=key.resolve()

@@ -39,7 +39,7 @@ from storage_nodes import (
 )
 from vigil.agent_settings import AgentConfig, load_agent_config
 from vigil.atomic import write_atomic
-from vigil.localca import ServerCert, default_names, ensure_server_cert
+from vigil.localca import ServerCert, default_names, ensure_server_cert, issued_by
 from vigil.metrics import Scrape, scrape_metrics
 from vigil.readiness import is_ready
 from vigil.settings import StorageNode, VigilConfig, load_config
@@ -114,6 +114,11 @@ def ensure_admin_token(token_file: Path, digest_file: Path) -> str:
     digest_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(digest_file, hashlib.sha256(token.encode()).hexdigest() + "\n")
     return token
+
+
+def _reachable(host: str) -> str:
+    """An address to reach a listener bound to ``host`` by (a wildcard: this machine)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
 
 
 class Stack:
@@ -323,11 +328,14 @@ class Stack:
         api = c.api
         if api.tls_cert_file is not None and api.tls_key_file is not None:
             cert, key = api.tls_cert_file, api.tls_key_file
-            if not (cert.exists() and key.exists()):
-                issued = self._local_cert(cert.parent, cert.stem, api.host)
-                if (issued.cert, issued.key) != (cert, key):
-                    issued.key.replace(key)
-                    issued.cert.replace(cert)
+            # Missing, or ours (kept while right, else renewed); your own is left alone.
+            if not cert.exists() or issued_by(cert, c.broker.tls.ca_dir):
+                if key != cert.with_suffix(".key"):
+                    raise SystemExit(
+                        f"vigil run: api.tls_key_file must be {cert.with_suffix('.key')} for "
+                        "a certificate vigil run issues from the local CA"
+                    )
+                self._local_cert(cert.parent, cert.stem, api.host)
 
     def _start_local(self, server: local_servers.LocalServer) -> None:
         """Start a server asked for by ``vigil storage add --local``, then say it is ready."""
@@ -369,7 +377,8 @@ class Stack:
     def describe(self, token: str, viewer_password: str) -> dict[str, Any]:
         c = self.config
         api_url = f"{c.api.scheme}://{c.api.host}:{c.api.port}"
-        tls_api = c.api.scheme == "https"
+        cert = c.api.tls_cert_file
+        local_api_ca = cert is not None and issued_by(cert, c.broker.tls.ca_dir)
         return {
             "broker": {
                 "host": c.broker.host,
@@ -381,8 +390,13 @@ class Stack:
                 **(
                     {
                         "tls_port": c.broker.tls.port,
-                        "tls_url": f"mqtts://{c.broker.tls.host}:{c.broker.tls.port}",
-                        "ca_file": str(c.broker.tls.ca_file.resolve()),
+                        # a name its certificate has (not a wildcard address)
+                        "tls_url": f"mqtts://{_reachable(c.broker.tls.host)}:{c.broker.tls.port}",
+                        **(
+                            {"ca_file": str(c.broker.tls.ca_file.resolve())}
+                            if c.broker.tls.cert_file is None
+                            else {}
+                        ),
                     }
                     if c.broker.tls.enabled
                     else {}
@@ -392,7 +406,7 @@ class Stack:
                 "url": f"{api_url}",
                 "admin_token": token,
                 # https: clients verify the API against the local CA
-                **({"ca_file": str(c.broker.tls.ca_file.resolve())} if tls_api else {}),
+                **({"ca_file": str(c.broker.tls.ca_file.resolve())} if local_api_ca else {}),
             },
             "console": {"url": f"{api_url}/console/"},
             "influxdb": {
@@ -486,7 +500,7 @@ def print_summary(info: dict[str, Any], state: Path) -> None:
         f"  MQTT broker    mqtt://{b['host']}:{b['port']}  (watch: user {b['username']}, "
         f"password in {state}/stack.json)",
         *(
-            [f"  MQTT over TLS  {b['tls_url']}  (devices: they verify it with {b['ca_file']})"]
+            [f"  MQTT over TLS  {b['tls_url']}  (devices; CA: {b.get('ca_file', 'your own')})"]
             if "tls_url" in b
             else []
         ),

@@ -517,6 +517,29 @@ def _paths_in(model: Any) -> Iterator[tuple[str, Path]]:
             yield from ((f"{key}.{k}", v) for k, v in _paths_in(value))
 
 
+def ca_for_devices(services: dict[str, dict[str, Any]]) -> str:
+    """Where setup copies the local CA's certificate for the devices (the CA's key stays in
+    a volume only setup mounts)."""
+    copy = arg(setup_provision(services), "--tls-ca-copy")
+    assert copy, "setup does not copy the CA certificate out of its folder"
+    return copy
+
+
+def test_the_ca_key_is_only_in_setups_volume(services: dict[str, dict[str, Any]]) -> None:
+    ca_dir = arg(setup_provision(services), "--tls-ca-dir")
+    assert ca_dir is not None, "setup provisions no TLS listener"
+    setup_mount = mount_of(services["setup"], ca_dir)
+    assert setup_mount is not None and not setup_mount.bind, "the CA is on no named volume"
+    others = [
+        name
+        for name, svc in services.items()
+        if name != "setup" and any(m.source == setup_mount.source for m in mounts(svc))
+    ]
+    assert others == [], f"the CA's key is readable by {others}"
+    secrets_dir = arg(setup_provision(services), "--secrets")
+    assert secrets_dir is not None and ca_for_devices(services).startswith(f"{secrets_dir}/")
+
+
 def test_config_points_at_compose_services_and_volumes(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -552,7 +575,7 @@ def test_config_points_at_compose_services_and_volumes(
         port_flag, ca = "--port", None
         if name in AGENTS:
             port_flag = "--tls-port"
-            ca = f"{arg(provision_argv, '--tls-ca-dir')}/ca.crt"
+            ca = ca_for_devices(services)
         if broker.host != "mosquitto" or broker.port != int(arg(provision_argv, port_flag) or 0):
             problems.append(
                 f"{name}: broker {broker.host}:{broker.port} is not mosquitto on "

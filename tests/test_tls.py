@@ -151,6 +151,8 @@ def test_broker_cli_writes_the_tls_listener(tmp_path):
             "8883",
             "--tls-name",
             "mosquitto",
+            "--tls-ca-copy",
+            str(tmp_path / "public" / "ca.crt"),
         ],
         capture_output=True,
         text=True,
@@ -161,7 +163,9 @@ def test_broker_cli_writes_the_tls_listener(tmp_path):
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
     assert "listener 8883 0.0.0.0" in conf and "tls_version tlsv1.2" in conf
     assert "mosquitto" in _sans(tmp_path / "broker" / "tls" / "broker.crt")
-    assert (tmp_path / "secrets" / "tls" / "ca.crt").is_file()
+    ca = tmp_path / "secrets" / "tls" / "ca.crt"
+    assert (tmp_path / "public" / "ca.crt").read_bytes() == ca.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "public").iterdir()) == ["ca.crt"]  # no key
     assert "tls listener    0.0.0.0:8883" in out.stdout
     plain = ["--dir", str(tmp_path / "b2"), "--secrets", str(tmp_path / "s2"), "--host", "::"]
     refused = subprocess.run(
@@ -283,3 +287,20 @@ def test_edge_agent_process_sends_readings_over_tls(broker, tmp_path):
         readings = [r for p in got for r in parse_readings(p, "dev-7")]
     assert {r.device for r in readings} == {"dev-7"}
     assert "dev-7" in broker.files.log.read_text(errors="replace")  # it connected, on TLS
+
+
+def test_a_key_without_its_certificate_is_reissued_and_a_lone_ca_half_refused(tmp_path):
+    ca_dir, out = tmp_path / "ca", tmp_path / "out"
+    first = localca.ensure_server_cert(ca_dir, out, "broker", ["localhost"])
+    pem = first.cert.read_bytes()
+    # a crash between the two renames: a new key beside the old certificate
+    other = localca.ensure_server_cert(ca_dir, tmp_path / "other", "broker", ["localhost"])
+    first.key.write_bytes(other.key.read_bytes())
+    again = localca.ensure_server_cert(ca_dir, out, "broker", ["localhost"])
+    assert again.cert.read_bytes() != pem
+    server_context(again.cert, again.key)  # the pair matches again
+    assert localca.issued_by(again.cert, ca_dir)
+    assert not localca.issued_by(again.cert, localca.ensure_ca(tmp_path / "ca-2").parent)
+    (ca_dir / "ca.key").unlink()
+    with pytest.raises(localca.CertificateError, match=r"ca\.key is missing beside its pair"):
+        localca.ensure_ca(ca_dir)

@@ -148,3 +148,42 @@ def test_a_bad_api_certificate_is_a_config_error(tmp_path, cloud_config, run_ser
     tail = proc.log_tail()
     assert str(cloud_config.path) in tail and "api.tls_cert_file" in tail
     assert "not a certificate and its key" in tail
+
+
+def test_tls_front_frees_a_reset_connection_and_stops_twice(tmp_path):
+    import socket
+    import struct
+    import threading
+
+    from waitress import create_server
+
+    from vigil.tls import client_context, server_context
+    from vigil.tlsfront import TlsFront
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["wsgi.url_scheme"].encode()]
+
+    cert = localca.ensure_server_cert(tmp_path / "ca", tmp_path / "t", "front", ["127.0.0.1"])
+    sock = tmp_path / "app.sock"
+    server = create_server(app, unix_socket=str(sock), url_scheme="https")
+    threading.Thread(target=server.run, daemon=True).start()
+    front = TlsFront("127.0.0.1", 0, server_context(cert.cert, cert.key), sock)
+    front.start()
+    try:
+        url = f"https://127.0.0.1:{front.port}/"
+        got = requests.get(url, verify=cert.ca, timeout=10, headers={"Connection": "close"})
+        assert got.status_code == 200 and got.text == "https"
+        # waitress closed it after the answer: both sides let go
+        wait_until(lambda: not front._open, 10, what="the finished connection let go")
+        raw = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+        tls = client_context(cert.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a request, then a reset
+        wait_until(lambda: len(front._open) == 2, 10, what="the connection piped through")
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tls.close()
+        wait_until(lambda: not front._open, 10, what="both sides of the reset one closed")
+    finally:
+        front.stop()
+        front.stop()  # again: nothing to do, at once
+        server.close()

@@ -70,6 +70,8 @@ def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.Ellipti
         raise CertificateError(f"{key_path}: not an unencrypted PEM key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{key_path}: not an ECDSA key")
+    if cert.public_key() != key.public_key():
+        raise CertificateError(f"{cert_path} is not the certificate of the key {key_path}")
     return cert, key
 
 
@@ -87,6 +89,13 @@ def ensure_ca(directory: Path, name: str = "Vigil local CA") -> Path:
     if cert_path.exists() and key_path.exists():
         _load(cert_path, key_path)  # a clear error now rather than a TLS failure later
         return cert_path
+    if cert_path.exists() or key_path.exists():
+        # A new CA would silently break every device's trust: say so instead.
+        missing = key_path if cert_path.exists() else cert_path
+        raise CertificateError(
+            f"{missing} is missing beside its pair: restore it, or remove both to make a new "
+            "CA (every device must then trust the new ca.crt)"
+        )
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     # Each CA its own name: two local CAs are told apart by name as well as by key.
@@ -151,6 +160,17 @@ def _still_good(
     return set(have) == set(sans) and cert.not_valid_after_utc - _now() > RENEW_BEFORE
 
 
+def issued_by(cert_path: Path, ca_dir: Path) -> bool:
+    """Whether ``cert_path`` is a certificate signed by the local CA in ``ca_dir``."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        ca = x509.load_pem_x509_certificate((ca_dir / CA_CERT).read_bytes())
+        cert.verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def ensure_server_cert(ca_dir: Path, out_dir: Path, stem: str, names: Iterable[str]) -> ServerCert:
     """``out_dir/<stem>.crt`` and ``.key`` for ``names`` (DNS names or IP addresses), signed
     by the CA in ``ca_dir`` (created if missing); kept while still right, else issued anew."""
@@ -161,7 +181,7 @@ def ensure_server_cert(ca_dir: Path, out_dir: Path, stem: str, names: Iterable[s
     ca_cert, ca_key = _load(ca_path, ca_dir / CA_KEY)
     cert_path, key_path = out_dir / f"{stem}.crt", out_dir / f"{stem}.key"
     sans = _general_names(names)
-    if _still_good(cert_path, key_path, ca_cert, sans):
+    if _still_good(cert_path, key_path, ca_cert, sans):  # incl. the pair matching
         return ServerCert(cert_path, key_path, ca_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())

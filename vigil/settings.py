@@ -869,6 +869,7 @@ def service_secret_files(config: VigilConfig, service: str) -> list[SecretFile]:
     ]
     if service in ("ingest", "api"):
         files.append(("storage.password_file", config.storage.password_file, "password"))
+        files.append(("storage.ca_file", config.storage.ca_file, "certificate"))
     if service == "notifier":
         files.append(
             ("notifier.smtp.password_file", config.notifier.smtp.password_file, "password")
