@@ -107,14 +107,14 @@ def create_app(
     admin_digest = None
     if settings.admin_token_sha256_file is not None:
         try:
-            admin_digest = auth.read_admin_digest(settings.admin_token_sha256_file)
+            admin_digest = auth.read_token_digest(settings.admin_token_sha256_file)
         except ValueError as exc:
             raise ConfigError(str(settings.admin_token_sha256_file), "", str(exc)) from None
     reader_file = settings.reader_token_sha256_file
     if reader_file is not None:
         try:
             key = "api.reader_token_sha256_file"
-            app.config["READER_TOKEN_SHA256"] = auth.read_admin_digest(reader_file, key)
+            app.config["READER_TOKEN_SHA256"] = auth.read_token_digest(reader_file, key)
         except ValueError as exc:
             raise ConfigError(str(reader_file), "", str(exc)) from None
 

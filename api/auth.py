@@ -44,7 +44,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def read_admin_digest(path: Path, key: str = "api.admin_token_sha256_file") -> str:
+def read_token_digest(path: Path, key: str = "api.admin_token_sha256_file") -> str:
     """A token's SHA-256 hex digest from ``path`` (the setting ``key`` names it);
     ValueError says what is wrong."""
     problem = secret_problem(SecretFile(key, path, "sha256"))

@@ -15,7 +15,6 @@ writes. The rendering functions are pure.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import json
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from broker.plugin_build import build_plugin
 from vigil import dynsec
 from vigil.atomic import load_or_create_secret, write_atomic
-from vigil.config_core import INGEST_MEMBER_USERS
+from vigil.config_core import INGEST_MEMBER_USERS, is_loopback_host
 from vigil.localca import default_names, ensure_server_cert
 from vigil.messages import MAX_RULESET_BYTES
 from vigil.topics import Topics
@@ -161,13 +160,6 @@ class TlsListener:
             cert_file=tls.cert_file,
             key_file=tls.key_file,
         )
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.rstrip(".").lower() == "localhost"
 
 
 def render_tls_listener(*, host: str, port: int, cert: Path, key: Path) -> str:
@@ -343,7 +335,7 @@ def provision(
     plugin (default: where Debian installs it). ``tls``: a TLS listener besides the plain
     one, which must be on a loopback address unless ``allow_plain_remote``.
     """
-    if not allow_plain_remote and not is_loopback(host):
+    if not allow_plain_remote and not is_loopback_host(host):
         raise ValueError(
             f"a plain listener on {host} would carry passwords in the clear: listen on "
             "127.0.0.1 and give devices the TLS listener, or allow it explicitly inside a "

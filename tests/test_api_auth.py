@@ -10,7 +10,7 @@ import pytest
 
 from api import close_app, create_app
 from api.__main__ import main
-from api.auth import bearer_token, hash_token, read_admin_digest
+from api.auth import bearer_token, hash_token, read_token_digest
 
 PROTECTED = [
     ("GET", "/devices"),
@@ -76,13 +76,13 @@ def test_odd_bearer_headers_are_refused_with_a_reason(header):
 def test_admin_digest_file(tmp_path):
     good = tmp_path / "good"
     good.write_text(hashlib.sha256(b"t").hexdigest().upper() + "\n")
-    assert read_admin_digest(good) == hashlib.sha256(b"t").hexdigest()
+    assert read_token_digest(good) == hashlib.sha256(b"t").hexdigest()
     bad = tmp_path / "bad"
     bad.write_text("the-token-itself\n")
     with pytest.raises(ValueError, match="SHA-256 hex digest"):
-        read_admin_digest(bad)
+        read_token_digest(bad)
     with pytest.raises(ValueError, match="cannot read"):
-        read_admin_digest(tmp_path / "missing")
+        read_token_digest(tmp_path / "missing")
 
 
 # -- access control -----------------------------------------------------------------------

@@ -70,6 +70,18 @@ def stack_env(
     }
 
 
+def wait_stack_json(workdir: Path) -> dict[str, Any]:
+    """stack.json of the stack started in ``workdir``, once `vigil run` wrote it."""
+    stack_json = workdir / ".vigil" / "stack.json"
+    wait_until(
+        lambda: stack_json.exists() and stack_json.stat().st_size > 0,
+        timeout=90,
+        what=f"stack.json; log:\n{(workdir / 'vigil-run.log').read_text()}",
+    )
+    info: dict[str, Any] = json.loads(stack_json.read_text())
+    return info
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,12 +115,7 @@ def test_make_run_stack_as_the_readme_describes(tmp_path):
     proc = start_stack(tmp_path, env)
     stack_json = tmp_path / ".vigil" / "stack.json"
     try:
-        wait_until(
-            lambda: stack_json.exists() and stack_json.stat().st_size > 0,
-            timeout=90,
-            what=f"stack.json; log:\n{(tmp_path / 'vigil-run.log').read_text()}",
-        )
-        info = json.loads(stack_json.read_text())
+        info = wait_stack_json(tmp_path)
         b, api = info["broker"], info["api"]
         assert b["port"] == broker_port and api["url"] == f"http://127.0.0.1:{api_port}"
         assert info["console"]["url"] == f"{api['url']}/console/"  # the web console, public
@@ -357,14 +364,8 @@ def test_make_run_with_tls_everywhere(tmp_path):
         "VIGIL__PROMETHEUS__ENABLED": "false",
     }  # fmt: skip
     proc = start_stack(tmp_path, env)
-    stack_json = tmp_path / ".vigil" / "stack.json"
     try:
-        wait_until(
-            lambda: stack_json.exists() and stack_json.stat().st_size > 0,
-            timeout=90,
-            what=f"stack.json; log:\n{(tmp_path / 'vigil-run.log').read_text()}",
-        )
-        info = json.loads(stack_json.read_text())
+        info = wait_stack_json(tmp_path)
         ca = str(tmp_path / ".vigil" / "tls" / "ca.crt")
         api, influx = info["api"], info["influxdb"]
         assert api["url"] == f"https://127.0.0.1:{api_port}" and api["ca_file"] == ca

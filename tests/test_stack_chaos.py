@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support import outbox_ids, sequence, wait_until
-from test_stack import ROOT, alive, stack_env, start_stack, stop_stack
+from test_stack import ROOT, alive, stack_env, start_stack, stop_stack, wait_stack_json
 
 from stack.process import free_port
 from storage_nodes import HashRing, InfluxNode
@@ -55,12 +55,7 @@ def test_killing_an_ingest_member_and_the_broker_loses_and_doubles_nothing(tmp_p
     outboxes = {d: tmp_path / ".vigil" / "agents" / d / "outbox.sqlite3" for d in DEVICES}
     pids: list[int] = []
     try:
-        wait_until(
-            lambda: stack_json.exists() and stack_json.stat().st_size > 0,
-            timeout=90,
-            what=f"stack.json; log:\n{(tmp_path / 'vigil-run.log').read_text()}",
-        )
-        info = json.loads(stack_json.read_text())
+        info = wait_stack_json(tmp_path)
         assert {"ingest-1", "ingest-2"} <= set(info["pids"])
         first = {
             d: wait_until(

@@ -21,10 +21,10 @@ import pytest
 from cryptography import x509
 from support import agent_broker, connected, unique, wait_until, write_agent_config
 
-from broker.provision import TlsListener, is_loopback, provision, render_tls_listener
+from broker.provision import TlsListener, provision, render_tls_listener
 from stack.process import ManagedProcess
 from vigil import localca
-from vigil.config_core import ConfigError
+from vigil.config_core import ConfigError, is_loopback_host
 from vigil.messages import parse_readings
 from vigil.mqtt import MqttClient
 from vigil.settings import BrokerSettings, BrokerTlsSettings, load_config
@@ -95,8 +95,9 @@ def test_plain_listener_must_stay_on_loopback():
     assert BrokerSettings(host="10.1.2.3", allow_plain_remote=True).host == "10.1.2.3"
     # a broker reached over TLS may be anywhere
     assert BrokerSettings(host="broker.example", port=8883, ca_file=Path("ca.crt")).port == 8883
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("mosquitto")
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
+    assert is_loopback_host("localhost") and is_loopback_host("[::1]")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("mosquitto")
 
 
 def test_tls_pair_goes_together():

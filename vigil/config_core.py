@@ -153,6 +153,17 @@ def check_host(value: str) -> str:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``, maybe bracketed) is this machine only."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_file_path(value: Path) -> Path:
     text = str(value)
     try:

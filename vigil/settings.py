@@ -59,6 +59,7 @@ from vigil.config_core import (
     check_name,
     first_repeat,
     ingest_member_user,
+    is_loopback_host,
     key_path,
     read_config_data,
     read_secret,
@@ -112,18 +113,20 @@ def _norm_host(host: str) -> str:
         return host
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def url_endpoint(url: str) -> tuple[str, int]:
     """``(host, port)`` of a validated storage URL, the host normalised (``localhost`` is
     127.0.0.1) and the port the scheme's default when the URL names none."""
     parts = urlsplit(url)
     return _norm_host(parts.hostname or ""), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _check_pair(model: BaseModel, cert: str, key: str) -> None:
+    """A certificate and its key are given together or not at all."""
+    have_cert, have_key = getattr(model, cert) is not None, getattr(model, key) is not None
+    if have_cert != have_key:
+        raise KeyedError(
+            cert if have_key else key, f"{cert} and {key} go together: give both or neither"
+        )
 
 
 class BrokerTlsSettings(Model):
@@ -147,9 +150,7 @@ class BrokerTlsSettings(Model):
 
     @model_validator(mode="after")
     def _own_pair(self) -> BrokerTlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            missing = "key_file" if self.key_file is None else "cert_file"
-            raise KeyedError(missing, "cert_file and key_file go together: give both or neither")
+        _check_pair(self, "cert_file", "key_file")
         return self
 
     @property
@@ -184,7 +185,7 @@ class BrokerSettings(Model):
 
     @model_validator(mode="after")
     def _plain_stays_local(self) -> BrokerSettings:
-        remote = not _is_loopback(_norm_host(self.host))
+        remote = not is_loopback_host(self.host)
         if remote and self.ca_file is None and not self.allow_plain_remote:
             raise KeyedError(
                 "host",
@@ -674,9 +675,7 @@ class ApiSettings(Model):
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
-            raise KeyedError(missing, "tls_cert_file and tls_key_file go together")
+        _check_pair(self, "tls_cert_file", "tls_key_file")
         return self
 
     @property
@@ -724,7 +723,7 @@ class _Socket:
         if self.listens and other.listens:
             return self.host in _WILDCARD_HOSTS or other.host in _WILDCARD_HOSTS
         bind, server = (self, other) if self.listens else (other, self)
-        return bind.listens and bind.host in _WILDCARD_HOSTS and _is_loopback(server.host)
+        return bind.listens and bind.host in _WILDCARD_HOSTS and is_loopback_host(server.host)
 
 
 class PrometheusSettings(Model):
